@@ -1,0 +1,35 @@
+/**
+ * User-facing errors: one clear line and a non-zero exit, stack traces only with `--verbose`.
+ * @module
+ */
+
+/** An error caused by the user's input (a flag, a file, the data): printed as one line. */
+export class UserError extends Error {
+  /** Process exit code (2 for usage errors, 1 otherwise). */
+  readonly exitCode: number;
+  constructor(message: string, exitCode = 1) {
+    super(message);
+    this.name = "UserError";
+    this.exitCode = exitCode;
+  }
+}
+
+/** Runs a script's main function; turns errors into one line on stderr and an exit code. */
+export async function runMain(
+  main: (args: string[]) => Promise<void> | void,
+  args: string[] = Deno.args,
+): Promise<void> {
+  const verbose = args.includes("--verbose");
+  try {
+    await main(args);
+  } catch (err) {
+    const e = err instanceof Error ? err : new Error(String(err));
+    if (verbose) console.error(e.stack ?? e.message);
+    const line = e instanceof UserError ? e.message : `${e.name}: ${e.message}`;
+    console.error(`error: ${line.split("\n")[0]}`);
+    if (!verbose && !(e instanceof UserError)) {
+      console.error("(run with --verbose for details)");
+    }
+    Deno.exit(e instanceof UserError ? e.exitCode : 1);
+  }
+}
