@@ -1,0 +1,38 @@
+/** Assertion helpers for Deno.test, built on node:assert/strict. */
+import assert from "node:assert/strict";
+
+export const assertEquals = <T>(actual: T, expected: T, msg?: string): void =>
+  assert.deepStrictEqual(actual, expected, msg);
+
+/** Asserts that `fn` throws an instance of `cls` and returns the error. */
+export function assertThrows(fn: () => unknown, cls: new (...a: never[]) => Error): Error {
+  try {
+    fn();
+  } catch (e) {
+    assert.ok(e instanceof cls, `expected ${cls.name}, got ${e}`);
+    return e as Error;
+  }
+  throw new assert.AssertionError({ message: `expected ${cls.name} to be thrown` });
+}
+
+/** Asserts |actual - expected| <= tol elementwise. */
+export function assertClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  tol: number,
+  what = "values",
+): void {
+  assert.equal(actual.length, expected.length, `${what}: length`);
+  let worst = 0, at = -1;
+  for (let i = 0; i < actual.length; i++) {
+    const d = Math.abs(actual[i] - expected[i]);
+    if (!(d <= worst)) {
+      worst = d;
+      at = i;
+    }
+  }
+  assert.ok(
+    worst <= tol,
+    `${what}: max |diff| ${worst} at ${at} (${actual[at]} vs ${expected[at]}) > ${tol}`,
+  );
+}

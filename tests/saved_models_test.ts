@@ -1,0 +1,24 @@
+import assert from "node:assert/strict";
+import { newestSavedModel, resolveSavedModel, runPaths, runStamp } from "../lib/saved_models.ts";
+import { UserError } from "../lib/errors.ts";
+
+Deno.test("runStamp and runPaths follow the original tool's naming", () => {
+  assert.equal(runStamp(new Date(2022, 2, 19, 9, 5, 7)), "2022_0319_090507");
+  const p = runPaths("data/saved_models", "2022_0319_090507", true);
+  assert.equal(p.model, "data/saved_models/2022_0319_090507_debug_model.pt");
+  assert.equal(p.results, "data/saved_models/2022_0319_090507_debug_results.json");
+});
+
+Deno.test("newestSavedModel picks the newest *_model.pt; resolveSavedModel looks in save_dir", async () => {
+  const dir = await Deno.makeTempDir();
+  await assert.rejects(() => newestSavedModel(dir), UserError);
+  await assert.rejects(() => newestSavedModel(`${dir}/missing`), /no saved model/);
+  await Deno.writeTextFile(`${dir}/a_model.pt`, "a");
+  await Deno.writeTextFile(`${dir}/b_model.pt`, "b");
+  await Deno.writeTextFile(`${dir}/c_results.json`, "{}");
+  await Deno.utime(`${dir}/a_model.pt`, new Date(2030, 0, 1), new Date(2030, 0, 1));
+  assert.equal(await newestSavedModel(dir), `${dir}/a_model.pt`);
+  assert.equal(await resolveSavedModel("b_model.pt", dir), `${dir}/b_model.pt`);
+  await assert.rejects(() => resolveSavedModel("zzz.pt", dir), /saved model not found: zzz.pt/);
+  await Deno.remove(dir, { recursive: true });
+});
