@@ -1,0 +1,72 @@
+import assert from "node:assert/strict";
+import {
+  downloadWeights,
+  hashPrefixOf,
+  imagenetWeightsPath,
+  weightsCacheDir,
+} from "../lib/pretrained_weights.ts";
+import { UserError } from "../lib/errors.ts";
+
+const fixture = await Deno.readFile(new URL("./fixtures/torch/tiny_zip.pt", import.meta.url));
+const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", fixture));
+const prefix = [...digest.slice(0, 4)].map((b) => b.toString(16).padStart(2, "0")).join("");
+
+/** Serves `body` on a loopback port for the duration of `fn`. */
+async function withServer(body: Uint8Array, fn: (url: string) => Promise<void>) {
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    () => new Response(body as Uint8Array<ArrayBuffer>),
+  );
+  try {
+    await fn(`http://127.0.0.1:${server.addr.port}/densenet121-${prefix}.pth`);
+  } finally {
+    await server.shutdown();
+  }
+}
+
+Deno.test("weightsCacheDir and hashPrefixOf follow XDG and torchvision's naming", () => {
+  const env = (m: Record<string, string>) => (k: string) => m[k];
+  assert.equal(weightsCacheDir(env({ XDG_CACHE_HOME: "/x" })), "/x/augmented-chest-xray");
+  assert.equal(weightsCacheDir(env({ HOME: "/h" })), "/h/.cache/augmented-chest-xray");
+  assert.equal(hashPrefixOf("densenet121-a639ec97.pth"), "a639ec97");
+  assert.equal(hashPrefixOf("model.pt"), null);
+});
+
+Deno.test("downloadWeights verifies the hash prefix and writes atomically", async () => {
+  const dir = await Deno.makeTempDir();
+  await withServer(fixture, async (url) => {
+    await downloadWeights(url, `${dir}/ok.pth`, prefix, { silent: true });
+    assert.deepEqual(await Deno.readFile(`${dir}/ok.pth`), fixture);
+    await assert.rejects(
+      () => downloadWeights(url, `${dir}/bad.pth`, "00000000", { silent: true }),
+      /corrupt/,
+    );
+  });
+  assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["ok.pth"]);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("imagenetWeightsPath without network says where to put the file", async () => {
+  const dir = await Deno.makeTempDir();
+  const saved = [Deno.env.get("XDG_CACHE_HOME"), Deno.env.get("TORCH_HOME")];
+  Deno.env.set("XDG_CACHE_HOME", dir);
+  Deno.env.set("TORCH_HOME", `${dir}/torch`);
+  try {
+    // Port 9 on loopback: connection refused at once, like a machine without network.
+    const err = await imagenetWeightsPath({ url: "http://127.0.0.1:9/x.pth", silent: true })
+      .then(() => null, (e) => e);
+    assert.ok(err instanceof UserError, String(err));
+    assert.match(err.message, /cannot download ImageNet weights.*augmented-chest-xray/);
+    await Deno.mkdir(`${dir}/augmented-chest-xray`);
+    await Deno.writeFile(`${dir}/augmented-chest-xray/densenet121-a639ec97.pth`, fixture);
+    assert.equal(
+      await imagenetWeightsPath({ url: "http://127.0.0.1:9/x.pth" }),
+      `${dir}/augmented-chest-xray/densenet121-a639ec97.pth`,
+    );
+  } finally {
+    ["XDG_CACHE_HOME", "TORCH_HOME"].forEach((name, i) =>
+      saved[i] === undefined ? Deno.env.delete(name) : Deno.env.set(name, saved[i]!)
+    );
+    await Deno.remove(dir, { recursive: true });
+  }
+});
