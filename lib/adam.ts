@@ -32,14 +32,18 @@ export class Adam {
     this.eps = opts.eps ?? 1e-8;
   }
 
-  /** Applies one update to `variables` from `grads` (same names). Grads are not disposed. */
-  apply(variables: Map<string, tf.Variable>, grads: Record<string, tf.Tensor>): void {
+  /**
+   * Applies one update to `variables` from `grads`, keyed by variable name as
+   * `tf.variableGrads` returns them. Grads are not disposed.
+   */
+  apply(variables: Iterable<tf.Variable>, grads: Record<string, tf.Tensor>): void {
     this.step++;
     const bc1 = 1 - this.beta1 ** this.step;
     const bc2 = 1 - this.beta2 ** this.step;
     const stepSize = this.lr / bc1;
     const sqrtBc2 = Math.sqrt(bc2);
-    for (const [name, variable] of variables) {
+    for (const variable of variables) {
+      const name = variable.name;
       const g = grads[name];
       if (!g) continue;
       let m = this.#m.get(name), v = this.#v.get(name);

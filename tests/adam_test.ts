@@ -11,14 +11,14 @@ const ref = JSON.parse(
 
 Deno.test("Adam follows torch.optim.Adam's trajectory, including an LR change", async () => {
   await tf.setBackend("cpu");
-  const w = tf.variable(tf.tensor2d(ref.w0, [3, 4]));
-  const vars = new Map([["w", w]]);
+  const w = tf.variable(tf.tensor2d(ref.w0, [3, 4]), true, "adam_test/w");
+  const vars = [w];
   const adam = new Adam({ lr: 0.001 });
   const before = tf.memory().numTensors;
   ref.grads.forEach((g, i) => {
     if (i === 3) adam.lr = 0.0001;
     const grad = tf.tensor2d(g, [3, 4]);
-    adam.apply(vars, { w: grad });
+    adam.apply(vars, { [w.name]: grad });
     grad.dispose();
     assertClose(w.dataSync(), ref.traj[i], 1e-6, `step ${i + 1}`);
   });
