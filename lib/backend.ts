@@ -1,0 +1,294 @@
+/**
+ * Chooses where the tensor math runs: `--backend auto|tensorflow|webgpu|wasm|cpu`.
+ *
+ * `auto` takes the first that starts: `tensorflow` (libtensorflow through tfjs-node-gpu, then
+ * tfjs-node — only when installed with its install script), `webgpu` (Deno's built-in WebGPU on
+ * a real GPU, not a software adapter), `wasm` (XNNPACK SIMD, plus the training kernels of
+ * `wasm_kernels.ts`), `cpu` (pure JS, a last resort: one DenseNet-121 training step takes
+ * minutes). An explicitly requested backend that cannot start is a `UserError` saying how to fix
+ * it. Backend packages are imported lazily, so importing this module has no side effects.
+ * @module
+ */
+
+import * as tf from "@tensorflow/tfjs-core";
+import { fileURLToPath } from "node:url";
+import { UserError } from "./errors.ts";
+import { registerWasmTrainingKernels } from "./wasm_kernels.ts";
+
+/** Values accepted by `--backend`. */
+export const BACKENDS = ["auto", "tensorflow", "webgpu", "wasm", "cpu"] as const;
+/** A `--backend` value. */
+export type BackendName = typeof BACKENDS[number];
+
+/** What `initBackend` started. */
+export interface BackendInfo {
+  /** tfjs backend name now active: `tensorflow`, `webgpu`, `wasm` or `cpu`. */
+  name: string;
+  /** The hardware or library doing the math, in words. */
+  device: string;
+  /** Threads the backend computes with, where known. */
+  threads?: number;
+  /** Why other backends were skipped, and caveats of the chosen one. */
+  notes: string[];
+}
+
+/** Options of `initBackend`. */
+export interface InitBackendOptions {
+  /** Threads for the wasm backend (only 1 works under Deno today; more is noted and ignored). */
+  threads?: number;
+  /** Receives the human-readable lines (chosen backend and device); default: none. */
+  log?: (line: string) => void;
+}
+
+/** Version of the tfjs packages this project is pinned to (deno.json). */
+const TFJS_VERSION = "4.22.0";
+
+/** How to install the native TensorFlow backend; part of the explicit-`tensorflow` error. */
+export const TENSORFLOW_INSTALL_HINT =
+  `install it with its install script, which downloads libtensorflow 2.9.1: ` +
+  `\`deno install --allow-scripts=npm:@tensorflow/tfjs-node-gpu@${TFJS_VERSION} ` +
+  `npm:@tensorflow/tfjs-node-gpu@${TFJS_VERSION}\` (NVIDIA GPU, Linux x86-64, CUDA 11.2 and ` +
+  `cuDNN 8.1) or the same with @tensorflow/tfjs-node (CPU only); or use --backend wasm`;
+
+/** Parses a `--backend` value; a `UserError` (exit 2) for anything else. */
+export function parseBackendName(value: string): BackendName {
+  const v = value.trim().toLowerCase();
+  if ((BACKENDS as readonly string[]).includes(v)) return v as BackendName;
+  throw new UserError(`unknown backend '${value}': use one of ${BACKENDS.join(", ")}`, 2);
+}
+
+/**
+ * Starts the requested backend (or, for `auto`, the first that works) and makes it tfjs's
+ * active backend. Logs `backend: NAME (DEVICE)` through `opts.log`.
+ */
+export async function initBackend(
+  name: BackendName | string,
+  opts: InitBackendOptions = {},
+): Promise<BackendInfo> {
+  const requested = parseBackendName(name);
+  const log = opts.log ?? (() => {});
+  const notes: string[] = [];
+  let info: BackendInfo | null = null;
+  if (requested === "auto") {
+    for (const candidate of ["tensorflow", "webgpu", "wasm", "cpu"] as const) {
+      try {
+        info = await STARTERS[candidate](opts, false);
+        break;
+      } catch (err) {
+        notes.push(`${candidate} skipped: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    }
+    if (info == null) throw new Error(`no tfjs backend could start (${notes.join("; ")})`);
+  } else {
+    try {
+      info = await STARTERS[requested](opts, true);
+    } catch (err) {
+      if (err instanceof UserError) throw err;
+      const why = err instanceof Error ? err.message : String(err);
+      throw new UserError(`backend ${requested} cannot start: ${why}`);
+    }
+  }
+  info.notes = [...notes, ...info.notes];
+  for (const note of info.notes) log(`note: ${note}`);
+  const threads = info.threads != null
+    ? `, ${info.threads} thread${info.threads > 1 ? "s" : ""}`
+    : "";
+  log(`backend: ${info.name} (${info.device}${threads})`);
+  return info;
+}
+
+type Starter = (opts: InitBackendOptions, explicit: boolean) => Promise<BackendInfo>;
+
+const STARTERS: Record<Exclude<BackendName, "auto">, Starter> = {
+  tensorflow: startTensorflow,
+  webgpu: startWebgpu,
+  wasm: startWasm,
+  cpu: startCpu,
+};
+
+/** Makes `name` the active tfjs backend; false when its factory fails. */
+async function activate(name: string): Promise<boolean> {
+  if (tf.getBackend() === name) return true;
+  try {
+    return await tf.setBackend(name);
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The native TensorFlow backend. Importing an npm specifier that is not installed would make
+ * Deno fetch it from the registry (slow, offline-hostile, and it rewrites the lockfile) and
+ * would still fail, since its install script (which downloads libtensorflow) does not run by
+ * default. So the package is imported only when its files, including the native binding the
+ * install script builds, are already in the project's node_modules; otherwise this fails at once.
+ */
+async function startTensorflow(
+  opts: InitBackendOptions,
+  explicit: boolean,
+): Promise<BackendInfo> {
+  const tried: string[] = [];
+  for (const pkg of ["tfjs-node-gpu", "tfjs-node"]) {
+    const dir = await findInstalledPackage(pkg);
+    if (dir == null) {
+      tried.push(`@tensorflow/${pkg} is not installed`);
+      continue;
+    }
+    if (!(await hasNativeBinding(dir))) {
+      tried.push(`@tensorflow/${pkg} lacks its native binding (its install script did not run)`);
+      continue;
+    }
+    try {
+      const main = JSON.parse(await Deno.readTextFile(`${dir}/package.json`)).main ?? "index.js";
+      await import(new URL(main, `file://${dir}/`).href);
+    } catch (err) {
+      tried.push(`@tensorflow/${pkg} failed to load: ${(err as Error).message.split("\n")[0]}`);
+      continue;
+    }
+    if (!(await activate("tensorflow"))) {
+      tried.push(`@tensorflow/${pkg} loaded but its backend did not start`);
+      continue;
+    }
+    const notes = opts.threads != null ? ["--threads is ignored by libtensorflow"] : [];
+    const device = pkg === "tfjs-node-gpu" ? "libtensorflow, CUDA GPU" : "libtensorflow, CPU";
+    return { name: "tensorflow", device, notes };
+  }
+  if (!explicit) throw new Error(tried.join("; "));
+  throw new UserError(
+    `backend tensorflow cannot start: ${tried.join("; ")}; ${TENSORFLOW_INSTALL_HINT}`,
+  );
+}
+
+/** Where `@tensorflow/NAME` would be installed for this project (npm or Deno layout). */
+async function findInstalledPackage(pkg: string): Promise<string | null> {
+  const modules = fileURLToPath(new URL("../node_modules/", import.meta.url));
+  const candidates = [
+    `${modules}@tensorflow/${pkg}`,
+    `${modules}.deno/@tensorflow+${pkg}@${TFJS_VERSION}/node_modules/@tensorflow/${pkg}`,
+  ];
+  for (const dir of candidates) {
+    try {
+      if ((await Deno.stat(`${dir}/package.json`)).isFile) return dir;
+    } catch {
+      // not there
+    }
+  }
+  return null;
+}
+
+/** True when tfjs-node's install script left its N-API binding (lib/napi-vN/*.node). */
+async function hasNativeBinding(dir: string): Promise<boolean> {
+  try {
+    for await (const entry of Deno.readDir(`${dir}/lib`)) {
+      if (!entry.isDirectory || !entry.name.startsWith("napi-v")) continue;
+      try {
+        if ((await Deno.stat(`${dir}/lib/${entry.name}/tfjs_binding.node`)).isFile) return true;
+      } catch {
+        // this N-API version was not built
+      }
+    }
+  } catch {
+    // no lib/ directory
+  }
+  return false;
+}
+
+/** Names of software rasterisers that WebGPU may expose as an adapter. */
+const SOFTWARE_ADAPTERS = /llvmpipe|lavapipe|swiftshader|software|warp|basic render/i;
+
+/**
+ * WebGPU through Deno's built-in `navigator.gpu` (no flag needed in Deno 2). `auto` accepts only
+ * a hardware adapter; an explicit request also accepts a software one (e.g. Mesa's lavapipe),
+ * with a note, so tests can exercise the GPU code path on a CPU machine.
+ */
+async function startWebgpu(_opts: InitBackendOptions, explicit: boolean): Promise<BackendInfo> {
+  const fix = "needs a GPU whose driver supports WebGPU (Vulkan on Linux, Metal on macOS, " +
+    "Direct3D 12 on Windows); on Linux install the GPU vendor's Vulkan driver " +
+    "(Debian's mesa-vulkan-drivers gives a slow software adapter); or use --backend wasm";
+  const gpu = (navigator as Navigator & { gpu?: GPU }).gpu;
+  if (gpu == null) throw new UserError(`backend webgpu cannot start: no navigator.gpu; ${fix}`);
+  let adapter: GPUAdapter | null = null;
+  try {
+    adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+  } catch {
+    adapter = null;
+  }
+  if (adapter == null) {
+    throw new UserError(`backend webgpu cannot start: no WebGPU adapter; ${fix}`);
+  }
+  const { device, software } = describeAdapter(adapter);
+  const notes: string[] = [];
+  if (software) {
+    if (!explicit) throw new Error(`only a software WebGPU adapter (${device})`);
+    notes.push(`WebGPU adapter ${device} is a software rasteriser: correct but slow`);
+  }
+  await import("@tensorflow/tfjs-backend-webgpu");
+  if (!(await activate("webgpu"))) {
+    throw new UserError(`backend webgpu cannot start: tfjs could not open ${device}; ${fix}`);
+  }
+  return { name: "webgpu", device: `WebGPU: ${device}`, notes };
+}
+
+/** A readable adapter name and whether it is a fallback/software adapter. */
+function describeAdapter(adapter: GPUAdapter): { device: string; software: boolean } {
+  // Deno 2 reports isFallbackAdapter on adapter.info (newer spec); older builds on the adapter.
+  const info = (adapter as GPUAdapter & { info?: Record<string, unknown> }).info ?? {};
+  const fields = ["description", "vendor", "architecture", "device"]
+    .map((k) => info[k])
+    .filter((v): v is string => typeof v === "string" && v !== "" && v !== "0");
+  const device = fields[0] ?? "unknown adapter";
+  const fallback = info.isFallbackAdapter === true ||
+    (adapter as GPUAdapter & { isFallbackAdapter?: boolean }).isFallbackAdapter === true;
+  return { device, software: fallback || SOFTWARE_ADAPTERS.test(fields.join(" ")) };
+}
+
+/**
+ * The wasm backend (XNNPACK, SIMD when the CPU has it). Its .wasm binaries are located next to
+ * the package's own module, never relative to the working directory, so scripts run from any
+ * directory. The threaded build cannot start under Deno (see `threads`).
+ */
+async function startWasm(opts: InitBackendOptions): Promise<BackendInfo> {
+  const wasm = await import("@tensorflow/tfjs-backend-wasm");
+  const notes: string[] = [];
+  if (opts.threads != null && opts.threads > 1) {
+    notes.push(
+      `--threads ${opts.threads} ignored: tfjs's threaded wasm build cannot start its workers ` +
+        `under Deno, so wasm runs on 1 thread`,
+    );
+  }
+  if (tf.getBackend() !== "wasm") {
+    const moduleUrl = import.meta.resolve("@tensorflow/tfjs-backend-wasm");
+    if (moduleUrl.startsWith("file:")) {
+      wasm.setWasmPaths(fileURLToPath(new URL("./", moduleUrl)));
+    }
+  }
+  if (!(await activate("wasm"))) {
+    throw new UserError(
+      "backend wasm cannot start: the tfjs wasm binaries did not load (is " +
+        "node_modules/@tensorflow/tfjs-backend-wasm/dist complete? run `deno install`)",
+    );
+  }
+  registerWasmTrainingKernels();
+  const simd = await tf.env().getAsync("WASM_HAS_SIMD_SUPPORT");
+  if (!simd) notes.push("this CPU/runtime lacks WebAssembly SIMD: the plain wasm build is slower");
+  return {
+    name: "wasm",
+    device: `CPU, WebAssembly${simd ? " SIMD" : ""} (XNNPACK)`,
+    threads: 1,
+    notes,
+  };
+}
+
+/** The pure-JavaScript backend. */
+async function startCpu(): Promise<BackendInfo> {
+  await import("@tensorflow/tfjs-backend-cpu");
+  if (!(await activate("cpu"))) throw new UserError("backend cpu cannot start");
+  // Our own log line replaces its "install tfjs-node" banner on first use.
+  (tf.backend() as unknown as { firstUse?: boolean }).firstUse = false;
+  return {
+    name: "cpu",
+    device: "CPU, plain JavaScript",
+    threads: 1,
+    notes: ["the cpu backend is very slow for training; prefer wasm"],
+  };
+}
