@@ -1,0 +1,329 @@
+/**
+ * The validation report (`validate_model.ts --report PATH.html`): one self-contained HTML file
+ * (inline CSS and inline SVG, no script, no font or image from anywhere) with the run's
+ * metadata, the per-class AUROC/F1 table with the original's means, the dataset counts per
+ * class, and the ROC curve of every class with its decision threshold marked.
+ * @module
+ */
+
+import { LABELS, NUM_CLASSES } from "../config.ts";
+import { writeFileAtomic } from "./atomic_file.ts";
+import { UserError } from "./errors.ts";
+import {
+  aurocPerClass,
+  column,
+  f1PerClass,
+  type Matrix,
+  matrix,
+  mean,
+  nanMean,
+  rocCurve,
+} from "./metrics.ts";
+import { escapeXml, FONT_FAMILY, inlineSvg, renderChart } from "./plot_svg.ts";
+
+/** What the report is made from: the predictions of one model on one subset. */
+export interface ReportInput {
+  /** The checkpoint validated. */
+  modelPath: string;
+  /** The subset name (train, val, test) or a description of the images. */
+  subset: string;
+  /** n × 14 labels (0/1), row-major, in the order of {@link LABELS}. */
+  labels: Float32Array;
+  /** n × 14 predicted probabilities, row-major. */
+  probs: Float32Array;
+  /** Number of images. */
+  n: number;
+  /** The 14 decision thresholds: a class is predicted when probability > threshold. */
+  thresholds: ArrayLike<number>;
+  /** Further run facts shown in the header, in order (backend, date, crop, …). */
+  meta: Record<string, string | number>;
+}
+
+/** Everything the report shows for one class. */
+export interface ClassSummary {
+  name: string;
+  positives: number;
+  negatives: number;
+  /** NaN when the class has a single label value. */
+  auroc: number;
+  f1: number;
+  threshold: number;
+  /** True/false positive rate of the decision `probability > threshold`; NaN if undefined. */
+  tprAtThreshold: number;
+  fprAtThreshold: number;
+  /** The ROC curve (sklearn 1.2 points), or null when AUROC is undefined. */
+  roc: { fpr: Float64Array; tpr: Float64Array } | null;
+}
+
+/** The report's numbers, computed with lib/metrics.ts. */
+export interface ReportSummary {
+  classes: ClassSummary[];
+  /** The original's `np.mean` of the AUROCs: NaN as soon as one class is undefined. */
+  meanAuroc: number;
+  /** Mean AUROC over the classes where it is defined. */
+  meanAurocDefined: number;
+  /** Number of classes with a defined AUROC. */
+  definedCount: number;
+  /** `np.mean` of the F1 scores over all classes. */
+  meanF1: number;
+  /** Mean F1 over the classes with a defined AUROC (the same classes as `meanAurocDefined`). */
+  meanF1Defined: number;
+}
+
+function checkInput(input: ReportInput): { labels: Matrix; probs: Matrix } {
+  const { n } = input;
+  if (!Number.isInteger(n) || n <= 0) {
+    throw new UserError(`report: no images to report on (n = ${n})`);
+  }
+  for (const [what, a] of [["labels", input.labels], ["probabilities", input.probs]] as const) {
+    if (a.length !== n * NUM_CLASSES) {
+      throw new UserError(
+        `report: expected ${n} × ${NUM_CLASSES} ${what}, got ${a.length} values`,
+      );
+    }
+  }
+  if (input.thresholds.length !== NUM_CLASSES) {
+    throw new UserError(
+      `report: expected ${NUM_CLASSES} thresholds, got ${input.thresholds.length}`,
+    );
+  }
+  return { labels: matrix(input.labels, NUM_CLASSES), probs: matrix(input.probs, NUM_CLASSES) };
+}
+
+/** Computes the per-class numbers and the means shown in the report. */
+export function summarizeReport(input: ReportInput): ReportSummary {
+  const { labels, probs } = checkInput(input);
+  const aurocs = aurocPerClass(labels, probs);
+  const f1s = f1PerClass(labels, probs, input.thresholds);
+  const classes: ClassSummary[] = [];
+  for (let c = 0; c < NUM_CLASSES; c++) {
+    const y = column(labels, c), s = column(probs, c);
+    const t = input.thresholds[c];
+    let pos = 0, tp = 0, fp = 0;
+    for (let i = 0; i < y.length; i++) {
+      const positive = y[i] === 1;
+      if (positive) pos++;
+      if (s[i] > t) positive ? tp++ : fp++;
+    }
+    const neg = y.length - pos;
+    const defined = !Number.isNaN(aurocs[c]);
+    classes.push({
+      name: LABELS[c],
+      positives: pos,
+      negatives: neg,
+      auroc: aurocs[c],
+      f1: f1s[c],
+      threshold: t,
+      tprAtThreshold: pos > 0 ? tp / pos : NaN,
+      fprAtThreshold: neg > 0 ? fp / neg : NaN,
+      roc: defined ? rocCurve(y, s) : null,
+    });
+  }
+  const definedF1 = classes.filter((c) => c.roc !== null).map((c) => c.f1);
+  return {
+    classes,
+    meanAuroc: mean(aurocs),
+    meanAurocDefined: nanMean(aurocs),
+    definedCount: definedF1.length,
+    meanF1: mean(f1s),
+    meanF1Defined: definedF1.length > 0 ? mean(definedF1) : NaN,
+  };
+}
+
+/** 4 decimals, or "n/a" for an undefined value. */
+export function fmt4(v: number): string {
+  return Number.isFinite(v) ? v.toFixed(4) : "n/a";
+}
+
+const CSS = `
+body { font-family: ${FONT_FAMILY}; color: #1a1a1a; margin: 24px 32px; background: #fff; }
+h1 { font-size: 24px; margin: 0 0 4px; }
+h2 { font-size: 19px; margin: 28px 0 10px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+p.note { color: #555; font-size: 13px; margin: 4px 0; }
+table { border-collapse: collapse; font-size: 14px; }
+th, td { padding: 4px 10px; border-bottom: 1px solid #e4e4e4; }
+th { background: #f3f5f7; text-align: left; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.na { color: #999; }
+tr.mean td { font-weight: bold; background: #fafafa; border-top: 2px solid #bbb; }
+table.meta th { background: none; font-weight: normal; color: #555; }
+table.meta td { font-family: DejaVu Sans Mono, monospace; font-size: 13px; }
+.layout { display: flex; flex-wrap: wrap; gap: 32px; align-items: flex-start; }
+.roc-grid { display: grid; grid-template-columns: repeat(4, 310px); gap: 8px; }
+.roc-grid svg { border: 1px solid #e4e4e4; background: #fff; }
+`;
+
+const ROC_SIZE = 310;
+const ROC_COLOR = "#1f77b4";
+const THRESHOLD_COLOR = "#d62728";
+
+/** Keeps ROC points that move at least ~0.5 px, so huge test sets stay a small file. */
+function thinCurve(fpr: Float64Array, tpr: Float64Array): { x: number[]; y: number[] } {
+  const x: number[] = [], y: number[] = [];
+  const eps = 0.5 / ROC_SIZE;
+  for (let i = 0; i < fpr.length; i++) {
+    const last = x.length - 1;
+    const isEnd = i === 0 || i === fpr.length - 1;
+    if (
+      !isEnd && Math.abs(fpr[i] - x[last]) < eps && Math.abs(tpr[i] - y[last]) < eps
+    ) continue;
+    x.push(fpr[i]);
+    y.push(tpr[i]);
+  }
+  return { x, y };
+}
+
+function rocPanel(c: ClassSummary, index: number): string {
+  const ticks = [0, 0.2, 0.4, 0.6, 0.8, 1];
+  const common = {
+    width: ROC_SIZE,
+    height: ROC_SIZE,
+    margin: { top: 30, right: 12, bottom: 40, left: 48 },
+    title: c.name,
+    fontSize: 11,
+    x: { min: 0, max: 1, ticks, label: "false positive rate" },
+    y: { min: 0, max: 1, ticks, label: "true positive rate" },
+  };
+  const chance = {
+    name: "chance",
+    x: [0, 1],
+    y: [0, 1],
+    color: "#aaaaaa",
+    dash: "4 4",
+    width: 1,
+    hideInLegend: true,
+    cls: "chance",
+  };
+  let body: string;
+  if (c.roc === null) {
+    body = renderChart({ ...common, series: [chance], legend: "none" }) +
+      `\n<text class="undefined" x="${ROC_SIZE / 2 + 18}" y="${ROC_SIZE / 2}" ` +
+      `font-size="12" text-anchor="middle" fill="#777">ROC undefined: ${
+        c.positives === 0 ? "no positive images" : "no negative images"
+      }</text>`;
+  } else {
+    const { x, y } = thinCurve(c.roc.fpr, c.roc.tpr);
+    body = renderChart({
+      ...common,
+      series: [chance, {
+        name: `AUROC ${fmt4(c.auroc)}`,
+        x,
+        y,
+        color: ROC_COLOR,
+        cls: "roc",
+      }, {
+        // A legend entry for the threshold point (the point itself is drawn below).
+        name: `threshold ${c.threshold.toFixed(4)}`,
+        x: [],
+        y: [],
+        color: THRESHOLD_COLOR,
+        cls: "legend-only",
+        legendSymbol: "dot",
+      }],
+      points: [{
+        x: c.fprAtThreshold,
+        y: c.tprAtThreshold,
+        color: THRESHOLD_COLOR,
+        cls: "threshold",
+        radius: 4.5,
+      }],
+      legend: "bottom-right",
+    });
+  }
+  return inlineSvg(ROC_SIZE, ROC_SIZE, body, {
+    "class": "roc-panel",
+    "data-class": c.name,
+    "role": "img",
+    "aria-label": `ROC curve of ${c.name}`,
+    "id": `roc-${index}`,
+  });
+}
+
+function td(v: number, isCount = false): string {
+  if (isCount) return `<td class="num">${v}</td>`;
+  return Number.isFinite(v) ? `<td class="num">${fmt4(v)}</td>` : `<td class="num na">n/a</td>`;
+}
+
+/** Renders the report as one self-contained HTML document. */
+export function renderReportHtml(input: ReportInput): string {
+  const s = summarizeReport(input);
+  const modelName = input.modelPath.split("/").pop() ?? input.modelPath;
+  const title = `Validation report: ${modelName} on ${input.subset}`;
+  const metaRows: Array<[string, string | number]> = [
+    ["model", input.modelPath],
+    ["subset", input.subset],
+    ["images", input.n],
+    ...Object.entries(input.meta),
+  ];
+  const h: string[] = [];
+  h.push(`<!DOCTYPE html>`);
+  h.push(`<html lang="en">`);
+  h.push(`<head>`);
+  h.push(`<meta charset="utf-8"/>`);
+  h.push(`<meta name="viewport" content="width=device-width, initial-scale=1"/>`);
+  h.push(`<title>${escapeXml(title)}</title>`);
+  h.push(`<style>${CSS}</style>`);
+  h.push(`</head>`);
+  h.push(`<body>`);
+  h.push(`<h1>${escapeXml(title)}</h1>`);
+  h.push(
+    `<p class="note">Self-contained report: everything below is inline, viewing needs no ` +
+      `network. AUROC as scikit-learn 1.2 <code>roc_auc_score</code>; F1 of the decision ` +
+      `probability &gt; threshold.</p>`,
+  );
+
+  h.push(`<h2>Run</h2>`);
+  h.push(`<table class="meta">`);
+  for (const [k, v] of metaRows) {
+    h.push(`<tr><th>${escapeXml(k)}</th><td>${escapeXml(String(v))}</td></tr>`);
+  }
+  h.push(`</table>`);
+
+  h.push(`<h2>AUROC and F1 per class</h2>`);
+  h.push(`<table class="scores">`);
+  h.push(
+    `<thead><tr><th>Class</th><th class="num">Positives</th><th class="num">Negatives</th>` +
+      `<th class="num">AUROC</th><th class="num">F1</th><th class="num">Threshold</th>` +
+      `<th class="num">Sensitivity</th><th class="num">Specificity</th></tr></thead>`,
+  );
+  h.push(`<tbody>`);
+  for (const c of s.classes) {
+    h.push(
+      `<tr data-class="${escapeXml(c.name)}"><td>${escapeXml(c.name)}</td>` +
+        td(c.positives, true) + td(c.negatives, true) + td(c.auroc) + td(c.f1) +
+        td(c.threshold) + td(c.tprAtThreshold) + td(1 - c.fprAtThreshold) + `</tr>`,
+    );
+  }
+  const blank = `<td></td><td></td><td></td>`;
+  h.push(
+    `<tr class="mean" data-row="mean"><td>Mean (all ${NUM_CLASSES} classes; n/a if any ` +
+      `class is undefined)</td><td></td><td></td>${td(s.meanAuroc)}${td(s.meanF1)}${blank}</tr>`,
+  );
+  h.push(
+    `<tr class="mean" data-row="mean-defined"><td>Mean over the ${s.definedCount} classes ` +
+      `with defined AUROC</td><td></td><td></td>${td(s.meanAurocDefined)}` +
+      `${td(s.meanF1Defined)}${blank}</tr>`,
+  );
+  h.push(`</tbody></table>`);
+  h.push(
+    `<p class="note">AUROC is undefined (n/a) for a class whose images are all positive or ` +
+      `all negative. Sensitivity and specificity are those of the decision at the threshold.</p>`,
+  );
+
+  h.push(`<h2>ROC curves</h2>`);
+  h.push(
+    `<p class="note">Blue: ROC curve (AUROC in the legend). Red dot: the operating point of ` +
+      `the class's decision threshold (probability &gt; threshold). Dashed grey: chance.</p>`,
+  );
+  h.push(`<div class="roc-grid">`);
+  s.classes.forEach((c, i) => h.push(rocPanel(c, i)));
+  h.push(`</div>`);
+  h.push(`</body>`);
+  h.push(`</html>`);
+  return h.join("\n") + "\n";
+}
+
+/** Writes {@link renderReportHtml} of `input` to `path` atomically (temp file + rename). */
+export async function writeReportHtml(path: string, input: ReportInput): Promise<void> {
+  await writeFileAtomic(path, renderReportHtml(input));
+}
