@@ -39,6 +39,7 @@ export class Progress {
   #interval: number;
   #silent: boolean;
   #extra = "";
+  #drawn = "";
 
   constructor(label: string, total: number, opts: ProgressOptions = {}) {
     this.label = label;
@@ -97,6 +98,10 @@ export class Progress {
   #draw(final: boolean): void {
     if (this.#silent) return;
     const line = this.#line();
+    // A plain-mode final line repeating the last one (same count and extra) adds nothing.
+    const state = `${this.done}|${this.#extra}`;
+    if (final && this.#plain && state === this.#drawn) return;
+    this.#drawn = state;
     const text = this.#plain ? `${line}\n` : `\r\x1b[2K${line}${final ? "\n" : ""}`;
     Deno.stderr.writeSync(encoder.encode(text));
   }
