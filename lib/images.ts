@@ -1,0 +1,173 @@
+/**
+ * Image decoding and resizing with sharp (libvips): any PNG (gray, gray+alpha, RGB, RGBA, 8- or
+ * 16-bit) or JPEG becomes 8-bit RGB the way OpenCV's `imread(..., IMREAD_COLOR)` reads it
+ * (16-bit keeps the high byte, alpha is dropped, gray is replicated); X-rays are resized to
+ * small 8-bit grayscale PNGs for the shards. Also a bounded, order-preserving concurrent map.
+ * @module
+ */
+import type sharpType from "sharp";
+import { UserError } from "./errors.ts";
+
+/** A decoded image: 8-bit RGB, row-major, `height * width * 3` bytes. */
+export interface RgbImage {
+  data: Uint8Array;
+  width: number;
+  height: number;
+}
+
+type Sharp = typeof sharpType;
+let sharpModule: Promise<Sharp> | null = null;
+
+/** Loads sharp on first use, so that importing this module (e.g. for `--help`) needs no
+ * native-addon permissions. Batch work decodes each image once: the cache only costs memory. */
+function loadSharp(): Promise<Sharp> {
+  sharpModule ??= import("sharp").then((m) => {
+    m.default.cache(false);
+    return m.default;
+  });
+  return sharpModule;
+}
+
+async function sharpFor(input: Uint8Array, opts?: Record<string, unknown>) {
+  const sharp = await loadSharp();
+  // autoOrient: OpenCV's imread applies the EXIF orientation too.
+  return sharp(input, { failOn: "error", limitInputPixels: 1 << 28, autoOrient: true, ...opts });
+}
+
+function reason(e: unknown): string {
+  const msg = e instanceof Error ? e.message : String(e);
+  return msg.split("\n")[0].replace(/^Input buffer /, "");
+}
+
+/** Decodes a PNG or JPEG to 8-bit RGB. `source` names the image in errors. */
+export async function decodeImage(bytes: Uint8Array, source = "<image>"): Promise<RgbImage> {
+  try {
+    const { data, info } = await (await sharpFor(bytes))
+      .removeAlpha()
+      .toColourspace("srgb")
+      .raw({ depth: "uchar" })
+      .toBuffer({ resolveWithObject: true });
+    if (info.channels !== 3) throw new Error(`unexpected ${info.channels} channels`);
+    return {
+      data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+      width: info.width,
+      height: info.height,
+    };
+  } catch (e) {
+    throw new UserError(`${source}: cannot decode image (${reason(e)})`);
+  }
+}
+
+/** Reads and decodes an image file; missing or undecodable files give a `UserError`. */
+export async function decodeImagePath(path: string): Promise<RgbImage> {
+  return decodeImage(await readImageFile(path), path);
+}
+
+/** Reads an image file, turning a missing file into a `UserError` naming it. */
+export async function readImageFile(path: string): Promise<Uint8Array> {
+  try {
+    return await Deno.readFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new UserError(`image not found: ${path}`);
+    throw e;
+  }
+}
+
+/** PNG bit depth from the IHDR chunk, or 0 when `bytes` is not a PNG. */
+export function pngBitDepth(bytes: Uint8Array): number {
+  const sig = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
+  if (bytes.length < 29 || sig.some((b, i) => bytes[i] !== b)) return 0;
+  return bytes[24];
+}
+
+/** Options of `resizeGrayPng`. */
+export interface ResizeOptions {
+  /** zlib level of the output PNG (default 6, as PIL and libpng). */
+  compressionLevel?: number;
+}
+
+/**
+ * Resizes an image (PNG or JPEG, any depth) to `size`×`size` (aspect ratio not kept, as the
+ * original's `Resize`) and encodes it as an 8-bit single-channel grayscale PNG.
+ * Lanczos3 downscaling: of sharp's kernels it is the closest to OpenCV's INTER_LINEAR output.
+ */
+export async function resizeGrayPng(
+  bytes: Uint8Array,
+  size: number,
+  source = "<image>",
+  opts: ResizeOptions = {},
+): Promise<Uint8Array> {
+  try {
+    let pipeline;
+    if (pngBitDepth(bytes) === 16) {
+      // libvips rounds 16→8 bit when converting; OpenCV keeps the high byte. Decode first.
+      const img = await decodeImage(bytes, source);
+      pipeline = await sharpFor(img.data, {
+        raw: { width: img.width, height: img.height, channels: 3 },
+      });
+    } else {
+      pipeline = (await sharpFor(bytes)).removeAlpha();
+    }
+    const out = await pipeline
+      .resize(size, size, { fit: "fill", kernel: "lanczos3" })
+      .toColourspace("b-w")
+      .png({ compressionLevel: opts.compressionLevel ?? 6, adaptiveFiltering: false })
+      .toBuffer();
+    return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+  } catch (e) {
+    if (e instanceof UserError) throw e;
+    throw new UserError(`${source}: cannot decode image (${reason(e)})`);
+  }
+}
+
+/**
+ * Maps `fn` over `items` with at most `workers` calls running, yielding results in input
+ * order. Up to `2 * workers` results are held, so one slow item does not idle the others, and
+ * the source is pulled lazily, so memory stays bounded. The first failure is thrown (in order);
+ * later failures of calls already started are ignored.
+ */
+export async function* mapConcurrent<T, U>(
+  items: Iterable<T> | AsyncIterable<T>,
+  workers: number,
+  fn: (item: T, index: number) => Promise<U>,
+): AsyncGenerator<U> {
+  const limit = Math.max(1, Math.floor(workers));
+  const it = Symbol.asyncIterator in items
+    ? (items as AsyncIterable<T>)[Symbol.asyncIterator]()
+    : (items as Iterable<T>)[Symbol.iterator]();
+  let running = 0;
+  const waiting: (() => void)[] = [];
+  const run = async (item: T, i: number): Promise<U> => {
+    if (running < limit) running++;
+    else await new Promise<void>((resolve) => waiting.push(resolve));
+    try {
+      return await fn(item, i);
+    } finally {
+      const next = waiting.shift();
+      if (next) next(); // hand the slot over
+      else running--;
+    }
+  };
+  const queue: Promise<U>[] = [];
+  let index = 0;
+  let done = false;
+  try {
+    while (true) {
+      while (!done && queue.length < 2 * limit) {
+        const r = await it.next();
+        if (r.done) {
+          done = true;
+          break;
+        }
+        const p = run(r.value, index++);
+        p.catch(() => {}); // a failure is reported when its turn comes
+        queue.push(p);
+      }
+      const head = queue.shift();
+      if (head === undefined) return;
+      yield await head;
+    }
+  } finally {
+    if (!done) await it.return?.();
+  }
+}

@@ -1,0 +1,325 @@
+/**
+ * Preprocessing, as the original `preprocess_data.py`: reads the NIH metadata, splits the
+ * patients into train/val/test, writes `data/labels/{subset}_labels.csv`, and packs the images,
+ * resized to 256×256 8-bit grayscale PNG, into WebDataset shards
+ * `data/datasets/ChestXray14_{subset}_NNN.tar` (`KEY.png` + `KEY.pyd`).
+ *
+ *   deno task preprocess -- -s 8400
+ * @module
+ */
+import {
+  DATASET_DIR,
+  DATASET_IMAGE_SIZE,
+  IMAGE_DIR,
+  LABELS_DIR,
+  labelsFileName,
+  META_FILE,
+  RANDOM_SEED,
+  SHARD_PREFIX,
+  SHARD_SIZE,
+  type Subset,
+  SUBSETS,
+  TEST_LIST_NAME,
+  TRAIN_VAL_LIST_NAME,
+} from "./config.ts";
+import { exists } from "./lib/atomic_file.ts";
+import { parseFlags } from "./lib/cli.ts";
+import { runMain, UserError } from "./lib/errors.ts";
+import { mapConcurrent, readImageFile, resizeGrayPng } from "./lib/images.ts";
+import { type MetaEntry, readDataEntry, readImageList, writeLabelsCsv } from "./lib/label_csv.ts";
+import { Progress } from "./lib/progress.ts";
+import { officialSplit, patientsOf, patientSplit, type Split } from "./lib/split.ts";
+import { shardPath, shardPattern, ShardWriter } from "./lib/webdataset.ts";
+
+/** Everything preprocessing needs; the flags map onto it one to one. */
+export interface PreprocessOptions {
+  seed: number;
+  /** Number of patients to draw first; null for all. */
+  subsetSize: number | null;
+  imageDir: string;
+  metaFile: string;
+  labelsDir: string;
+  datasetDir: string;
+  imageSize: number;
+  shardSize: number;
+  /** Use NIH's train_val_list.txt / test_list.txt (next to the metadata file). */
+  officialSplit: boolean;
+  workers: number;
+  /** Skip (and count) missing or undecodable images instead of stopping. */
+  skipMissing: boolean;
+  /** zlib level of the stored PNGs (default 6). */
+  compressionLevel?: number;
+  /** Suppress the progress bar. */
+  quiet?: boolean;
+}
+
+/** What one subset's processing did. */
+export interface SubsetReport {
+  /** Images in the split. */
+  planned: number;
+  /** Images written to shards (0 when skipped). */
+  written: number;
+  shards: string[];
+  /** True when the subset's first shard already existed. */
+  skipped: boolean;
+}
+
+/** What preprocessing did. */
+export interface PreprocessReport {
+  subsets: Record<Subset, SubsetReport>;
+  /** Missing or undecodable images skipped with `skipMissing`. */
+  warnings: number;
+  patients: Record<Subset, number>;
+}
+
+function dirOf(path: string): string {
+  const i = path.lastIndexOf("/");
+  return i < 0 ? "." : i === 0 ? "/" : path.slice(0, i);
+}
+
+async function imageNames(imageDir: string): Promise<Set<string>> {
+  const names = new Set<string>();
+  try {
+    for await (const e of Deno.readDir(imageDir)) if (!e.isDirectory) names.add(e.name);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new UserError(
+        `image directory not found: ${imageDir} (extract the NIH images there, or pass --image_dir)`,
+      );
+    }
+    if (e instanceof Deno.errors.NotADirectory) {
+      throw new UserError(`--image_dir is not a directory: ${imageDir}`);
+    }
+    throw e;
+  }
+  return names;
+}
+
+/** Removes temporary shards of `subset` left by an interrupted run. */
+async function removeStaleTemps(datasetDir: string, subset: Subset): Promise<void> {
+  const stale = new RegExp(`^\\.${SHARD_PREFIX}_${subset}_\\d+\\.tar\\.\\d+\\.tmp$`);
+  for await (const e of Deno.readDir(datasetDir)) {
+    if (e.isFile && stale.test(e.name)) await Deno.remove(`${datasetDir}/${e.name}`);
+  }
+}
+
+/** Runs the whole preprocessing; `log` receives the one-line status messages. */
+export async function preprocess(
+  opts: PreprocessOptions,
+  log: (line: string) => void = console.log,
+  warn: (line: string) => void = (l) => console.error(`warning: ${l}`),
+): Promise<PreprocessReport> {
+  const available = await imageNames(opts.imageDir);
+  const entries = await readDataEntry(opts.metaFile);
+  log(
+    `read ${entries.length} images of ${patientsOf(entries).length} patients from ${opts.metaFile}`,
+  );
+  let split: Split<MetaEntry>;
+  if (opts.officialSplit) {
+    const metaDir = dirOf(opts.metaFile);
+    const lists = {
+      trainVal: await readImageList(`${metaDir}/${TRAIN_VAL_LIST_NAME}`),
+      test: await readImageList(`${metaDir}/${TEST_LIST_NAME}`),
+    };
+    const s = officialSplit(entries, lists, { seed: opts.seed, subsetSize: opts.subsetSize });
+    if (s.unlisted > 0) warn(`${s.unlisted} image(s) are in neither official list; left out`);
+    if (s.overlapping > 0) {
+      warn(`${s.overlapping} train/val image(s) of test patients left out`);
+    }
+    split = s;
+  } else {
+    split = patientSplit(entries, { seed: opts.seed, subsetSize: opts.subsetSize });
+  }
+
+  let warnings = 0;
+  for (const subset of SUBSETS) {
+    const missing = split[subset].filter((e) => !available.has(e.image));
+    if (missing.length === 0) continue;
+    if (!opts.skipMissing) {
+      throw new UserError(
+        `image not found: ${opts.imageDir}/${missing[0].image}` +
+          (missing.length > 1 ? ` (and ${missing.length - 1} more missing)` : "") +
+          ` listed in ${opts.metaFile}; pass --skip_missing to leave missing images out`,
+      );
+    }
+    for (const e of missing.slice(0, 5)) {
+      warn(`image not found, skipped: ${opts.imageDir}/${e.image}`);
+    }
+    if (missing.length > 5) warn(`... and ${missing.length - 5} more missing ${subset} images`);
+    warnings += missing.length;
+    split[subset] = split[subset].filter((e) => available.has(e.image));
+  }
+
+  await Deno.mkdir(opts.datasetDir, { recursive: true });
+  await Deno.mkdir(opts.labelsDir, { recursive: true });
+  const subsets = {} as Record<Subset, SubsetReport>;
+  const patients = {} as Record<Subset, number>;
+  for (const subset of SUBSETS) {
+    const planned = split[subset];
+    patients[subset] = patientsOf(planned).length;
+    const csvPath = `${opts.labelsDir}/${labelsFileName(subset)}`;
+    const first = shardPath(opts.datasetDir, subset, 0);
+    if (await exists(first)) {
+      log(`skipping ${subset}: ${first} already exists (delete the ${subset} shards to redo it)`);
+      if (!(await exists(csvPath))) await writeLabelsCsv(csvPath, planned);
+      subsets[subset] = { planned: planned.length, written: 0, shards: [], skipped: true };
+      continue;
+    }
+    await removeStaleTemps(opts.datasetDir, subset);
+    const result = await writeSubset(subset, planned, opts, warn);
+    warnings += result.skipped;
+    await writeLabelsCsv(csvPath, result.written);
+    log(
+      `${subset}: ${result.written.length} images of ${patients[subset]} patients → ` +
+        `${result.shards.length} shard(s) in ${opts.datasetDir}, labels in ${csvPath}`,
+    );
+    subsets[subset] = {
+      planned: planned.length,
+      written: result.written.length,
+      shards: result.shards,
+      skipped: false,
+    };
+  }
+  if (warnings > 0) warn(`${warnings} image(s) skipped (missing or undecodable)`);
+  return { subsets, warnings, patients };
+}
+
+async function writeSubset(
+  subset: Subset,
+  entries: MetaEntry[],
+  opts: PreprocessOptions,
+  warn: (line: string) => void,
+): Promise<{ written: MetaEntry[]; shards: string[]; skipped: number }> {
+  const writer = new ShardWriter(shardPattern(opts.datasetDir, subset), opts.shardSize);
+  const progress = new Progress(`preprocess ${subset}`, entries.length, {
+    unit: "img",
+    silent: opts.quiet,
+  });
+  const written: MetaEntry[] = [];
+  let skipped = 0;
+  try {
+    const resized = mapConcurrent(entries, opts.workers, async (e) => {
+      const path = `${opts.imageDir}/${e.image}`;
+      try {
+        const bytes = await readImageFile(path);
+        return { e, png: await resizeGrayPng(bytes, opts.imageSize, path, opts) };
+      } catch (err) {
+        if (opts.skipMissing && err instanceof UserError) return { e, error: err.message };
+        throw err;
+      }
+    });
+    for await (const r of resized) {
+      if ("error" in r) {
+        warn(`skipped: ${r.error}`);
+        skipped++;
+      } else {
+        await writer.write({
+          key: r.e.image.replace(/\.[^.]*$/, ""),
+          png: r.png,
+          labels: r.e.labels,
+        });
+        written.push(r.e);
+      }
+      progress.tick();
+    }
+    const shards = await writer.close();
+    progress.finish();
+    return { written, shards, skipped };
+  } catch (e) {
+    await writer.abort();
+    throw e;
+  }
+}
+
+const FLAGS = {
+  random_seed: { kind: "int", short: "r", default: RANDOM_SEED, help: "seed of the patient split" },
+  subset_size: {
+    kind: "int",
+    short: "s",
+    default: null,
+    min: 1,
+    metavar: "N",
+    help: "use only N randomly drawn patients (default: all)",
+  },
+  image_dir: { kind: "string", default: IMAGE_DIR, metavar: "DIR", help: "NIH image directory" },
+  meta_file: {
+    kind: "string",
+    default: META_FILE,
+    metavar: "CSV",
+    help: "NIH metadata file (Data_Entry_2017_v2020.csv)",
+  },
+  labels_dir: {
+    kind: "string",
+    default: LABELS_DIR,
+    metavar: "DIR",
+    help: "where to write {train,val,test}_labels.csv",
+  },
+  dataset_dir: {
+    kind: "string",
+    default: DATASET_DIR,
+    metavar: "DIR",
+    help: "where to write the WebDataset shards",
+  },
+  image_size: {
+    kind: "int",
+    default: DATASET_IMAGE_SIZE,
+    min: 8,
+    max: 4096,
+    metavar: "PX",
+    help: "side of the stored square images",
+  },
+  shard_size: {
+    kind: "int",
+    default: SHARD_SIZE,
+    min: 1,
+    metavar: "N",
+    help: "samples per shard at most",
+  },
+  official_split: {
+    kind: "boolean",
+    default: false,
+    help: "test set from NIH's test_list.txt, val/train from train_val_list.txt (meta_data dir)",
+  },
+  workers: {
+    kind: "int",
+    short: "w",
+    default: navigator.hardwareConcurrency || 1,
+    min: 1,
+    max: 256,
+    help: "images resized concurrently",
+  },
+  skip_missing: {
+    kind: "boolean",
+    default: false,
+    help: "skip missing or undecodable images with a warning instead of stopping",
+  },
+} as const;
+
+async function main(args: string[]): Promise<void> {
+  const f = parseFlags(
+    args,
+    FLAGS,
+    "preprocess_data.ts [options]",
+    "Split NIH ChestX-ray14 by patient, write label CSVs and 256×256 WebDataset shards.",
+  );
+  if (f._.length > 0) throw new UserError(`unexpected argument '${f._[0]}' (see --help)`, 2);
+  const report = await preprocess({
+    seed: f.random_seed,
+    subsetSize: f.subset_size,
+    imageDir: f.image_dir,
+    metaFile: f.meta_file,
+    labelsDir: f.labels_dir,
+    datasetDir: f.dataset_dir,
+    imageSize: f.image_size,
+    shardSize: f.shard_size,
+    officialSplit: f.official_split,
+    workers: f.workers,
+    skipMissing: f.skip_missing,
+  });
+  const done = SUBSETS.map((s) =>
+    `${s} ${report.subsets[s].skipped ? "skipped" : report.subsets[s].written}`
+  );
+  console.log(`done: ${done.join(", ")}`);
+}
+
+if (import.meta.main) await runMain(main);
