@@ -524,3 +524,29 @@ Deno.test("preview grid shows each original beside its augmented draws", async (
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("crops copy pixels exactly on wasm too (its nearest cropAndResize is off by one in x)", async () => {
+  const { initBackend } = await import("../lib/backend.ts");
+  const before = tf.getBackend();
+  await initBackend("wasm");
+  try {
+    const x = tf.randomUniform([3, 40, 40, 3], 0, 1, "float32", 3) as tf.Tensor4D;
+    const crop = centerCrop(x, 32);
+    const ref = tf.slice(x, [0, 4, 4, 0], [3, 32, 32, 3]);
+    const flipped = cropAndFlip(x, [{ x: 1, y: 2 }, { x: 0, y: 0 }, { x: 8, y: 8 }], [
+      true,
+      false,
+      true,
+    ], 32);
+    const refFlip = tf.reverse(tf.slice(x, [0, 2, 1, 0], [1, 32, 32, 3]), 2);
+    const diff = (a: tf.Tensor, b: tf.Tensor) => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0];
+    assert.ok(diff(crop, ref) < 1e-5, "centre crop");
+    assert.ok(
+      diff(tf.slice(flipped, [0, 0, 0, 0], [1, 32, 32, 3]), refFlip) < 1e-5,
+      "flipped crop",
+    );
+    tf.dispose([x, crop, ref, flipped, refFlip]);
+  } finally {
+    await tf.setBackend(before);
+  }
+});

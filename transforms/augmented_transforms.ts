@@ -425,8 +425,9 @@ export interface CropBox {
 
 /**
  * Cuts `size × size` crops out of a batch, one output image per box, mirroring the boxes with
- * `flip`. Uses cropAndResize with nearest sampling on exact pixel boxes, which copies pixels
- * exactly and is much faster than slice/reverse on the wasm backend.
+ * `flip`. Uses cropAndResize with bilinear sampling at exact pixel positions (weights 0/1, so
+ * pixels are copied to float rounding), much faster than slice/reverse on the wasm backend.
+ * Not "nearest": wasm's nearest sampling picks the pixel left of the box in x (tfjs 4.22).
  */
 export function cropBoxes(
   images: tf.Tensor4D,
@@ -449,7 +450,7 @@ export function cropBoxes(
       tf.tensor2d(coords, [boxes.length, 4]),
       tf.tensor1d(boxes.map((b) => b.image), "int32"),
       [size, size],
-      "nearest",
+      "bilinear",
     )
   );
 }
