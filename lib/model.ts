@@ -1,0 +1,452 @@
+/**
+ * DenseNet (torchvision's architecture and numerics) as plain tfjs ops over named variables.
+ *
+ * Every parameter and BatchNorm running statistic is a `tf.Variable`, held in `model.variables`
+ * under its torchvision `state_dict()` key (`features.denseblock1.denselayer1.conv1.weight`), so
+ * checkpoint mapping is a table of layout transposes (see model_weights.ts). Layouts are tfjs's:
+ * conv `[kh, kw, in, out]`, linear `[in, out]`, activations NHWC. tfjs keeps one global registry
+ * of variable names, so the engine-level name carries a per-model prefix (`densenet3/...`);
+ * `model.variables` is keyed by the plain torchvision key.
+ *
+ * BatchNorm in training mode uses batch statistics and, like torch, updates the running
+ * statistics as a side effect of `forward` (momentum 0.1, unbiased batch variance,
+ * `numBatchesTracked += 1`): the new values are assigned to the (non-trainable) variables inside
+ * `forward`, which is safe inside `tf.variableGrads` / `optimizer.minimize` because the running
+ * statistics are not read by a training-mode forward. So one training-mode `forward` = one
+ * update, exactly as one `model(x)` call in torch.
+ * @module
+ */
+
+import * as tf from "@tensorflow/tfjs-core";
+import { Rng } from "./rng.ts";
+import { registerTrainingGradients } from "./tf_gradients.ts";
+
+/** DenseNet hyper-parameters, as torchvision's `DenseNet(...)` arguments. */
+export interface DenseNetConfig {
+  growthRate: number;
+  blockConfig: number[];
+  numInitFeatures: number;
+  bnSize: number;
+  numClasses: number;
+}
+
+/** DenseNet-121 with the original tool's 14-way head. */
+export const DENSENET121: DenseNetConfig = {
+  growthRate: 32,
+  blockConfig: [6, 12, 24, 16],
+  numInitFeatures: 64,
+  bnSize: 4,
+  numClasses: 14,
+};
+
+/** The small DenseNet of the test fixtures (`tests/fixtures/torch/tiny_*.pt`). */
+export const TINY_DENSENET: DenseNetConfig = {
+  growthRate: 8,
+  blockConfig: [2, 2, 2, 2],
+  numInitFeatures: 16,
+  bnSize: 4,
+  numClasses: 14,
+};
+
+/** BatchNorm epsilon and running-statistics momentum, as torch's defaults. */
+export const BN_EPS = 1e-5;
+export const BN_MOMENTUM = 0.1;
+
+/** One BatchNorm2d: affine parameters, running statistics and the update counter. */
+export interface BatchNorm {
+  weight: tf.Variable<tf.Rank.R1>;
+  bias: tf.Variable<tf.Rank.R1>;
+  runningMean: tf.Variable<tf.Rank.R1>;
+  runningVar: tf.Variable<tf.Rank.R1>;
+  /** torch's int64 `num_batches_tracked` buffer, kept as a plain number. */
+  numBatchesTracked: number;
+}
+
+/** BN-ReLU-1×1 conv (bottleneck) - BN-ReLU-3×3 conv. */
+export interface DenseLayer {
+  norm1: BatchNorm;
+  conv1: tf.Variable<tf.Rank.R4>;
+  norm2: BatchNorm;
+  conv2: tf.Variable<tf.Rank.R4>;
+}
+
+/** BN-ReLU-1×1 conv-2×2 average pool between dense blocks. */
+export interface Transition {
+  norm: BatchNorm;
+  conv: tf.Variable<tf.Rank.R4>;
+}
+
+/** A DenseNet: its config, its parts, and every variable by torchvision key. */
+export interface DenseNet {
+  config: DenseNetConfig;
+  conv0: tf.Variable<tf.Rank.R4>;
+  norm0: BatchNorm;
+  blocks: DenseLayer[][];
+  transitions: Transition[];
+  norm5: BatchNorm;
+  classifier: { weight: tf.Variable<tf.Rank.R2>; bias: tf.Variable<tf.Rank.R1> };
+  /** torchvision key → variable, in `state_dict()` order (num_batches_tracked excluded). */
+  variables: Map<string, tf.Variable>;
+  /** Module prefix (`features.norm0`) → BatchNorm, in module order. */
+  batchNorms: Map<string, BatchNorm>;
+  /** All torchvision state_dict keys in `state_dict()` order, num_batches_tracked included. */
+  stateDictKeys: string[];
+}
+
+let modelCounter = 0;
+
+/**
+ * Builds a DenseNet initialised as torchvision does: conv weights kaiming_normal_ (fan_in,
+ * gain √2), BatchNorm weight 1 / bias 0, running stats 0 / 1, classifier weight
+ * U(-1/√in, 1/√in) (torch's Linear default) and bias 0. Seeded: same seed, same weights.
+ */
+export function createDenseNet(config: DenseNetConfig, opts: { seed?: number } = {}): DenseNet {
+  validateConfig(config);
+  const rng = new Rng(opts.seed ?? 0);
+  const prefix = `densenet${++modelCounter}/`;
+  const variables = new Map<string, tf.Variable>();
+  const batchNorms = new Map<string, BatchNorm>();
+  const stateDictKeys: string[] = [];
+
+  const add = <R extends tf.Rank>(key: string, t: tf.Tensor<R>, trainable: boolean) => {
+    const v = tf.variable(t, trainable, prefix + key);
+    t.dispose();
+    variables.set(key, v);
+    stateDictKeys.push(key);
+    return v;
+  };
+  const conv = (key: string, k: number, cin: number, cout: number) => {
+    const std = Math.sqrt(2 / (cin * k * k));
+    const data = new Float32Array(k * k * cin * cout);
+    for (let i = 0; i < data.length; i++) data[i] = rng.normal(0, std);
+    return add(`${key}.weight`, tf.tensor4d(data, [k, k, cin, cout]), true);
+  };
+  const norm = (key: string, c: number): BatchNorm => {
+    const bn: BatchNorm = {
+      weight: add(`${key}.weight`, tf.ones([c]) as tf.Tensor1D, true),
+      bias: add(`${key}.bias`, tf.zeros([c]) as tf.Tensor1D, true),
+      runningMean: add(`${key}.running_mean`, tf.zeros([c]) as tf.Tensor1D, false),
+      runningVar: add(`${key}.running_var`, tf.ones([c]) as tf.Tensor1D, false),
+      numBatchesTracked: 0,
+    };
+    stateDictKeys.push(`${key}.num_batches_tracked`);
+    batchNorms.set(key, bn);
+    return bn;
+  };
+
+  const { growthRate, blockConfig, numInitFeatures, bnSize, numClasses } = config;
+  const conv0 = conv("features.conv0", 7, 3, numInitFeatures);
+  const norm0 = norm("features.norm0", numInitFeatures);
+  const blocks: DenseLayer[][] = [];
+  const transitions: Transition[] = [];
+  let channels = numInitFeatures;
+  blockConfig.forEach((numLayers, b) => {
+    const layers: DenseLayer[] = [];
+    for (let l = 0; l < numLayers; l++) {
+      const key = `features.denseblock${b + 1}.denselayer${l + 1}`;
+      const cin = channels + l * growthRate;
+      layers.push({
+        norm1: norm(`${key}.norm1`, cin),
+        conv1: conv(`${key}.conv1`, 1, cin, bnSize * growthRate),
+        norm2: norm(`${key}.norm2`, bnSize * growthRate),
+        conv2: conv(`${key}.conv2`, 3, bnSize * growthRate, growthRate),
+      });
+    }
+    blocks.push(layers);
+    channels += numLayers * growthRate;
+    if (b !== blockConfig.length - 1) {
+      const key = `features.transition${b + 1}`;
+      const cout = Math.floor(channels / 2);
+      transitions.push({
+        norm: norm(`${key}.norm`, channels),
+        conv: conv(`${key}.conv`, 1, channels, cout),
+      });
+      channels = cout;
+    }
+  });
+  const norm5 = norm("features.norm5", channels);
+  const bound = 1 / Math.sqrt(channels);
+  const w = new Float32Array(channels * numClasses);
+  for (let i = 0; i < w.length; i++) w[i] = rng.uniform(-bound, bound);
+  const classifier = {
+    weight: add("classifier.0.weight", tf.tensor2d(w, [channels, numClasses]), true),
+    bias: add("classifier.0.bias", tf.zeros([numClasses]) as tf.Tensor1D, true),
+  };
+  return {
+    config: { ...config, blockConfig: [...blockConfig] },
+    conv0,
+    norm0,
+    blocks,
+    transitions,
+    norm5,
+    classifier,
+    variables,
+    batchNorms,
+    stateDictKeys,
+  };
+}
+
+function validateConfig(c: DenseNetConfig): void {
+  const positiveInt = (n: number) => Number.isInteger(n) && n > 0;
+  if (
+    !positiveInt(c.growthRate) || !positiveInt(c.numInitFeatures) || !positiveInt(c.bnSize) ||
+    !positiveInt(c.numClasses) || c.blockConfig.length === 0 || !c.blockConfig.every(positiveInt)
+  ) {
+    throw new Error(`invalid DenseNet config ${JSON.stringify(c)}`);
+  }
+}
+
+/** Options of `forward`. */
+export interface ForwardOptions {
+  /** Training mode: BatchNorm uses (and updates the running stats from) batch statistics. */
+  training: boolean;
+  /**
+   * Recompute each dense layer's concat + BN + ReLU + 1×1 conv in the backward pass instead of
+   * keeping them (torchvision's `memory_efficient=True`). Only affects training mode.
+   */
+  memoryEfficient?: boolean;
+}
+
+/**
+ * Runs the network on a batch of normalised NHWC float32 images (any size ≥ 32 px) and returns
+ * the LOGITS `[batch, numClasses]`; the original tool's Sigmoid is applied by the caller
+ * (`predict`, or a BCE-with-logits loss). Training mode updates BatchNorm running statistics.
+ */
+export function forward(model: DenseNet, x: tf.Tensor4D, opts: ForwardOptions): tf.Tensor2D {
+  if (x.rank !== 4 || x.shape[3] !== 3) {
+    throw new Error(`forward expects NHWC images with 3 channels, got shape [${x.shape}]`);
+  }
+  const training = opts.training;
+  // tfjs-core ships without gradient functions; register ours before any op is taped.
+  if (training) registerTrainingGradients();
+  const efficient = training && (opts.memoryEfficient ?? false);
+  return tf.tidy(() => {
+    // torch pads symmetrically; tfjs 'same' would pad only bottom/right for even sizes.
+    let h: tf.Tensor4D = tf.conv2d(x, model.conv0, 2, [[0, 0], [3, 3], [3, 3], [0, 0]]);
+    h = tf.relu(batchNorm(h, model.norm0, training));
+    // Numeric padding in tfjs pooling ignores the padded cells (-inf semantics), as torch.
+    h = tf.maxPool(h, 3, 2, 1);
+    model.blocks.forEach((layers, b) => {
+      h = denseBlock(h, layers, training, efficient);
+      const t = model.transitions[b];
+      if (t) h = tf.tidy(() => transition(h, t, training));
+    });
+    const out = tf.relu(batchNorm(h, model.norm5, training));
+    const pooled = tf.mean(out, [1, 2]) as tf.Tensor2D;
+    return tf.add(tf.matMul(pooled, model.classifier.weight), model.classifier.bias);
+  });
+}
+
+/** Sigmoid probabilities in evaluation mode (running statistics), `[batch, numClasses]`. */
+export function predict(model: DenseNet, x: tf.Tensor4D): tf.Tensor2D {
+  return tf.tidy(() => tf.sigmoid(forward(model, x, { training: false })));
+}
+
+function denseBlock(
+  x: tf.Tensor4D,
+  layers: DenseLayer[],
+  training: boolean,
+  efficient: boolean,
+): tf.Tensor4D {
+  const features: tf.Tensor4D[] = [x];
+  for (const layer of layers) {
+    // Per-layer tidy frees what the backward pass does not need (the tape keeps its own).
+    features.push(tf.tidy(() => denseLayer(features, layer, training, efficient)));
+  }
+  return tf.concat(features, 3);
+}
+
+function denseLayer(
+  features: tf.Tensor4D[],
+  layer: DenseLayer,
+  training: boolean,
+  efficient: boolean,
+): tf.Tensor4D {
+  const bottleneck = efficient
+    ? efficientBottleneck(features, layer.norm1, layer.conv1)
+    : tf.conv2d(
+      tf.relu(batchNorm(concat(features), layer.norm1, training)),
+      layer.conv1,
+      1,
+      "valid",
+    );
+  // 3×3, stride 1: 'same' pads 1 on each side, as torch's padding=1.
+  return tf.conv2d(tf.relu(batchNorm(bottleneck, layer.norm2, training)), layer.conv2, 1, "same");
+}
+
+function transition(x: tf.Tensor4D, t: Transition, training: boolean): tf.Tensor4D {
+  const h = tf.conv2d(tf.relu(batchNorm(x, t.norm, training)), t.conv, 1, "valid");
+  return tf.avgPool(h, 2, 2, "valid");
+}
+
+function concat(features: tf.Tensor4D[]): tf.Tensor4D {
+  return features.length === 1 ? features[0] : tf.concat(features, 3);
+}
+
+/**
+ * BatchNorm2d over NHWC. Training mode normalises with batch statistics (biased variance),
+ * updates `bn`'s running statistics, and back-propagates with the closed-form BatchNorm
+ * gradient (`batchNormBackward`) instead of tfjs's long op chain through `tf.moments`.
+ */
+function batchNorm(x: tf.Tensor4D, bn: BatchNorm, training: boolean): tf.Tensor4D {
+  if (!training) {
+    return tf.batchNorm4d(x, bn.runningMean, bn.runningVar, bn.bias, bn.weight, BN_EPS);
+  }
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [input, gamma, beta] = args as [tf.Tensor4D, tf.Tensor1D, tf.Tensor1D];
+    const save = args[3] as tf.GradSaveFunc;
+    const { value, mean, variance } = batchNormTrainForward(input, gamma, beta, bn);
+    save([input, gamma, mean, variance]);
+    return {
+      value,
+      gradFunc: (dy: tf.Tensor4D, saved: tf.Tensor[]) =>
+        tf.tidy(() => {
+          const [xs, g, m, v] = saved as [tf.Tensor4D, tf.Tensor1D, tf.Tensor1D, tf.Tensor1D];
+          const { dx, dgamma, dbeta } = batchNormBackward(xs, m, v, g, dy);
+          return [dx, dgamma, dbeta];
+        }),
+    };
+  });
+  return op(x, bn.weight, bn.bias) as tf.Tensor4D;
+}
+
+/** Training-mode BatchNorm forward: batch statistics, running-stat update, normalisation. */
+function batchNormTrainForward(
+  x: tf.Tensor4D,
+  gamma: tf.Tensor1D,
+  beta: tf.Tensor1D,
+  bn: BatchNorm,
+): { value: tf.Tensor4D; mean: tf.Tensor1D; variance: tf.Tensor1D } {
+  const moments = tf.moments(x, [0, 1, 2]);
+  const mean = moments.mean as tf.Tensor1D;
+  const variance = moments.variance as tf.Tensor1D;
+  updateRunningStats(bn, mean, variance, x.shape);
+  return { value: tf.batchNorm4d(x, mean, variance, beta, gamma, BN_EPS), mean, variance };
+}
+
+/**
+ * Closed-form BatchNorm (batch statistics) gradient over NHWC, M = N·H·W values per channel:
+ * dγ = Σ dy·x̂, dβ = Σ dy, dx = γ·rstd/M · (M·dy − dβ − x̂·dγ).
+ */
+function batchNormBackward(
+  x: tf.Tensor4D,
+  mean: tf.Tensor1D,
+  variance: tf.Tensor1D,
+  gamma: tf.Tensor1D,
+  dy: tf.Tensor4D,
+): { dx: tf.Tensor4D; dgamma: tf.Tensor1D; dbeta: tf.Tensor1D } {
+  const m = x.shape[0] * x.shape[1] * x.shape[2];
+  const rstd = tf.rsqrt(tf.add(variance, BN_EPS));
+  const xhat = tf.mul(tf.sub(x, mean), rstd);
+  const dbeta = tf.sum(dy, [0, 1, 2]) as tf.Tensor1D;
+  const dgamma = tf.sum(tf.mul(dy, xhat), [0, 1, 2]) as tf.Tensor1D;
+  const dx = tf.mul(
+    tf.mul(gamma, tf.div(rstd, m)),
+    tf.sub(tf.sub(tf.mul(dy, m), dbeta), tf.mul(xhat, dgamma)),
+  ) as tf.Tensor4D;
+  return { dx, dgamma, dbeta };
+}
+
+/** torch: running = (1 - momentum)·running + momentum·batch, with the UNBIASED batch variance. */
+function updateRunningStats(
+  bn: BatchNorm,
+  mean: tf.Tensor1D,
+  variance: tf.Tensor1D,
+  shape: number[],
+): void {
+  const n = shape[0] * shape[1] * shape[2];
+  if (n <= 1) {
+    throw new Error(
+      `BatchNorm in training mode needs more than 1 value per channel, got input [${shape}]`,
+    );
+  }
+  tf.tidy(() => {
+    const m = BN_MOMENTUM;
+    bn.runningMean.assign(tf.add(tf.mul(bn.runningMean, 1 - m), tf.mul(mean, m)));
+    bn.runningVar.assign(tf.add(tf.mul(bn.runningVar, 1 - m), tf.mul(variance, m * n / (n - 1))));
+  });
+  bn.numBatchesTracked += 1;
+}
+
+const CONV1X1 = { strides: 1, pad: "valid", dataFormat: "NHWC", dimRoundingMode: undefined };
+
+/**
+ * concat + BN (batch statistics) + ReLU + 1×1 conv whose intermediates are not kept for the
+ * backward pass (Pleiss et al.; torchvision's `memory_efficient=True`): only the inputs are
+ * saved, and the backward recomputes concat/BN/ReLU with the forward's kernels, then applies
+ * the same kernels the plain path's gradients use, so both paths give the same numbers.
+ * The running statistics are updated once, in the forward pass only.
+ */
+function efficientBottleneck(
+  features: tf.Tensor4D[],
+  bn: BatchNorm,
+  conv: tf.Variable<tf.Rank.R4>,
+): tf.Tensor4D {
+  const n = features.length;
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const save = args[args.length - 1] as tf.GradSaveFunc;
+    const inputs = args.slice(0, -1) as tf.Tensor[];
+    const x = concat(inputs.slice(0, n) as tf.Tensor4D[]);
+    const [gamma, beta, w] = inputs.slice(n) as [tf.Tensor1D, tf.Tensor1D, tf.Tensor4D];
+    const { value: normed } = batchNormTrainForward(x, gamma, beta, bn);
+    const value: tf.Tensor4D = tf.conv2d(tf.relu(normed), w, 1, "valid");
+    save(inputs);
+    return {
+      value,
+      gradFunc: (dy: tf.Tensor4D, saved: tf.Tensor[]) =>
+        tf.tidy(() => bottleneckBackward(dy, saved, n)),
+    };
+  });
+  return op(...features, bn.weight, bn.bias, conv) as tf.Tensor4D;
+}
+
+/** Gradients of concat-BN(train)-ReLU-1×1 conv w.r.t. [...features, gamma, beta, w]. */
+function bottleneckBackward(dy: tf.Tensor4D, saved: tf.Tensor[], n: number): tf.Tensor[] {
+  const feats = saved.slice(0, n) as tf.Tensor4D[];
+  const [gamma, beta, w] = saved.slice(n) as [tf.Tensor1D, tf.Tensor1D, tf.Tensor4D];
+  const x = concat(feats);
+  // Recompute exactly as the forward did (same kernels, same values).
+  const moments = tf.moments(x, [0, 1, 2]);
+  const mean = moments.mean as tf.Tensor1D;
+  const variance = moments.variance as tf.Tensor1D;
+  const normed = tf.batchNorm4d(x, mean, variance, beta, gamma, BN_EPS);
+  const r = tf.relu(normed);
+  const engine = tf.engine();
+  const dw = engine.runKernel("Conv2DBackpropFilter", { x: r, dy }, {
+    ...CONV1X1,
+    filterShape: w.shape,
+  } as unknown as tf.NamedAttrMap) as tf.Tensor4D;
+  const dr = engine.runKernel("Conv2DBackpropInput", { dy, filter: w }, {
+    ...CONV1X1,
+    inputShape: r.shape,
+  } as unknown as tf.NamedAttrMap) as tf.Tensor4D;
+  const dyBn: tf.Tensor4D = tf.mul(dr, tf.step(normed));
+  const { dx, dgamma, dbeta } = batchNormBackward(x, mean, variance, gamma, dyBn);
+  const dfeats = n === 1 ? [dx] : tf.split(dx, feats.map((f) => f.shape[3]), 3);
+  return [...dfeats, dgamma, dbeta, dw];
+}
+
+/** Trainable variables (what the optimiser updates), in state_dict order. */
+export function trainableVariables(model: DenseNet): tf.Variable[] {
+  return [...model.variables.values()].filter((v) => v.trainable);
+}
+
+/**
+ * Number of parameters. `trainableOnly` (default true) counts as torchvision's
+ * `sum(p.numel() for p in model.parameters())`; false adds the BatchNorm running statistics
+ * (as tfjs's Layers `countParams` does), never num_batches_tracked.
+ */
+export function countParams(model: DenseNet, opts: { trainableOnly?: boolean } = {}): number {
+  const trainableOnly = opts.trainableOnly ?? true;
+  let total = 0;
+  for (const v of model.variables.values()) {
+    if (v.trainable || !trainableOnly) total += v.size;
+  }
+  return total;
+}
+
+/** Frees every variable of the model. */
+export function disposeModel(model: DenseNet): void {
+  for (const v of model.variables.values()) v.dispose();
+  model.variables.clear();
+}
