@@ -1,8 +1,9 @@
 /** Assertion helpers for Deno.test, built on node:assert/strict. */
 import assert from "node:assert/strict";
 
-export const assertEquals = <T>(actual: T, expected: T, msg?: string): void =>
+export function assertEquals<T>(actual: T, expected: T, msg = "values differ"): void {
   assert.deepStrictEqual(actual, expected, msg);
+}
 
 /** Asserts that `fn` throws an instance of `cls` and returns the error. */
 export function assertThrows(fn: () => unknown, cls: new (...a: never[]) => Error): Error {

@@ -1,0 +1,109 @@
+/**
+ * Building a model from weights files: the DenseNet configuration is read off a state dict's
+ * shapes (so DenseNet-121 checkpoints and small test models load alike), and `--weights`
+ * (`imagenet` | `none` | PATH) picks the starting weights for training.
+ * @module
+ */
+import { UserError } from "./errors.ts";
+import {
+  createDenseNet,
+  type DenseNet,
+  DENSENET121,
+  type DenseNetConfig,
+  disposeModel,
+} from "./model.ts";
+import { loadStateDict, normalizeStateDictKeys } from "./model_weights.ts";
+import { imagenetWeightsPath } from "./pretrained_weights.ts";
+import type { StateDict } from "./state_dict.ts";
+import { loadCheckpoint } from "./torch_checkpoint.ts";
+
+/** Reads the DenseNet configuration off a (torchvision-layout) state dict's shapes. */
+export function inferDenseNetConfig(sd: StateDict, source = "<state dict>"): DenseNetConfig {
+  const keys = normalizeStateDictKeys(sd);
+  const shape = (key: string) => {
+    const t = keys.get(key);
+    if (!t) throw new UserError(`${source} is not a DenseNet checkpoint: no '${key}'`);
+    return t.shape;
+  };
+  const blockConfig: number[] = [];
+  for (let b = 1; keys.has(`features.denseblock${b}.denselayer1.conv1.weight`); b++) {
+    let layers = 0;
+    while (keys.has(`features.denseblock${b}.denselayer${layers + 1}.conv1.weight`)) layers++;
+    blockConfig.push(layers);
+  }
+  if (blockConfig.length === 0) {
+    throw new UserError(`${source} is not a DenseNet checkpoint: no dense blocks`);
+  }
+  const growthRate = shape("features.denseblock1.denselayer1.conv2.weight")[0];
+  return {
+    growthRate,
+    blockConfig,
+    numInitFeatures: shape("features.conv0.weight")[0],
+    bnSize: shape("features.denseblock1.denselayer1.conv1.weight")[0] / growthRate,
+    numClasses: shape("classifier.0.weight")[0],
+  };
+}
+
+/** A model loaded from a checkpoint, with the checkpoint's thresholds. */
+export interface LoadedModel {
+  model: DenseNet;
+  thresholds: Float64Array | null;
+  config: DenseNetConfig;
+}
+
+/** Loads a checkpoint (ours or the original tool's) into a DenseNet of the matching shape. */
+export async function loadModel(path: string): Promise<LoadedModel> {
+  const ckpt = await loadCheckpoint(path);
+  const config = inferDenseNetConfig(ckpt.stateDict, path);
+  const model = createDenseNet(config);
+  try {
+    loadStateDict(model, ckpt.stateDict, { source: path });
+  } catch (e) {
+    disposeModel(model);
+    throw e;
+  }
+  return { model, thresholds: ckpt.thresholds, config };
+}
+
+/** Where training's starting weights came from, for the results file. */
+export interface WeightsSource {
+  kind: "imagenet" | "none" | "file";
+  path: string | null;
+  sha256: string | null;
+  notes: string[];
+}
+
+async function sha256File(path: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * Creates the model to train: DenseNet-121 (or `config`) with `--weights imagenet` (torchvision's
+ * ImageNet file; fresh 14-way classifier), `none` (seeded random init) or a PATH (a torchvision
+ * state dict or an original-tool checkpoint; a classifier of another size is replaced).
+ */
+export async function initialModel(
+  weights: string,
+  opts: { config?: DenseNetConfig; seed?: number; silent?: boolean } = {},
+): Promise<{ model: DenseNet; source: WeightsSource }> {
+  const config = opts.config ?? DENSENET121;
+  const model = createDenseNet(config, { seed: opts.seed });
+  if (weights === "none") {
+    return { model, source: { kind: "none", path: null, sha256: null, notes: [] } };
+  }
+  const path = weights === "imagenet"
+    ? await imagenetWeightsPath({ silent: opts.silent })
+    : weights;
+  const ckpt = await loadCheckpoint(path);
+  const report = loadStateDict(model, ckpt.stateDict, { allowNewClassifier: true, source: path });
+  return {
+    model,
+    source: {
+      kind: weights === "imagenet" ? "imagenet" : "file",
+      path,
+      sha256: await sha256File(path),
+      notes: report.notes,
+    },
+  };
+}

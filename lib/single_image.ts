@@ -1,0 +1,86 @@
+/**
+ * Single-image use ("how do I run it on one X-ray?"): any PNG/JPEG of any size, grey or colour,
+ * 8 or 16 bit, goes through the test transform; prints the 14 probabilities and the findings
+ * above the checkpoint's thresholds, optionally one JSON record per image (JSON Lines).
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import { LABELS, NUM_CLASSES } from "../config.ts";
+import { writeFileAtomic } from "./atomic_file.ts";
+import { UserError } from "./errors.ts";
+import { decodeImagePath } from "./images.ts";
+import { batchToTensor, type BatchTransform } from "./inference.ts";
+import { type DenseNet, predict } from "./model.ts";
+import { Rng } from "./rng.ts";
+
+const IMAGE_FILE = /\.(png|jpe?g)$/i;
+
+/** Expands directories into their PNG/JPEG files (sorted); files are kept as given. */
+export async function expandImagePaths(paths: string[]): Promise<string[]> {
+  const out: string[] = [];
+  for (const path of paths) {
+    let info: Deno.FileInfo;
+    try {
+      info = await Deno.stat(path);
+    } catch {
+      throw new UserError(`image not found: ${path}`);
+    }
+    if (!info.isDirectory) {
+      out.push(path);
+      continue;
+    }
+    const names: string[] = [];
+    for await (const e of Deno.readDir(path)) {
+      if (e.isFile && IMAGE_FILE.test(e.name)) names.push(e.name);
+    }
+    if (names.length === 0) throw new UserError(`no PNG or JPEG files in ${path}`);
+    out.push(...names.sort().map((n) => `${path}/${n}`));
+  }
+  return out;
+}
+
+/** The prediction for one image. */
+export interface ImagePrediction {
+  image: string;
+  probabilities: Record<string, number>;
+  findings: string[];
+}
+
+/** Predicts each image with `transform` (a test transform); prints and optionally writes JSONL. */
+export async function predictImages(
+  model: DenseNet,
+  paths: string[],
+  opts: { thresholds: ArrayLike<number>; transform: BatchTransform; json?: string | null },
+): Promise<ImagePrediction[]> {
+  const files = await expandImagePaths(paths);
+  const rng = new Rng(0);
+  const results: ImagePrediction[] = [];
+  for (const file of files) {
+    const img = await decodeImagePath(file);
+    const out = tf.tidy(() =>
+      predict(model, opts.transform(batchToTensor({ ...img, images: img.data, n: 1 }), rng))
+    );
+    const probs = await out.data();
+    out.dispose();
+    const probabilities: Record<string, number> = {};
+    const findings: string[] = [];
+    for (let c = 0; c < NUM_CLASSES; c++) {
+      probabilities[LABELS[c]] = probs[c];
+      if (probs[c] > opts.thresholds[c]) findings.push(LABELS[c]);
+    }
+    results.push({ image: file, probabilities, findings });
+    console.log(`${file}: ${findings.length ? findings.join(", ") : "no finding above threshold"}`);
+    for (let c = 0; c < NUM_CLASSES; c++) {
+      const mark = probs[c] > opts.thresholds[c] ? " *" : "";
+      console.log(
+        `  ${LABELS[c].padEnd(20)}${probs[c].toFixed(4)}  (threshold ${
+          Number(opts.thresholds[c]).toFixed(4)
+        })${mark}`,
+      );
+    }
+  }
+  if (opts.json) {
+    await writeFileAtomic(opts.json, results.map((r) => JSON.stringify(r)).join("\n") + "\n");
+  }
+  return results;
+}

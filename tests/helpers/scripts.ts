@@ -1,0 +1,61 @@
+/**
+ * Running the real entry scripts as subprocesses, with the scoped permissions their tasks use,
+ * and dataset directories laid out from the fixture shard.
+ * @module
+ */
+import { FIXTURE_SHARD } from "./original_data.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const PERMISSIONS = ["--allow-read", "--allow-env", "--allow-ffi", "--allow-sys"];
+
+/** The output of a script run. */
+export interface ScriptResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `<script>.ts` with `args`; writes are allowed only under `writeDirs`. */
+export async function runScript(
+  script: string,
+  args: string[],
+  writeDirs: string[],
+  opts: { cwd?: string } = {},
+): Promise<ScriptResult> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      ...PERMISSIONS,
+      ...(writeDirs.length ? [`--allow-write=${writeDirs.join(",")}`] : []),
+      `${ROOT}${script}`,
+      ...args,
+    ],
+    cwd: opts.cwd ?? ROOT,
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+/** A temporary dataset directory with the fixture shard under the given subset names. */
+export async function fixtureDatasetDir(subsets: string[]): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix: "cxr_ds_" });
+  for (const subset of subsets) {
+    await Deno.copyFile(FIXTURE_SHARD, `${dir}/ChestXray14_${subset}_000.tar`);
+  }
+  return dir;
+}
+
+/** Path of the shared 28 MB seed checkpoint, or null (with a message) when it is absent. */
+export function seedModelPath(): string | null {
+  const path = new URL("../../../shared/fixtures/torch/seed_model.pt", import.meta.url).pathname;
+  try {
+    Deno.statSync(path);
+    return path;
+  } catch {
+    console.log(`skipping seed_model.pt tests: ${path} is absent`);
+    return null;
+  }
+}

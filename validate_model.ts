@@ -1,0 +1,278 @@
+/**
+ * validate_model.ts — evaluates a trained model on the test (or validation) shards as the
+ * original tool does: per-class and mean AUROC, F1 at the checkpoint's thresholds, optional
+ * center crop or ten-crop; or predicts single X-rays with `--images`.
+ *
+ *   deno task validate -- -s data/saved_models/2022_0319_090507_model.pt -c -f
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import {
+  BATCH_SIZE,
+  DATASET_DIR,
+  DEBUG_SIZES,
+  FINAL_IMAGE_SIZE,
+  LABELS,
+  LABELS_DIR,
+  NUM_CLASSES,
+  NUM_WORKERS,
+  RANDOM_SEED,
+  SAVE_DIR,
+} from "./config.ts";
+import { writeFileAtomic } from "./lib/atomic_file.ts";
+import { BACKENDS, initBackend } from "./lib/backend.ts";
+import { type FlagSpecs, parseFlags } from "./lib/cli.ts";
+import { loadSubset } from "./lib/dataset.ts";
+import { runMain, UserError } from "./lib/errors.ts";
+import { predictBatches, type Predictions } from "./lib/inference.ts";
+import { aurocPerClass, f1PerClass, mean, nanMean } from "./lib/metrics.ts";
+import { disposeModel } from "./lib/model.ts";
+import { loadModel } from "./lib/model_loading.ts";
+import { Progress } from "./lib/progress.ts";
+import { Rng } from "./lib/rng.ts";
+import { newestSavedModel, resolveSavedModel } from "./lib/saved_models.ts";
+import { writeReportHtml } from "./lib/report_html.ts";
+import { predictImages } from "./lib/single_image.ts";
+import {
+  type BatchTransform,
+  paramsForImageSize,
+  transformsTest,
+  transformsTestCentercrop,
+  transformsTestTenCrop,
+} from "./transforms/augmented_transforms.ts";
+
+export const FLAGS = {
+  saved_model: {
+    kind: "string",
+    short: "s",
+    default: null,
+    metavar: "PATH",
+    help: "model to evaluate (default: newest *_model.pt in --save_dir)",
+  },
+  batch_size: { kind: "int", short: "b", default: BATCH_SIZE, min: 1, help: "batch size" },
+  workers: {
+    kind: "int",
+    short: "w",
+    default: NUM_WORKERS,
+    min: 1,
+    help: "image decoding workers",
+  },
+  center_crop: {
+    kind: "boolean",
+    short: "c",
+    default: false,
+    help: "resize to 256 and center crop 224 (else resize to 224)",
+  },
+  debug: { kind: "boolean", short: "d", default: false, help: `use ${DEBUG_SIZES.test} images` },
+  display_f1: { kind: "boolean", short: "f", default: false, help: "also print F1 per class" },
+  backend: { kind: "string", default: "auto", choices: BACKENDS, help: "compute backend" },
+  threads: { kind: "int", default: 0, min: 0, help: "wasm threads (0: all cores)" },
+  dataset_dir: { kind: "string", default: DATASET_DIR, metavar: "DIR", help: "shard directory" },
+  labels_dir: { kind: "string", default: LABELS_DIR, metavar: "DIR", help: "label CSV directory" },
+  save_dir: { kind: "string", default: SAVE_DIR, metavar: "DIR", help: "saved model directory" },
+  image_size: {
+    kind: "int",
+    default: FINAL_IMAGE_SIZE,
+    min: 32,
+    help: "network input size",
+  },
+  subset: { kind: "string", default: "test", choices: ["test", "val"], help: "shards to evaluate" },
+  tta: {
+    kind: "string",
+    default: "none",
+    choices: ["none", "tencrop"],
+    help: "test-time augmentation: ten crops of the 256 image, outputs averaged",
+  },
+  json: { kind: "string", default: null, metavar: "PATH", help: "write the results as JSON" },
+  predictions: {
+    kind: "string",
+    default: null,
+    metavar: "PATH",
+    help: "write per-image probabilities as CSV",
+  },
+  report: {
+    kind: "string",
+    default: null,
+    metavar: "PATH",
+    help: "write a self-contained HTML report (AUROC/F1 table, ROC curves)",
+  },
+  images: {
+    kind: "list",
+    metavar: "FILE",
+    help: "predict these PNG/JPEG files or directories instead of the test set",
+  },
+  seed: { kind: "int", default: RANDOM_SEED, help: "random seed" },
+} as const satisfies FlagSpecs;
+
+const USAGE = "validate_model.ts [options] [--images FILE...]";
+const DESCRIPTION =
+  "Evaluates a trained model (ours or the original tool's *_model.pt) on the test shards:\n" +
+  "per-class and mean AUROC, F1 at the saved thresholds.";
+
+/** Formats the original tool's AUROC (and F1) table: one row per class, 4 decimals. */
+export function formatTable(auroc: Float64Array, f1: Float64Array | null): string {
+  const width = Math.max(...LABELS.map((l) => l.length)) + 2;
+  const cell = (v: number) => (Number.isNaN(v) ? "NaN" : v.toFixed(4)).padStart(8);
+  const header = " ".repeat(width) + "   AUROC" + (f1 ? "      F1" : "");
+  const rows = LABELS.map((label, c) =>
+    label.padEnd(width) + cell(auroc[c]) + (f1 ? cell(f1[c]) : "")
+  );
+  return [header, ...rows].join("\n");
+}
+
+/** The printed and JSON results of an evaluation. */
+export interface Evaluation {
+  auroc: Float64Array;
+  f1: Float64Array;
+  meanAuroc: number;
+  meanAurocDefined: number;
+  meanF1: number;
+}
+
+/** Metrics of predictions against labels, F1 at `thresholds`. */
+export function evaluate(p: Predictions, thresholds: ArrayLike<number>): Evaluation {
+  const labels = { rows: p.n, cols: NUM_CLASSES, data: p.labels };
+  const probs = { rows: p.n, cols: NUM_CLASSES, data: p.probs };
+  const auroc = aurocPerClass(labels, probs);
+  const f1 = f1PerClass(labels, probs, thresholds);
+  return {
+    auroc,
+    f1,
+    meanAuroc: mean(auroc),
+    meanAurocDefined: nanMean(auroc),
+    meanF1: mean(f1),
+  };
+}
+
+function printEvaluation(title: string, e: Evaluation, showF1: boolean): void {
+  console.log(title);
+  console.log(formatTable(e.auroc, showF1 ? e.f1 : null));
+  const fmt = (v: number) => (Number.isNaN(v) ? "NaN" : v.toFixed(4));
+  const defined = e.auroc.filter((v) => !Number.isNaN(v)).length;
+  console.log(`Mean AUROC: ${fmt(e.meanAuroc)}`);
+  console.log(`Mean AUROC over ${defined} defined classes: ${fmt(e.meanAurocDefined)}`);
+  if (showF1) console.log(`Mean F1: ${fmt(e.meanF1)}`);
+}
+
+const jsonNumber = (v: number) => (Number.isFinite(v) ? v : null);
+
+function predictionsCsv(p: Predictions): string {
+  const lines = [["Image Index", ...LABELS].join(",")];
+  for (let i = 0; i < p.n; i++) {
+    const row = Array.from(p.probs.subarray(i * NUM_CLASSES, (i + 1) * NUM_CLASSES), String);
+    lines.push([`${p.keys[i]}.png`, ...row].join(","));
+  }
+  return lines.join("\n") + "\n";
+}
+
+async function main(args: string[]): Promise<void> {
+  const flags = parseFlags(args, FLAGS, USAGE, DESCRIPTION);
+  const imagePaths = [...flags.images, ...flags._];
+  const modelPath = flags.saved_model
+    ? await resolveSavedModel(flags.saved_model, flags.save_dir)
+    : await newestSavedModel(flags.save_dir);
+  const backend = await initBackend(flags.backend as typeof BACKENDS[number], {
+    threads: flags.threads || undefined,
+    log: (line) => console.error(line),
+  });
+  console.log(`Loading from ${modelPath.split("/").pop()}.`);
+  const { model, thresholds: saved } = await loadModel(modelPath);
+  const thresholds = saved ?? new Float64Array(NUM_CLASSES).fill(0.5);
+  if (!saved) console.error("warning: the checkpoint has no thresholds; F1 uses 0.5");
+  const rng = new Rng(flags.seed);
+  const size = paramsForImageSize(flags.image_size);
+  const test: BatchTransform = (x, r) => transformsTest(x, r, size);
+  const centerCrop: BatchTransform = (x, r) => transformsTestCentercrop(x, r, size);
+  const tenCropTransform: BatchTransform = (x, r) => transformsTestTenCrop(x, r, size);
+  try {
+    if (imagePaths.length > 0) {
+      await predictImages(model, imagePaths, {
+        thresholds,
+        transform: flags.center_crop ? centerCrop : test,
+        json: flags.json,
+      });
+      return;
+    }
+    const subset = await loadSubset({
+      datasetDir: flags.dataset_dir,
+      subset: flags.subset as "test" | "val",
+      limit: flags.debug ? DEBUG_SIZES.test : undefined,
+    });
+    const run = async (label: string, transform: BatchTransform, views = 1) => {
+      const progress = new Progress(label, subset.size, { unit: "img" });
+      const p = await predictBatches(
+        model,
+        subset.batches({ batchSize: flags.batch_size, workers: flags.workers }),
+        transform,
+        rng,
+        { views, progress },
+      );
+      progress.finish();
+      return p;
+    };
+    const plain = await run(
+      "Validation",
+      flags.center_crop ? centerCrop : test,
+    );
+    console.log("Validation complete.");
+    if (plain.n === 0) throw new UserError(`no images in the ${flags.subset} shards`);
+    const result = evaluate(plain, thresholds);
+    printEvaluation("", result, flags.display_f1);
+    let tenCrop: Evaluation | null = null;
+    if (flags.tta === "tencrop") {
+      const p = await run("Ten-crop", tenCropTransform, 10);
+      tenCrop = evaluate(p, thresholds);
+      printEvaluation("\nTen-crop test-time augmentation:", tenCrop, flags.display_f1);
+    }
+    if (flags.report) {
+      await writeReportHtml(flags.report, {
+        modelPath,
+        subset: flags.subset,
+        labels: plain.labels,
+        probs: plain.probs,
+        n: plain.n,
+        thresholds,
+        meta: {
+          backend: `${backend.name} (${backend.device})`,
+          date: new Date().toISOString(),
+          transform: flags.center_crop ? "resize 256, center crop 224" : "resize 224",
+          thresholds: saved ? "checkpoint" : "0.5 (checkpoint has none)",
+        },
+      });
+      console.log(`Report: ${flags.report}`);
+    }
+    if (flags.predictions) await writeFileAtomic(flags.predictions, predictionsCsv(plain));
+    if (flags.json) {
+      const json = {
+        model: modelPath,
+        subset: flags.subset,
+        n_images: plain.n,
+        labels: LABELS,
+        auroc: Array.from(result.auroc, jsonNumber),
+        mean_auroc: jsonNumber(result.meanAuroc),
+        mean_auroc_defined: jsonNumber(result.meanAurocDefined),
+        f1: Array.from(result.f1, jsonNumber),
+        mean_f1: jsonNumber(result.meanF1),
+        thresholds: Array.from(thresholds),
+        center_crop: flags.center_crop,
+        backend: backend.name,
+        ...(tenCrop
+          ? {
+            tencrop: {
+              auroc: Array.from(tenCrop.auroc, jsonNumber),
+              mean_auroc: jsonNumber(tenCrop.meanAuroc),
+              f1: Array.from(tenCrop.f1, jsonNumber),
+              mean_f1: jsonNumber(tenCrop.meanF1),
+            },
+          }
+          : {}),
+      };
+      await writeFileAtomic(flags.json, JSON.stringify(json, null, 2) + "\n");
+    }
+  } finally {
+    disposeModel(model);
+    tf.disposeVariables();
+  }
+}
+
+if (import.meta.main) await runMain(main);
