@@ -425,9 +425,7 @@ export interface CropBox {
 
 /**
  * Cuts `size × size` crops out of a batch, one output image per box, mirroring the boxes with
- * `flip`. Uses cropAndResize with bilinear sampling at exact pixel positions (weights 0/1, so
- * pixels are copied to float rounding), much faster than slice/reverse on the wasm backend.
- * Not "nearest": wasm's nearest sampling picks the pixel left of the box in x (tfjs 4.22).
+ * `flip`.
  */
 export function cropBoxes(
   images: tf.Tensor4D,
@@ -436,22 +434,21 @@ export function cropBoxes(
 ): tf.Tensor4D {
   const [n, h, w] = images.shape;
   if (h < 2 || w < 2) throw new Error(`cropBoxes: ${w}×${h} images are too small`);
-  const coords = boxes.map(({ image, x, y, flip }) => {
+  for (const { image, x, y } of boxes) {
     if (image < 0 || image >= n || x < 0 || y < 0 || x + size > w || y + size > h) {
       throw new Error(`crop ${size} at (${x}, ${y}) of image ${image} is outside ${n}×${w}×${h}`);
     }
-    const x1 = x / (w - 1), x2 = (x + size - 1) / (w - 1);
-    const y1 = y / (h - 1), y2 = (y + size - 1) / (h - 1);
-    return flip ? [y1, x2, y2, x1] : [y1, x1, y2, x2];
-  });
+  }
+  // Plain slices: exact on every backend. (tfjs 4.22's wasm cropAndResize misplaces some
+  // boxes, e.g. a 224 box at x = 32, y = 0 of a 256 image, in both sampling modes.)
   return tf.tidy(() =>
-    tf.image.cropAndResize(
-      images,
-      tf.tensor2d(coords, [boxes.length, 4]),
-      tf.tensor1d(boxes.map((b) => b.image), "int32"),
-      [size, size],
-      "bilinear",
-    )
+    tf.concat(
+      boxes.map(({ image, x, y, flip }) => {
+        const crop = tf.slice(images, [image, y, x, 0], [1, size, size, images.shape[3]]);
+        return flip ? tf.reverse(crop, 2) : crop;
+      }),
+      0,
+    ) as tf.Tensor4D
   );
 }
 
