@@ -68,7 +68,12 @@ export const FLAGS = {
   backend: { kind: "string", default: "auto", choices: BACKENDS, help: "compute backend" },
   threads: { kind: "int", default: 0, min: 0, help: "wasm threads (0: all cores)" },
   dataset_dir: { kind: "string", default: DATASET_DIR, metavar: "DIR", help: "shard directory" },
-  labels_dir: { kind: "string", default: LABELS_DIR, metavar: "DIR", help: "label CSV directory" },
+  labels_dir: {
+    kind: "string",
+    default: LABELS_DIR,
+    metavar: "DIR",
+    help: "label CSV directory (accepted as the original; labels are read from the shards)",
+  },
   save_dir: { kind: "string", default: SAVE_DIR, metavar: "DIR", help: "saved model directory" },
   image_size: {
     kind: "int",
