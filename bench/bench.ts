@@ -1,0 +1,386 @@
+/**
+ * DenseNet-121 throughput benchmark: training steps (forward + backward + Adam, BCE on the
+ * sigmoid outputs; warm-up step excluded) and inference (eval-mode forward) on a tfjs backend,
+ * with random weights and images; the data path (PNG decode + batching from the fixture shard,
+ * and training augmentation); peak RSS. With `--compare-torch`, the same DenseNet-121 work in
+ * Debian's PyTorch (`bench/torch_bench.py`) at the same batch and thread count, and the ratios.
+ * Prints one JSON object on stdout; progress goes to stderr.
+ *
+ *     deno run --allow-read --allow-env --allow-ffi --allow-run --allow-sys bench/bench.ts \
+ *       [--backend wasm] [--batch 16] [--image_size 224] [--steps 3] [--compare-torch] \
+ *       [--threads N] [--memory_efficient on|off] [--wasm_kernels ours|tfjs]
+ * @module
+ */
+
+import * as tf from "@tensorflow/tfjs-core";
+import { fileURLToPath } from "node:url";
+import { Adam } from "../lib/adam.ts";
+import { BACKENDS, initBackend } from "../lib/backend.ts";
+import { parseFlags } from "../lib/cli.ts";
+import { batches } from "../lib/dataset.ts";
+import { runMain, UserError } from "../lib/errors.ts";
+import { createDenseNet, DENSENET121, disposeModel, forward } from "../lib/model.ts";
+import { Rng } from "../lib/rng.ts";
+import { trainStep } from "../lib/training.ts";
+import { restoreTfjsWasmKernels } from "../lib/wasm_kernels.ts";
+import { readShard } from "../lib/webdataset.ts";
+import { transformsTrainAugmented } from "../transforms/augmented_transforms.ts";
+
+const SPECS = {
+  backend: { kind: "string", default: "wasm", choices: BACKENDS, help: "tfjs backend" },
+  batch: { kind: "int", default: 16, min: 1, help: "images per training/inference batch" },
+  image_size: { kind: "int", default: 224, min: 32, help: "side of the square images" },
+  steps: { kind: "int", default: 3, min: 1, help: "timed steps (after one warm-up step)" },
+  "compare-torch": {
+    kind: "boolean",
+    default: false,
+    help: "also run bench/torch_bench.py with Debian's /usr/bin/python3 and print ratios",
+  },
+  threads: { kind: "int", default: 1, min: 1, help: "threads for the backend and for PyTorch" },
+  memory_efficient: {
+    kind: "string",
+    default: "on",
+    choices: ["on", "off"],
+    help: "recompute dense layers' concat+BN+ReLU+1x1 conv in the backward pass",
+  },
+  wasm_kernels: {
+    kind: "string",
+    default: "ours",
+    choices: ["ours", "tfjs"],
+    help:
+      "wasm: this project's training kernels (lib/wasm_kernels.ts) or tfjs's own (before/after)",
+  },
+  shard: {
+    kind: "string",
+    default: fileURLToPath(
+      new URL("../tests/fixtures/nih_subset/ChestXray14_val_002.tar", import.meta.url),
+    ),
+    metavar: "PATH",
+    help: "WebDataset shard for the decode measurement",
+  },
+} as const;
+
+/** Interpreter with torch 1.13 / torchvision (Debian's python3-torch). */
+const PYTHON = "/usr/bin/python3";
+/** Images per batch of the augmentation measurement, and their input side. */
+const AUGMENT_BATCH = 16;
+const AUGMENT_INPUT = 256;
+
+/** What `bench/torch_bench.py` prints. */
+interface TorchResult {
+  torch_version: string;
+  threads: number;
+  batch: number;
+  image_size: number;
+  train_images_per_s: number;
+  infer_images_per_s: number;
+  train_images_per_cpu_s: number;
+  infer_images_per_cpu_s: number;
+  peak_rss_mb: number;
+}
+
+/**
+ * Samples the process RSS every 20 ms in a worker, whose event loop keeps running while the
+ * main thread is busy in a long synchronous tfjs step (an interval on the main thread would
+ * not fire then).
+ */
+class RssSampler {
+  #worker: Worker;
+  #url: string;
+  constructor() {
+    const code = `let peak = 0;
+      const sample = () => { peak = Math.max(peak, Deno.memoryUsage().rss); };
+      sample();
+      setInterval(sample, 20);
+      self.onmessage = () => { sample(); self.postMessage(peak); };`;
+    this.#url = URL.createObjectURL(new Blob([code], { type: "application/javascript" }));
+    this.#worker = new Worker(this.#url, { type: "module" });
+  }
+
+  /** Peak RSS seen so far, in bytes (includes a sample taken now). */
+  peak(): Promise<number> {
+    return new Promise((resolve) => {
+      this.#worker.onmessage = (e: MessageEvent<number>) =>
+        resolve(Math.max(e.data, Deno.memoryUsage().rss));
+      this.#worker.postMessage(null);
+    });
+  }
+
+  stop(): void {
+    this.#worker.terminate();
+    URL.revokeObjectURL(this.#url);
+  }
+}
+
+function log(line: string): void {
+  console.error(line);
+}
+
+/**
+ * CPU seconds (user + system) this process has used, from /proc (Linux; Deno reads /proc/self
+ * only with --allow-all, so through `cat`); null where unavailable. On a machine shared with
+ * other work, images per CPU-second estimate what an idle machine would give a 1-thread run.
+ */
+function cpuSeconds(): number | null {
+  try {
+    const out = new Deno.Command("cat", { args: [`/proc/${Deno.pid}/stat`] }).outputSync();
+    if (!out.success) return null;
+    const fields = new TextDecoder().decode(out.stdout).split(") ")[1].split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / 100; // USER_HZ is 100 on Linux
+  } catch {
+    return null;
+  }
+}
+
+/** Wall and CPU seconds taken by `f` (CPU null where unavailable). */
+function seconds(f: () => void): { wall: number; cpu: number | null } {
+  const cpu0 = cpuSeconds();
+  const start = performance.now();
+  f();
+  const wall = (performance.now() - start) / 1000;
+  const cpu1 = cpuSeconds();
+  return { wall, cpu: cpu0 == null || cpu1 == null ? null : cpu1 - cpu0 };
+}
+
+/** Images/s of the model measurements; `*Cpu` per CPU-second of this process. */
+interface ModelRates {
+  train: number;
+  trainCpu: number | null;
+  trainStepS: number[];
+  infer: number;
+  inferCpu: number | null;
+}
+
+function accumulate(
+  total: { wall: number; cpu: number | null },
+  t: { wall: number; cpu: number | null },
+  walls?: number[],
+): void {
+  total.wall += t.wall;
+  total.cpu = total.cpu == null || t.cpu == null ? null : total.cpu + t.cpu;
+  walls?.push(t.wall);
+}
+
+/** Training and inference images/s of DenseNet-121 with random weights and inputs. */
+function benchModel(
+  batch: number,
+  size: number,
+  steps: number,
+  memoryEfficient: boolean,
+): ModelRates {
+  const model = createDenseNet(DENSENET121, { seed: 0 });
+  const adam = new Adam({ lr: 1e-4 });
+  const rng = new Rng(1);
+  const x = tf.tidy(() => tf.randomNormal([batch, size, size, 3], 0, 1, "float32", 1));
+  const y = tf.tensor2d(
+    Float32Array.from({ length: batch * 14 }, () => (rng.next() < 0.3 ? 1 : 0)),
+    [batch, 14],
+  );
+  try {
+    const train = { wall: 0, cpu: 0 as number | null };
+    const trainStepS: number[] = [];
+    for (let s = 0; s <= steps; s++) {
+      const t = seconds(() => trainStep(model, adam, x as tf.Tensor4D, y, { memoryEfficient }));
+      log(
+        `train step ${s === 0 ? "(warm-up)" : s}: ${t.wall.toFixed(2)} s (cpu ${
+          t.cpu?.toFixed(2)
+        } s)`,
+      );
+      if (s > 0) accumulate(train, t, trainStepS);
+    }
+    const infer = { wall: 0, cpu: 0 as number | null };
+    for (let s = 0; s <= steps; s++) {
+      const t = seconds(() =>
+        tf.tidy(() => {
+          forward(model, x as tf.Tensor4D, { training: false }).dataSync();
+        })
+      );
+      log(
+        `inference ${s === 0 ? "(warm-up)" : s}: ${t.wall.toFixed(2)} s (cpu ${
+          t.cpu?.toFixed(2)
+        } s)`,
+      );
+      if (s > 0) accumulate(infer, t);
+    }
+    const images = batch * steps;
+    return {
+      train: images / train.wall,
+      trainCpu: train.cpu == null ? null : images / train.cpu,
+      trainStepS,
+      infer: images / infer.wall,
+      inferCpu: infer.cpu == null ? null : images / infer.cpu,
+    };
+  } finally {
+    tf.dispose([x, y]);
+    adam.dispose();
+    disposeModel(model);
+  }
+}
+
+/** PNG decode + batching images/s over the whole shard (second pass; the first warms up). */
+async function benchDecode(shard: string, batch: number): Promise<number> {
+  try {
+    await Deno.stat(shard);
+  } catch {
+    throw new UserError(`shard ${shard} not found: pass --shard PATH to a WebDataset .tar`);
+  }
+  let rate = 0;
+  for (let pass = 0; pass < 2; pass++) {
+    let images = 0;
+    const start = performance.now();
+    for await (const b of batches(readShard(shard), { batchSize: batch, workers: 4 })) {
+      images += b.n;
+    }
+    rate = images / ((performance.now() - start) / 1000);
+  }
+  return rate;
+}
+
+/** `transformsTrainAugmented` images/s at batch 16 from 256×256 inputs (warm-up excluded). */
+function benchAugment(): number {
+  const images = tf.tidy(() =>
+    tf.randomUniform([AUGMENT_BATCH, AUGMENT_INPUT, AUGMENT_INPUT, 3], 0, 1, "float32", 2)
+  ) as tf.Tensor4D;
+  const rng = new Rng(3);
+  const once = () => {
+    const out = transformsTrainAugmented(images, rng);
+    out.dataSync();
+    out.dispose();
+  };
+  try {
+    once();
+    let n = 0;
+    const start = performance.now();
+    while (n < 3 || performance.now() - start < 2000) {
+      once();
+      n++;
+    }
+    return (n * AUGMENT_BATCH) / ((performance.now() - start) / 1000);
+  } finally {
+    images.dispose();
+  }
+}
+
+/** Runs the PyTorch side; null (with the reason logged) when torch is not importable. */
+async function benchTorch(
+  batch: number,
+  size: number,
+  steps: number,
+  threads: number,
+): Promise<TorchResult | { skipped: string }> {
+  let probe: Deno.CommandOutput;
+  try {
+    probe = await new Deno.Command(PYTHON, { args: ["-c", "import torch, torchvision"] }).output();
+  } catch (err) {
+    const why = `${PYTHON} cannot run (${(err as Error).message.split("\n")[0]})`;
+    log(`torch comparison skipped: ${why}`);
+    return { skipped: why };
+  }
+  if (!probe.success) {
+    const why = `${PYTHON} -c 'import torch, torchvision' failed`;
+    log(`torch comparison skipped: ${why}`);
+    return { skipped: why };
+  }
+  const script = fileURLToPath(new URL("./torch_bench.py", import.meta.url));
+  const args = [
+    script,
+    ...["--batch", `${batch}`, "--image_size", `${size}`, "--steps", `${steps}`],
+    ...["--threads", `${threads}`],
+  ];
+  log(`torch: ${PYTHON} ${args.join(" ")}`);
+  const out = await new Deno.Command(PYTHON, { args, stderr: "inherit" }).output();
+  if (!out.success) throw new Error(`bench/torch_bench.py failed (exit ${out.code})`);
+  return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop()!);
+}
+
+/** The 1-minute load average, to judge measurements on a shared machine (needs --allow-sys). */
+function loadAverage(): number | null {
+  try {
+    return Deno.loadavg()[0];
+  } catch {
+    return null;
+  }
+}
+
+const round = (v: number, digits = 3) => Number(v.toFixed(digits));
+
+async function main(args: string[]) {
+  const flags = parseFlags(
+    args,
+    SPECS,
+    "deno run --allow-read --allow-env --allow-ffi --allow-run --allow-sys bench/bench.ts " +
+      "[options]",
+    "Measures DenseNet-121 training/inference images/s, the data path and peak RSS; " +
+      "optionally beside PyTorch.",
+  );
+  const sampler = new RssSampler();
+  try {
+    const info = await initBackend(flags.backend, { threads: flags.threads, log });
+    const threads = info.threads ?? flags.threads;
+    if (info.name === "wasm" && flags.wasm_kernels === "tfjs") {
+      log(`wasm: tfjs's own ${restoreTfjsWasmKernels().join(", ")} kernels`);
+    }
+    const loadBefore = loadAverage();
+    let model: ModelRates;
+    try {
+      model = benchModel(
+        flags.batch,
+        flags.image_size,
+        flags.steps,
+        flags.memory_efficient === "on",
+      );
+    } catch (err) {
+      // Emscripten aborts when the 4 GB wasm heap is exhausted; the backend is unusable after.
+      if (info.name === "wasm" && /Abort|memory/i.test((err as Error).message)) {
+        throw new UserError(
+          `DenseNet-121 at batch ${flags.batch}, ${flags.image_size}² ran out of the 4 GB wasm ` +
+            `heap: use a smaller --batch (12 fits at 224 with --memory_efficient on)`,
+        );
+      }
+      throw err;
+    }
+    const peakRss = await sampler.peak();
+    log("measuring the data path");
+    const decode = await benchDecode(flags.shard, flags.batch);
+    const augment = benchAugment();
+    const result: Record<string, unknown> = {
+      backend: info.name,
+      device: info.device,
+      threads,
+      image_size: flags.image_size,
+      batch: flags.batch,
+      memory_efficient: flags.memory_efficient === "on",
+      ...(info.name === "wasm" ? { wasm_kernels: flags.wasm_kernels } : {}),
+      train_images_per_s: round(model.train),
+      train_step_s: model.trainStepS.map((s) => round(s, 2)),
+      infer_images_per_s: round(model.infer),
+      train_images_per_cpu_s: model.trainCpu == null ? null : round(model.trainCpu),
+      infer_images_per_cpu_s: model.inferCpu == null ? null : round(model.inferCpu),
+      decode_images_per_s: round(decode, 1),
+      augment_images_per_s: round(augment, 1),
+      peak_rss_mb: Math.round(peakRss / 2 ** 20),
+      load_average: loadBefore,
+    };
+    if (flags["compare-torch"]) {
+      const torch = await benchTorch(flags.batch, flags.image_size, flags.steps, threads);
+      result.torch = torch;
+      if ("train_images_per_s" in torch) {
+        result.ratio = {
+          train: round(model.train / torch.train_images_per_s),
+          infer: round(model.infer / torch.infer_images_per_s),
+          ...(model.trainCpu != null && model.inferCpu != null
+            ? {
+              train_per_cpu_s: round(model.trainCpu / torch.train_images_per_cpu_s),
+              infer_per_cpu_s: round(model.inferCpu / torch.infer_images_per_cpu_s),
+            }
+            : {}),
+        };
+      }
+    }
+    console.log(JSON.stringify(result));
+  } finally {
+    sampler.stop();
+  }
+}
+
+if (import.meta.main) await runMain(main);
