@@ -8,25 +8,18 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import {
-  BATCH_SIZE,
-  DATASET_DIR,
   DEBUG_SIZES,
-  FINAL_IMAGE_SIZE,
   LABELS,
-  LABELS_DIR,
   LEARNING_RATE,
   NUM_CLASSES,
   NUM_EPOCHS,
-  NUM_WORKERS,
-  RANDOM_SEED,
-  SAVE_DIR,
   SCHEDULER_FACTOR,
   SCHEDULER_PATIENCE,
   SHUFFLE_BUFFER,
 } from "./config.ts";
 import { Adam } from "./lib/adam.ts";
 import { writeFileAtomic } from "./lib/atomic_file.ts";
-import { BACKENDS, initBackend } from "./lib/backend.ts";
+import { RUN_FLAGS, startBackend } from "./lib/run_flags.ts";
 import { type FlagSpecs, parseFlags } from "./lib/cli.ts";
 import { loadSubset } from "./lib/dataset.ts";
 import { runMain, UserError } from "./lib/errors.ts";
@@ -75,14 +68,7 @@ export const ARCHITECTURES: Record<string, DenseNetConfig> = {
 };
 
 export const FLAGS = {
-  batch_size: { kind: "int", short: "b", default: BATCH_SIZE, min: 1, help: "batch size" },
-  workers: {
-    kind: "int",
-    short: "w",
-    default: NUM_WORKERS,
-    min: 1,
-    help: "image decoding workers",
-  },
+  ...RUN_FLAGS,
   epochs: { kind: "int", short: "e", default: NUM_EPOCHS, min: 1, help: "number of epochs" },
   learning_rate: {
     kind: "float",
@@ -125,25 +111,17 @@ export const FLAGS = {
     metavar: "PATH",
     help: "resume from this checkpoint (ours or the original tool's; as given, else in --save_dir)",
   },
-  backend: { kind: "string", default: "auto", choices: BACKENDS, help: "compute backend" },
-  threads: { kind: "int", default: 0, min: 0, help: "wasm threads (0: all cores)" },
   weights: {
     kind: "string",
     default: "imagenet",
     metavar: "imagenet|none|PATH",
     help: "starting weights: torchvision's ImageNet DenseNet-121, random, or a file",
   },
-  image_size: { kind: "int", default: FINAL_IMAGE_SIZE, min: 32, help: "network input size" },
   arch: {
     kind: "string",
     default: "densenet121",
     choices: Object.keys(ARCHITECTURES),
     help: "network: DenseNet-121, or a small DenseNet for quick runs (random init only)",
-  },
-  seed: {
-    kind: "int",
-    default: RANDOM_SEED,
-    help: "random seed (weights, shuffling, augmentation)",
   },
   loss: {
     kind: "string",
@@ -157,9 +135,6 @@ export const FLAGS = {
     choices: ["auto", "on", "off"],
     help: "recompute dense-layer bottlenecks in the backward pass (auto: on except tensorflow)",
   },
-  dataset_dir: { kind: "string", default: DATASET_DIR, metavar: "DIR", help: "shard directory" },
-  labels_dir: { kind: "string", default: LABELS_DIR, metavar: "DIR", help: "label CSV directory" },
-  save_dir: { kind: "string", default: SAVE_DIR, metavar: "DIR", help: "where models are saved" },
   preview_augmentation: {
     kind: "int",
     default: 0,
@@ -193,10 +168,7 @@ const finite = (v: number) => (Number.isFinite(v) ? v : null);
 async function main(args: string[]): Promise<void> {
   const flags = parseFlags(args, FLAGS, USAGE, DESCRIPTION);
   const startedAt = new Date();
-  const backend = await initBackend(flags.backend as typeof BACKENDS[number], {
-    threads: flags.threads || undefined,
-    log: (line) => console.error(line),
-  });
+  const backend = await startBackend(flags);
   const train = await loadSubset({
     datasetDir: flags.dataset_dir,
     subset: "train",

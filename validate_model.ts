@@ -7,20 +7,9 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import {
-  BATCH_SIZE,
-  DATASET_DIR,
-  DEBUG_SIZES,
-  FINAL_IMAGE_SIZE,
-  LABELS,
-  LABELS_DIR,
-  NUM_CLASSES,
-  NUM_WORKERS,
-  RANDOM_SEED,
-  SAVE_DIR,
-} from "./config.ts";
+import { DEBUG_SIZES, LABELS, LABELS_DIR, NUM_CLASSES } from "./config.ts";
 import { writeFileAtomic } from "./lib/atomic_file.ts";
-import { BACKENDS, initBackend } from "./lib/backend.ts";
+import { RUN_FLAGS, startBackend } from "./lib/run_flags.ts";
 import { type FlagSpecs, parseFlags } from "./lib/cli.ts";
 import { loadSubset } from "./lib/dataset.ts";
 import { runMain, UserError } from "./lib/errors.ts";
@@ -42,20 +31,13 @@ import {
 } from "./transforms/augmented_transforms.ts";
 
 export const FLAGS = {
+  ...RUN_FLAGS,
   saved_model: {
     kind: "string",
     short: "s",
     default: null,
     metavar: "PATH",
     help: "model to evaluate (default: newest *_model.pt in --save_dir)",
-  },
-  batch_size: { kind: "int", short: "b", default: BATCH_SIZE, min: 1, help: "batch size" },
-  workers: {
-    kind: "int",
-    short: "w",
-    default: NUM_WORKERS,
-    min: 1,
-    help: "image decoding workers",
   },
   center_crop: {
     kind: "boolean",
@@ -65,21 +47,11 @@ export const FLAGS = {
   },
   debug: { kind: "boolean", short: "d", default: false, help: `use ${DEBUG_SIZES.test} images` },
   display_f1: { kind: "boolean", short: "f", default: false, help: "also print F1 per class" },
-  backend: { kind: "string", default: "auto", choices: BACKENDS, help: "compute backend" },
-  threads: { kind: "int", default: 0, min: 0, help: "wasm threads (0: all cores)" },
-  dataset_dir: { kind: "string", default: DATASET_DIR, metavar: "DIR", help: "shard directory" },
   labels_dir: {
     kind: "string",
     default: LABELS_DIR,
     metavar: "DIR",
     help: "label CSV directory (accepted as the original; labels are read from the shards)",
-  },
-  save_dir: { kind: "string", default: SAVE_DIR, metavar: "DIR", help: "saved model directory" },
-  image_size: {
-    kind: "int",
-    default: FINAL_IMAGE_SIZE,
-    min: 32,
-    help: "network input size",
   },
   subset: { kind: "string", default: "test", choices: ["test", "val"], help: "shards to evaluate" },
   tta: {
@@ -106,7 +78,6 @@ export const FLAGS = {
     metavar: "FILE",
     help: "predict these PNG/JPEG files or directories instead of the test set",
   },
-  seed: { kind: "int", default: RANDOM_SEED, help: "random seed" },
 } as const satisfies FlagSpecs;
 
 const USAGE = "validate_model.ts [options] [--images FILE...]";
@@ -176,10 +147,7 @@ async function main(args: string[]): Promise<void> {
   const modelPath = flags.saved_model
     ? await resolveSavedModel(flags.saved_model, flags.save_dir)
     : await newestSavedModel(flags.save_dir);
-  const backend = await initBackend(flags.backend as typeof BACKENDS[number], {
-    threads: flags.threads || undefined,
-    log: (line) => console.error(line),
-  });
+  const backend = await startBackend(flags);
   console.log(`Loading from ${modelPath.split("/").pop()}.`);
   const { model, thresholds: saved } = await loadModel(modelPath);
   const thresholds = saved ?? new Float64Array(NUM_CLASSES).fill(0.5);

@@ -1,0 +1,43 @@
+/**
+ * Flags that train_model.ts and validate_model.ts share (batch, workers, backend, data
+ * directories, input size, seed), defined once, and starting the backend they name.
+ * @module
+ */
+import {
+  BATCH_SIZE,
+  DATASET_DIR,
+  FINAL_IMAGE_SIZE,
+  LABELS_DIR,
+  NUM_WORKERS,
+  RANDOM_SEED,
+  SAVE_DIR,
+} from "../config.ts";
+import { type BackendInfo, type BackendName, BACKENDS, initBackend } from "./backend.ts";
+import type { FlagSpecs } from "./cli.ts";
+
+/** Flags of every script that runs the model over shards. */
+export const RUN_FLAGS = {
+  batch_size: { kind: "int", short: "b", default: BATCH_SIZE, min: 1, help: "batch size" },
+  workers: {
+    kind: "int",
+    short: "w",
+    default: NUM_WORKERS,
+    min: 1,
+    help: "image decoding workers",
+  },
+  backend: { kind: "string", default: "auto", choices: BACKENDS, help: "compute backend" },
+  threads: { kind: "int", default: 0, min: 0, help: "wasm threads (0: all cores)" },
+  image_size: { kind: "int", default: FINAL_IMAGE_SIZE, min: 32, help: "network input size" },
+  seed: { kind: "int", default: RANDOM_SEED, help: "random seed" },
+  dataset_dir: { kind: "string", default: DATASET_DIR, metavar: "DIR", help: "shard directory" },
+  labels_dir: { kind: "string", default: LABELS_DIR, metavar: "DIR", help: "label CSV directory" },
+  save_dir: { kind: "string", default: SAVE_DIR, metavar: "DIR", help: "saved model directory" },
+} as const satisfies FlagSpecs;
+
+/** Starts the backend named by `--backend` / `--threads`, logging the choice on stderr. */
+export function startBackend(flags: { backend: string; threads: number }): Promise<BackendInfo> {
+  return initBackend(flags.backend as BackendName, {
+    threads: flags.threads || undefined,
+    log: (line) => console.error(line),
+  });
+}
