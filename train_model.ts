@@ -338,7 +338,7 @@ async function main(args: string[]): Promise<void> {
       const improved = best === null || valLoss < best.val_loss;
       if (improved) {
         await writeCheckpoint(paths.model, {
-          stateDict: stateDictFromModel(model),
+          stateDict: await stateDictFromModel(model),
           thresholds: Float64Array.from(thresholds),
         });
         best = { epoch, val_loss: valLoss, thresholds };

@@ -133,10 +133,12 @@ function cpuSeconds(): number | null {
 }
 
 /** Wall and CPU seconds taken by `f` (CPU null where unavailable). */
-function seconds(f: () => void): { wall: number; cpu: number | null } {
+async function seconds(
+  f: () => unknown | Promise<unknown>,
+): Promise<{ wall: number; cpu: number | null }> {
   const cpu0 = cpuSeconds();
   const start = performance.now();
-  f();
+  await f();
   const wall = (performance.now() - start) / 1000;
   const cpu1 = cpuSeconds();
   return { wall, cpu: cpu0 == null || cpu1 == null ? null : cpu1 - cpu0 };
@@ -162,12 +164,12 @@ function accumulate(
 }
 
 /** Training and inference images/s of DenseNet-121 with random weights and inputs. */
-function benchModel(
+async function benchModel(
   batch: number,
   size: number,
   steps: number,
   memoryEfficient: boolean,
-): ModelRates {
+): Promise<ModelRates> {
   const model = createDenseNet(DENSENET121, { seed: 0 });
   const adam = new Adam({ lr: 1e-4 });
   const rng = new Rng(1);
@@ -180,7 +182,9 @@ function benchModel(
     const train = { wall: 0, cpu: 0 as number | null };
     const trainStepS: number[] = [];
     for (let s = 0; s <= steps; s++) {
-      const t = seconds(() => trainStep(model, adam, x as tf.Tensor4D, y, { memoryEfficient }));
+      const t = await seconds(() =>
+        trainStep(model, adam, x as tf.Tensor4D, y, { memoryEfficient })
+      );
       log(
         `train step ${s === 0 ? "(warm-up)" : s}: ${t.wall.toFixed(2)} s (cpu ${
           t.cpu?.toFixed(2)
@@ -190,11 +194,11 @@ function benchModel(
     }
     const infer = { wall: 0, cpu: 0 as number | null };
     for (let s = 0; s <= steps; s++) {
-      const t = seconds(() =>
-        tf.tidy(() => {
-          forward(model, x as tf.Tensor4D, { training: false }).dataSync();
-        })
-      );
+      const t = await seconds(async () => {
+        const out = forward(model, x as tf.Tensor4D, { training: false });
+        await out.data();
+        out.dispose();
+      });
       log(
         `inference ${s === 0 ? "(warm-up)" : s}: ${t.wall.toFixed(2)} s (cpu ${
           t.cpu?.toFixed(2)
@@ -323,7 +327,7 @@ async function main(args: string[]) {
     const loadBefore = loadAverage();
     let model: ModelRates;
     try {
-      model = benchModel(
+      model = await benchModel(
         flags.batch,
         flags.image_size,
         flags.steps,

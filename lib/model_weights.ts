@@ -177,7 +177,7 @@ export function loadStateDict(model: DenseNet, sd: StateDict, opts: LoadOptions 
  * (`classifier.0.*`), torch layouts, float32 parameters and running statistics,
  * `num_batches_tracked` as an int64 scalar (shape []).
  */
-export function stateDictFromModel(model: DenseNet): StateDict {
+export async function stateDictFromModel(model: DenseNet): Promise<StateDict> {
   const sd: StateDict = new Map();
   for (const key of model.stateDictKeys) {
     if (key.endsWith(".num_batches_tracked")) {
@@ -190,7 +190,8 @@ export function stateDictFromModel(model: DenseNet): StateDict {
       continue;
     }
     const v = model.variables.get(key)!;
-    const values = v.dataSync() as Float32Array;
+    // Asynchronous read: WebGPU under Deno cannot read synchronously.
+    const values = await v.data() as Float32Array;
     sd.set(key, { dtype: "float32", shape: torchShape(v), data: toTorchLayout(values, v.shape) });
   }
   return sd;

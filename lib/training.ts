@@ -20,13 +20,13 @@ export interface StepOptions {
 }
 
 /** One optimisation step on a normalised batch; returns the batch loss and sigmoid outputs. */
-export function trainStep(
+export async function trainStep(
   model: DenseNet,
   adam: Adam,
   x: tf.Tensor4D,
   y: tf.Tensor2D,
   opts: StepOptions,
-): { loss: number; probs: Float32Array } {
+): Promise<{ loss: number; probs: Float32Array }> {
   const variables = trainableVariables(model);
   let probs: tf.Tensor | null = null;
   const { value, grads } = tf.variableGrads(() => {
@@ -35,8 +35,9 @@ export function trainStep(
     return bceWithLogits(logits, y, opts.classWeights);
   }, variables);
   adam.apply(variables, grads);
-  const loss = value.dataSync()[0];
-  const out = (probs as tf.Tensor | null)!.dataSync() as Float32Array;
+  // Asynchronous reads: WebGPU under Deno cannot read synchronously.
+  const loss = (await value.data())[0];
+  const out = await (probs as tf.Tensor | null)!.data() as Float32Array;
   tf.dispose([value, probs!, ...Object.values(grads)]);
   return { loss, probs: Float32Array.from(out) };
 }
@@ -67,19 +68,11 @@ export async function trainEpoch(
   for await (const batch of batches) {
     const x = tf.tidy(() => transform(batchToTensor(batch), rng));
     const y = tf.tensor2d(batch.labels, [batch.n, batch.labels.length / batch.n]);
-    const step = trainStep(model, adam, x, y, opts);
+    const step = await trainStep(model, adam, x, y, opts);
     tf.dispose([x, y]);
     index++;
     if (!Number.isFinite(step.loss)) {
-      return {
-        keys,
-        labels: Float32Array.from(labels),
-        probs: Float32Array.from(probs),
-        n: keys.length,
-        loss: lossSum / Math.max(1, keys.length),
-        stopped: true,
-        nonFiniteLoss: { batch: index, loss: step.loss },
-      };
+      return { ...collect(), stopped: true, nonFiniteLoss: { batch: index, loss: step.loss } };
     }
     lossSum += step.loss * batch.n;
     keys.push(...batch.keys);

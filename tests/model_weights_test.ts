@@ -49,10 +49,10 @@ function assertSameStateDict(a: StateDict, b: StateDict): void {
   }
 }
 
-Deno.test("stateDictFromModel: torchvision names, order, layouts and dtypes", () => {
+Deno.test("stateDictFromModel: torchvision names, order, layouts and dtypes", async () => {
   const model = modelWithState(1);
   try {
-    const sd = stateDictFromModel(model);
+    const sd = await stateDictFromModel(model);
     assert.deepEqual([...sd.keys()], reference.tiny_state_dict_keys);
     assert.deepEqual(sd.get("features.conv0.weight")!.shape, [16, 3, 7, 7]);
     assert.deepEqual(sd.get("features.denseblock1.denselayer1.conv1.weight")!.shape, [
@@ -79,16 +79,16 @@ Deno.test("stateDictFromModel: torchvision names, order, layouts and dtypes", ()
   }
 });
 
-Deno.test("stateDictFromModel → loadStateDict round trip is exact", () => {
+Deno.test("stateDictFromModel → loadStateDict round trip is exact", async () => {
   const a = modelWithState(1);
   const b = createDenseNet(TINY_DENSENET, { seed: 2 });
   try {
-    const sd = stateDictFromModel(a);
+    const sd = await stateDictFromModel(a);
     const report = loadStateDict(b, sd);
     assert.equal(report.loaded, sd.size);
     assert.equal(report.newClassifier, false);
     assert.deepEqual(report.notes, []);
-    assertSameStateDict(stateDictFromModel(b), sd);
+    assertSameStateDict(await stateDictFromModel(b), sd);
     const x = tf.randomNormal([2, 32, 32, 3], 0, 1, "float32", 9) as tf.Tensor4D;
     const pa = tf.tidy(() => forward(a, x, { training: false }).dataSync());
     const pb = tf.tidy(() => forward(b, x, { training: false }).dataSync());
@@ -100,10 +100,10 @@ Deno.test("stateDictFromModel → loadStateDict round trip is exact", () => {
   }
 });
 
-Deno.test("legacy names, plain classifier and DataParallel prefix normalise", () => {
+Deno.test("legacy names, plain classifier and DataParallel prefix normalise", async () => {
   const model = modelWithState(3);
   try {
-    const sd = stateDictFromModel(model);
+    const sd = await stateDictFromModel(model);
     const legacy: StateDict = new Map();
     for (const [k, t] of sd) {
       const old = k.replace(/(denselayer\d+\.(?:norm|conv))([12])\./, "$1.$2.")
@@ -116,7 +116,7 @@ Deno.test("legacy names, plain classifier and DataParallel prefix normalise", ()
     assert.deepEqual([...normalizeStateDictKeys(legacy).keys()], [...sd.keys()]);
     const fresh = createDenseNet(TINY_DENSENET, { seed: 4 });
     loadStateDict(fresh, legacy);
-    assertSameStateDict(stateDictFromModel(fresh), sd);
+    assertSameStateDict(await stateDictFromModel(fresh), sd);
     disposeModel(fresh);
     // The same name twice (legacy and new) is an error, not a silent pick.
     const dup = new Map(sd);
@@ -127,12 +127,12 @@ Deno.test("legacy names, plain classifier and DataParallel prefix normalise", ()
   }
 });
 
-Deno.test("missing, unexpected and wrong-shape keys are listed; nothing is loaded", () => {
+Deno.test("missing, unexpected and wrong-shape keys are listed; nothing is loaded", async () => {
   const source = modelWithState(5);
   const target = createDenseNet(TINY_DENSENET, { seed: 6 });
   try {
-    const before = stateDictFromModel(target);
-    const sd = copyStateDict(stateDictFromModel(source));
+    const before = await stateDictFromModel(target);
+    const sd = copyStateDict(await stateDictFromModel(source));
     sd.delete("features.norm5.weight");
     sd.delete("features.denseblock2.denselayer1.conv1.weight");
     sd.set("features.extra.weight", { dtype: "float32", shape: [2], data: new Float32Array(2) });
@@ -160,9 +160,9 @@ Deno.test("missing, unexpected and wrong-shape keys are listed; nothing is loade
     for (const s of ["bad.pt", "features.norm5.weight", "features.extra.weight", "[8,32,1,3]"]) {
       assert.ok(err.message.includes(s), `message mentions ${s}: ${err.message}`);
     }
-    assertSameStateDict(stateDictFromModel(target), before);
+    assertSameStateDict(await stateDictFromModel(target), before);
     // A 1000-way classifier is a mismatch unless a new classifier is allowed.
-    const imagenet = copyStateDict(stateDictFromModel(source));
+    const imagenet = copyStateDict(await stateDictFromModel(source));
     imagenet.delete("classifier.0.weight");
     imagenet.delete("classifier.0.bias");
     imagenet.set("classifier.weight", {
@@ -181,21 +181,21 @@ Deno.test("missing, unexpected and wrong-shape keys are listed; nothing is loade
         e instanceof StateDictMismatchError &&
         e.mismatched.map((m) => m.key).join() === "classifier.0.weight,classifier.0.bias",
     );
-    assertSameStateDict(stateDictFromModel(target), before);
+    assertSameStateDict(await stateDictFromModel(target), before);
   } finally {
     disposeModel(source);
     disposeModel(target);
   }
 });
 
-Deno.test("allowNewClassifier keeps a fresh head for a 1000-way state dict", () => {
+Deno.test("allowNewClassifier keeps a fresh head for a 1000-way state dict", async () => {
   const source = createDenseNet({ ...TINY_DENSENET, numClasses: 1000 }, { seed: 7 });
   const target = createDenseNet(TINY_DENSENET, { seed: 8 });
   try {
     const head = target.classifier.weight.dataSync().slice();
     // Old torchvision files: plain Linear head, no num_batches_tracked.
     const sd: StateDict = new Map();
-    for (const [k, t] of stateDictFromModel(source)) {
+    for (const [k, t] of await stateDictFromModel(source)) {
       if (k.endsWith("num_batches_tracked")) continue;
       sd.set(k.replace(/^classifier\.0\./, "classifier."), t);
     }
@@ -230,8 +230,8 @@ Deno.test("torch fixtures tiny_zip.pt and tiny_legacy.pth load into TINY_DENSENE
     const rb = loadStateDict(b, legacy.stateDict, { source: "tiny_legacy.pth" });
     assert.equal(ra.loaded, reference.tiny_state_dict_keys.length);
     assert.equal(rb.newClassifier, false);
-    const sa = stateDictFromModel(a);
-    assertSameStateDict(stateDictFromModel(b), sa);
+    const sa = await stateDictFromModel(a);
+    assertSameStateDict(await stateDictFromModel(b), sa);
     // The zip file's tensors come back bit-exact through our layouts.
     for (const [k, t] of zip.stateDict) {
       const ours = sa.get(k)!;

@@ -39,11 +39,11 @@ const GAP = 4;
 const BACKGROUND = 255;
 
 /** Normalised `[N, 224, 224, 3]` images back to 8-bit RGB. */
-function toRgb8(normalised: tf.Tensor4D): Uint8Array {
+async function toRgb8(normalised: tf.Tensor4D): Promise<Uint8Array> {
   const bytes = tf.tidy(() =>
     tf.cast(tf.round(tf.mul(tf.clipByValue(denormalizeBatch(normalised), 0, 1), 255)), "int32")
   );
-  const data = Uint8Array.from(bytes.dataSync());
+  const data = Uint8Array.from(await bytes.data());
   bytes.dispose();
   return data;
 }
@@ -83,9 +83,9 @@ export async function writeAugmentationPreview(
     const copies = tf.tidy(() => tf.tile(input, [draws, 1, 1, 1]) as tf.Tensor4D);
     const original = transformsTest(input);
     const augmented = draws > 0 ? transformsTrainAugmented(copies, rng, params) : null;
-    put(toRgb8(original), row, 0);
+    put(await toRgb8(original), row, 0);
     if (augmented) {
-      const all = toRgb8(augmented);
+      const all = await toRgb8(augmented);
       for (let k = 0; k < draws; k++) {
         put(all.subarray(k * cell * cell * 3, (k + 1) * cell * cell * 3), row, 1 + k);
       }
