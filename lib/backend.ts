@@ -127,6 +127,16 @@ async function startTensorflow(
   opts: InitBackendOptions,
   explicit: boolean,
 ): Promise<BackendInfo> {
+  if (Deno.build.standalone) {
+    // A compiled executable can load only what `deno compile` embedded, and tfjs-node (found by
+    // probing the disk, so never in the module graph) needs libtensorflow from its own folder.
+    const why = "not available in a single-file executable (libtensorflow cannot be embedded)";
+    if (!explicit) throw new Error(why);
+    throw new UserError(
+      `backend tensorflow cannot start: ${why}; run the .ts script with deno from the project ` +
+        `(e.g. \`deno task train\`) after installing tfjs-node, or use --backend webgpu or wasm`,
+    );
+  }
   const tried: string[] = [];
   for (const pkg of ["tfjs-node-gpu", "tfjs-node"]) {
     const dir = await findInstalledPackage(pkg);
@@ -161,6 +171,8 @@ async function startTensorflow(
 
 /** Where `@tensorflow/NAME` would be installed for this project (npm or Deno layout). */
 async function findInstalledPackage(pkg: string): Promise<string | null> {
+  // Only a local checkout has a node_modules folder to probe (not an http: import).
+  if (!import.meta.url.startsWith("file:")) return null;
   const modules = fileURLToPath(new URL("../node_modules/", import.meta.url));
   const candidates = [
     `${modules}@tensorflow/${pkg}`,
@@ -207,26 +219,58 @@ async function startWebgpu(_opts: InitBackendOptions, explicit: boolean): Promis
     "(Debian's mesa-vulkan-drivers gives a slow software adapter); or use --backend wasm";
   const gpu = (navigator as Navigator & { gpu?: GPU }).gpu;
   if (gpu == null) throw new UserError(`backend webgpu cannot start: no navigator.gpu; ${fix}`);
-  let adapter: GPUAdapter | null = null;
+  return await withoutWaylandProbeNoise(async () => {
+    let adapter: GPUAdapter | null = null;
+    try {
+      adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+    } catch {
+      adapter = null;
+    }
+    if (adapter == null) {
+      throw new UserError(`backend webgpu cannot start: no WebGPU adapter; ${fix}`);
+    }
+    const { device, software } = describeAdapter(adapter);
+    const notes: string[] = [];
+    if (software) {
+      if (!explicit) throw new Error(`only a software WebGPU adapter (${device})`);
+      notes.push(`WebGPU adapter ${device} is a software rasteriser: correct but slow`);
+    }
+    await import("@tensorflow/tfjs-backend-webgpu");
+    if (!(await activate("webgpu"))) {
+      throw new UserError(`backend webgpu cannot start: tfjs could not open ${device}; ${fix}`);
+    }
+    return { name: "webgpu", device: `WebGPU: ${device}`, notes };
+  });
+}
+
+/**
+ * Runs `fn` (which opens WebGPU) with `XDG_RUNTIME_DIR` set when no display server is configured.
+ * Opening the Vulkan instance makes libwayland-client look for a compositor socket, and without
+ * XDG_RUNTIME_DIR it prints "error: XDG_RUNTIME_DIR is invalid or not set in the environment."
+ * on a headless machine. Pointing it at a folder that holds no `wayland-0` socket gives the same
+ * outcome (no compositor) silently. Applied only when both XDG_RUNTIME_DIR and WAYLAND_DISPLAY
+ * are unset, so a misconfigured desktop still sees the message; restored afterwards, so child
+ * processes inherit the untouched environment.
+ */
+export async function withoutWaylandProbeNoise<T>(fn: () => Promise<T>): Promise<T> {
+  let set = false;
   try {
-    adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+    if (
+      Deno.build.os !== "windows" && Deno.build.os !== "darwin" &&
+      !Deno.env.get("XDG_RUNTIME_DIR") && !Deno.env.get("WAYLAND_DISPLAY")
+    ) {
+      const tmp = Deno.env.get("TMPDIR") || "/tmp";
+      Deno.env.set("XDG_RUNTIME_DIR", `${tmp}/augmented-chest-xray-headless-${Deno.pid}`);
+      set = true;
+    }
   } catch {
-    adapter = null;
+    // no --allow-env: leave the environment alone (the message is harmless)
   }
-  if (adapter == null) {
-    throw new UserError(`backend webgpu cannot start: no WebGPU adapter; ${fix}`);
+  try {
+    return await fn();
+  } finally {
+    if (set) Deno.env.delete("XDG_RUNTIME_DIR");
   }
-  const { device, software } = describeAdapter(adapter);
-  const notes: string[] = [];
-  if (software) {
-    if (!explicit) throw new Error(`only a software WebGPU adapter (${device})`);
-    notes.push(`WebGPU adapter ${device} is a software rasteriser: correct but slow`);
-  }
-  await import("@tensorflow/tfjs-backend-webgpu");
-  if (!(await activate("webgpu"))) {
-    throw new UserError(`backend webgpu cannot start: tfjs could not open ${device}; ${fix}`);
-  }
-  return { name: "webgpu", device: `WebGPU: ${device}`, notes };
 }
 
 /** A readable adapter name and whether it is a fallback/software adapter. */
