@@ -22,8 +22,11 @@ export class Adam {
   readonly beta2: number;
   readonly eps: number;
   step = 0;
-  readonly #m = new Map<string, tf.Variable>();
-  readonly #v = new Map<string, tf.Variable>();
+  // The moments of all variables live in two flat vectors, so a step is a dozen element-wise
+  // ops on one buffer plus a slice per variable (per-op dispatch dominates on WebGPU).
+  #m: tf.Variable | null = null;
+  #v: tf.Variable | null = null;
+  #layout: string[] = [];
 
   constructor(opts: AdamOptions) {
     this.lr = opts.lr;
@@ -34,41 +37,45 @@ export class Adam {
 
   /**
    * Applies one update to `variables` from `grads`, keyed by variable name as
-   * `tf.variableGrads` returns them. Grads are not disposed.
+   * `tf.variableGrads` returns them. Grads are not disposed. Every variable needs a gradient,
+   * and the same variables must be passed at every step.
    */
   apply(variables: Iterable<tf.Variable>, grads: Record<string, tf.Tensor>): void {
+    const vars = [...variables];
+    const names = vars.map((v) => v.name);
+    const missing = names.filter((n) => !grads[n]);
+    if (missing.length) throw new Error(`Adam: no gradient for ${missing.join(", ")}`);
+    const total = vars.reduce((n, v) => n + v.size, 0);
+    if (!this.#m || !this.#v) {
+      this.#m = tf.tidy(() => tf.variable(tf.zeros([total]), false));
+      this.#v = tf.tidy(() => tf.variable(tf.zeros([total]), false));
+      this.#layout = names;
+    } else if (names.join("\n") !== this.#layout.join("\n")) {
+      throw new Error("Adam: the variables changed between steps");
+    }
     this.step++;
     const bc1 = 1 - this.beta1 ** this.step;
     const bc2 = 1 - this.beta2 ** this.step;
     const stepSize = this.lr / bc1;
     const sqrtBc2 = Math.sqrt(bc2);
-    for (const variable of variables) {
-      const name = variable.name;
-      const g = grads[name];
-      if (!g) continue;
-      let m = this.#m.get(name), v = this.#v.get(name);
-      if (!m || !v) {
-        m = tf.tidy(() => tf.variable(tf.zerosLike(variable), false));
-        v = tf.tidy(() => tf.variable(tf.zerosLike(variable), false));
-        this.#m.set(name, m);
-        this.#v.set(name, v);
-      }
-      const [mm, vv] = [m, v];
-      tf.tidy(() => {
-        const newM = tf.add(tf.mul(mm, this.beta1), tf.mul(g, 1 - this.beta1));
-        const newV = tf.add(tf.mul(vv, this.beta2), tf.mul(tf.square(g), 1 - this.beta2));
-        const denom = tf.add(tf.div(tf.sqrt(newV), sqrtBc2), this.eps);
-        variable.assign(tf.sub(variable, tf.mul(tf.div(newM, denom), stepSize)));
-        mm.assign(newM);
-        vv.assign(newV);
-      });
-    }
+    const [m, v] = [this.#m, this.#v];
+    tf.tidy(() => {
+      const g = tf.concat(vars.map((x) => tf.reshape(grads[x.name], [-1])));
+      const newM = tf.add(tf.mul(m, this.beta1), tf.mul(g, 1 - this.beta1));
+      const newV = tf.add(tf.mul(v, this.beta2), tf.mul(tf.square(g), 1 - this.beta2));
+      const denom = tf.add(tf.div(tf.sqrt(newV), sqrtBc2), this.eps);
+      const update = tf.mul(tf.div(newM, denom), stepSize);
+      const parts = tf.split(update, vars.map((x) => x.size));
+      vars.forEach((x, i) => x.assign(tf.sub(x, tf.reshape(parts[i], x.shape))));
+      m.assign(newM);
+      v.assign(newV);
+    });
   }
 
   /** Frees the moment estimates. */
   dispose(): void {
-    for (const t of [...this.#m.values(), ...this.#v.values()]) t.dispose();
-    this.#m.clear();
-    this.#v.clear();
+    this.#m?.dispose();
+    this.#v?.dispose();
+    this.#m = this.#v = null;
   }
 }
