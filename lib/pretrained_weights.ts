@@ -75,8 +75,18 @@ export async function downloadWeights(
         `expected ${expectedPrefix}…): try again, or ${hint}`,
     );
   }
-  await Deno.mkdir(dest.slice(0, dest.lastIndexOf("/")) || ".", { recursive: true });
-  await writeFileAtomic(dest, data);
+  try {
+    await Deno.mkdir(dest.slice(0, dest.lastIndexOf("/")) || ".", { recursive: true });
+    await writeFileAtomic(dest, data);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied)) {
+      throw e;
+    }
+    throw new UserError(
+      `cannot save the downloaded weights to ${dest} (${(e as Error).message.split("\n")[0]}): ` +
+        `save ${url} there yourself, or pass --weights PATH`,
+    );
+  }
 }
 
 /**

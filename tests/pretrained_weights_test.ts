@@ -70,3 +70,32 @@ Deno.test("imagenetWeightsPath without network says where to put the file", asyn
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("downloadWeights: a cache it may not write is a one-line UserError", async () => {
+  const dir = await Deno.makeTempDir();
+  const lib = new URL("../lib/pretrained_weights.ts", import.meta.url).href;
+  await Deno.writeTextFile(
+    `${dir}/probe.ts`,
+    `import { downloadWeights } from "${lib}";\n` +
+      `try { await downloadWeights(Deno.args[0], "${dir}/denied/w.pth", null, { silent: true }); }\n` +
+      `catch (e) { console.log(e.name + ": " + e.message); }\n`,
+  );
+  await withServer(fixture, async (url) => {
+    // Writes are allowed elsewhere only: saving the weights is refused by Deno's permissions.
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-read",
+        "--allow-net=127.0.0.1",
+        "--allow-write=/nonexistent",
+        `${dir}/probe.ts`,
+        url,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(out.stdout);
+    assert.match(text, /^UserError: cannot save the downloaded weights to .*denied\/w\.pth/);
+  });
+  await Deno.remove(dir, { recursive: true });
+});
