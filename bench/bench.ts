@@ -8,7 +8,8 @@
  *
  *     deno run --allow-read --allow-env --allow-ffi --allow-run --allow-sys bench/bench.ts \
  *       [--backend wasm] [--batch 16] [--image_size 224] [--steps 3] [--compare-torch] \
- *       [--threads N] [--memory_efficient on|off] [--wasm_kernels ours|tfjs]
+ *       [--threads N] [--memory_efficient on|off|bottleneck|block|layer] [--tensor_memory]
+ *       [--wasm_kernels ours|tfjs]
  * @module
  */
 
@@ -19,7 +20,13 @@ import { BACKENDS, initBackend } from "../lib/backend.ts";
 import { parseFlags } from "../lib/cli.ts";
 import { batches } from "../lib/dataset.ts";
 import { runMain, UserError } from "../lib/errors.ts";
-import { createDenseNet, DENSENET121, disposeModel, forward } from "../lib/model.ts";
+import {
+  createDenseNet,
+  DENSENET121,
+  disposeModel,
+  forward,
+  type MemoryEfficiency,
+} from "../lib/model.ts";
 import { Rng } from "../lib/rng.ts";
 import { trainStep } from "../lib/training.ts";
 import { restoreTfjsWasmKernels } from "../lib/wasm_kernels.ts";
@@ -40,8 +47,13 @@ const SPECS = {
   memory_efficient: {
     kind: "string",
     default: "on",
-    choices: ["on", "off"],
-    help: "recompute dense layers' concat+BN+ReLU+1x1 conv in the backward pass",
+    choices: ["on", "off", "bottleneck", "block", "layer"],
+    help: "what the training forward keeps (lib/model.ts MemoryEfficiency; on = layer)",
+  },
+  tensor_memory: {
+    kind: "boolean",
+    default: false,
+    help: "also profile one training step for its peak live-tensor bytes (any backend)",
   },
   wasm_kernels: {
     kind: "string",
@@ -151,6 +163,8 @@ interface ModelRates {
   trainStepS: number[];
   infer: number;
   inferCpu: number | null;
+  /** Peak live-tensor MB of one profiled training step above the bytes live before it. */
+  stepPeakTensorMb?: number;
 }
 
 function accumulate(
@@ -168,7 +182,8 @@ async function benchModel(
   batch: number,
   size: number,
   steps: number,
-  memoryEfficient: boolean,
+  memoryEfficient: MemoryEfficiency,
+  tensorMemory = false,
 ): Promise<ModelRates> {
   const model = createDenseNet(DENSENET121, { seed: 0 });
   const adam = new Adam({ lr: 1e-4 });
@@ -182,15 +197,34 @@ async function benchModel(
     const train = { wall: 0, cpu: 0 as number | null };
     const trainStepS: number[] = [];
     for (let s = 0; s <= steps; s++) {
-      const t = await seconds(() =>
-        trainStep(model, adam, x as tf.Tensor4D, y, { memoryEfficient })
-      );
+      const opts = { memoryEfficient };
+      const t = await seconds(() => trainStep(model, adam, x as tf.Tensor4D, y, opts));
       log(
         `train step ${s === 0 ? "(warm-up)" : s}: ${t.wall.toFixed(2)} s (cpu ${
           t.cpu?.toFixed(2)
         } s)`,
       );
       if (s > 0) accumulate(train, t, trainStepS);
+    }
+    let stepPeakTensorMb: number | undefined;
+    if (tensorMemory) {
+      // Profiling reads every kernel output back to check it unless told not to: a copy each.
+      const check = tf.env().getBool("CHECK_COMPUTATION_FOR_ERRORS");
+      tf.env().set("CHECK_COMPUTATION_FOR_ERRORS", false);
+      try {
+        const before = tf.memory().numBytes;
+        const profile = await tf.profile(() => {
+          trainStep(model, adam, x as tf.Tensor4D, y, {
+            memoryEfficient,
+          });
+        });
+        stepPeakTensorMb = (profile.peakBytes - before) / 2 ** 20;
+        log(
+          `profiled train step: peak live tensors ${stepPeakTensorMb.toFixed(0)} MB above before`,
+        );
+      } finally {
+        tf.env().set("CHECK_COMPUTATION_FOR_ERRORS", check);
+      }
     }
     const infer = { wall: 0, cpu: 0 as number | null };
     for (let s = 0; s <= steps; s++) {
@@ -213,6 +247,7 @@ async function benchModel(
       trainStepS,
       infer: images / infer.wall,
       inferCpu: infer.cpu == null ? null : images / infer.cpu,
+      stepPeakTensorMb,
     };
   } finally {
     tf.dispose([x, y]);
@@ -308,6 +343,11 @@ function loadAverage(): number | null {
 
 const round = (v: number, digits = 3) => Number(v.toFixed(digits));
 
+/** `--memory_efficient` → `forward`'s level (on = true, off = false). */
+function memoryLevel(flag: string): MemoryEfficiency {
+  return flag === "on" ? true : flag === "off" ? false : flag as MemoryEfficiency;
+}
+
 async function main(args: string[]) {
   const flags = parseFlags(
     args,
@@ -331,14 +371,15 @@ async function main(args: string[]) {
         flags.batch,
         flags.image_size,
         flags.steps,
-        flags.memory_efficient === "on",
+        memoryLevel(flags.memory_efficient),
+        flags.tensor_memory,
       );
     } catch (err) {
       // Emscripten aborts when the 4 GB wasm heap is exhausted; the backend is unusable after.
       if (info.name === "wasm" && /Abort|memory/i.test((err as Error).message)) {
         throw new UserError(
           `DenseNet-121 at batch ${flags.batch}, ${flags.image_size}² ran out of the 4 GB wasm ` +
-            `heap: use a smaller --batch (12 fits at 224 with --memory_efficient on)`,
+            `heap: use a smaller --batch (16 fits at 224 with --memory_efficient on, 32 does not)`,
         );
       }
       throw err;
@@ -353,7 +394,7 @@ async function main(args: string[]) {
       threads,
       image_size: flags.image_size,
       batch: flags.batch,
-      memory_efficient: flags.memory_efficient === "on",
+      memory_efficient: memoryLevel(flags.memory_efficient),
       ...(info.name === "wasm" ? { wasm_kernels: flags.wasm_kernels } : {}),
       train_images_per_s: round(model.train),
       train_step_s: model.trainStepS.map((s) => round(s, 2)),
@@ -363,6 +404,9 @@ async function main(args: string[]) {
       decode_images_per_s: round(decode, 1),
       augment_images_per_s: round(augment, 1),
       peak_rss_mb: Math.round(peakRss / 2 ** 20),
+      ...(model.stepPeakTensorMb != null
+        ? { step_peak_tensor_mb: Math.round(model.stepPeakTensorMb) }
+        : {}),
       load_average: loadBefore,
     };
     if (flags["compare-torch"]) {

@@ -201,11 +201,25 @@ export interface ForwardOptions {
   /** Training mode: BatchNorm uses (and updates the running stats from) batch statistics. */
   training: boolean;
   /**
-   * Recompute each dense layer's concat + BN + ReLU + 1×1 conv in the backward pass instead of
-   * keeping them (torchvision's `memory_efficient=True`). Only affects training mode.
+   * What a training forward keeps for the backward pass (only affects training mode; every level
+   * gives the same numbers): see `MemoryEfficiency`. Default false.
    */
-  memoryEfficient?: boolean;
+  memoryEfficient?: MemoryEfficiency;
 }
+
+/**
+ * Memory levels of a training forward, leanest last:
+ * - `false` / `"off"`: tfjs's tape keeps every intermediate and every intermediate gradient.
+ * - `"bottleneck"`: each dense layer's concat + BN + ReLU + 1×1 conv is recomputed in the
+ *   backward pass (Pleiss et al.; torchvision's `memory_efficient=True`).
+ * - `"block"`: gradient checkpointing per dense block (+ its transition) and for the stem:
+ *   the forward keeps only each segment's input; the backward re-runs the segment under its own
+ *   tape (with `"bottleneck"` layers inside) and frees that tape before the next segment.
+ * - `"layer"`: the same checkpointing per dense layer, transition and the stem; the smallest
+ *   peak, at one extra forward pass.
+ * - `true`: `"layer"`.
+ */
+export type MemoryEfficiency = boolean | "off" | "bottleneck" | "block" | "layer";
 
 /**
  * Runs the network on a batch of normalised NHWC float32 images (any size ≥ 32 px) and returns
@@ -213,28 +227,157 @@ export interface ForwardOptions {
  * (`predict`, or a BCE-with-logits loss). Training mode updates BatchNorm running statistics.
  */
 export function forward(model: DenseNet, x: tf.Tensor4D, opts: ForwardOptions): tf.Tensor2D {
+  return tf.tidy(() => {
+    const pooled = tf.mean(features(model, x, opts), [1, 2]) as tf.Tensor2D;
+    return tf.add(tf.matMul(pooled, model.classifier.weight), model.classifier.bias);
+  });
+}
+
+/**
+ * The final feature map before global average pooling (norm5 + ReLU), `[batch, h, w, C]`,
+ * what class activation maps weight with the classifier. Evaluation mode unless `opts` says
+ * otherwise.
+ */
+export function features(
+  model: DenseNet,
+  x: tf.Tensor4D,
+  opts: ForwardOptions = { training: false },
+): tf.Tensor4D {
   if (x.rank !== 4 || x.shape[3] !== 3) {
     throw new Error(`forward expects NHWC images with 3 channels, got shape [${x.shape}]`);
   }
-  const training = opts.training;
+  const pass = passFor(opts);
   // tfjs-core ships without gradient functions; register ours before any op is taped.
-  if (training) registerTrainingGradients();
-  const efficient = training && (opts.memoryEfficient ?? false);
+  if (pass.training) registerTrainingGradients();
+  const checkpointed = pass.checkpoint !== "none";
+  return tf.tidy(() => {
+    // The image batch needs no gradient: the stem's checkpoint saves it as a constant.
+    let h = checkpointed
+      ? checkpoint((xs, p) => stem(xs[0], model, p), [x], stemParams(model), pass, false)
+      : stem(x, model, pass);
+    model.blocks.forEach((layers, b) => {
+      const t: Transition | undefined = model.transitions[b];
+      if (pass.checkpoint === "block") {
+        const params = [...layers.flatMap(layerParams), ...(t ? transitionParams(t) : [])];
+        const segment = (xs: tf.Tensor4D[], p: Pass) => {
+          const out = denseBlock(xs[0], layers, p);
+          return t ? transition(out, t, p) : out;
+        };
+        h = checkpoint(segment, [h], params, pass);
+        return;
+      }
+      h = denseBlock(h, layers, pass);
+      if (!t) return;
+      const input = h;
+      h = pass.checkpoint === "layer"
+        ? checkpoint((xs, p) => transition(xs[0], t, p), [input], transitionParams(t), pass)
+        : tf.tidy(() => transition(input, t, pass));
+    });
+    return tf.relu(batchNorm(h, model.norm5, pass));
+  });
+}
+
+/** How one forward pass runs; a backward-pass recompute is the same pass without stat updates. */
+interface Pass {
+  training: boolean;
+  /** Dense layers recompute concat + BN + ReLU + 1×1 conv in the backward pass. */
+  bottleneck: boolean;
+  /** Segments that keep only their inputs and are re-run under their own tape. */
+  checkpoint: "none" | "block" | "layer";
+  /** False in a recompute, so running statistics move exactly once per training forward. */
+  updateStats: boolean;
+}
+
+function passFor(opts: ForwardOptions): Pass {
+  const requested = opts.memoryEfficient ?? false;
+  const level = !opts.training || requested === false
+    ? "off"
+    : requested === true
+    ? "layer"
+    : requested;
+  if (!["off", "bottleneck", "block", "layer"].includes(level)) {
+    throw new Error(`unknown memoryEfficient level ${JSON.stringify(requested)}`);
+  }
+  return {
+    training: opts.training,
+    bottleneck: level === "bottleneck" || level === "block",
+    checkpoint: level === "block" || level === "layer" ? level : "none",
+    updateStats: true,
+  };
+}
+
+function stem(x: tf.Tensor4D, model: DenseNet, pass: Pass): tf.Tensor4D {
   return tf.tidy(() => {
     // torch pads symmetrically; tfjs 'same' would pad only bottom/right for even sizes.
-    let h: tf.Tensor4D = tf.conv2d(x, model.conv0, 2, [[0, 0], [3, 3], [3, 3], [0, 0]]);
-    h = tf.relu(batchNorm(h, model.norm0, training));
+    const h: tf.Tensor4D = tf.conv2d(x, model.conv0, 2, [[0, 0], [3, 3], [3, 3], [0, 0]]);
     // Numeric padding in tfjs pooling ignores the padded cells (-inf semantics), as torch.
-    h = tf.maxPool(h, 3, 2, 1);
-    model.blocks.forEach((layers, b) => {
-      h = denseBlock(h, layers, training, efficient);
-      const t = model.transitions[b];
-      if (t) h = tf.tidy(() => transition(h, t, training));
-    });
-    const out = tf.relu(batchNorm(h, model.norm5, training));
-    const pooled = tf.mean(out, [1, 2]) as tf.Tensor2D;
-    return tf.add(tf.matMul(pooled, model.classifier.weight), model.classifier.bias);
+    return tf.maxPool(tf.relu(batchNorm(h, model.norm0, pass)), 3, 2, 1);
   });
+}
+
+const bnParams = (bn: BatchNorm): tf.Variable[] => [bn.weight, bn.bias];
+const stemParams = (m: DenseNet): tf.Variable[] => [m.conv0, ...bnParams(m.norm0)];
+const layerParams = (l: DenseLayer): tf.Variable[] => [
+  ...bnParams(l.norm1),
+  l.conv1,
+  ...bnParams(l.norm2),
+  l.conv2,
+];
+const transitionParams = (t: Transition): tf.Variable[] => [...bnParams(t.norm), t.conv];
+
+/**
+ * Gradient checkpointing: runs `segment` keeping nothing but its inputs for the backward pass,
+ * which re-runs it (same kernels, same values, no running-stat update) under its own tape
+ * inside a tidy and back-propagates `dy` to the inputs and `params`, so the segment's
+ * intermediates and intermediate gradients live only while that segment is differentiated.
+ * `inputsNeedGradients` false: the inputs are saved as constants (the image batch).
+ */
+function checkpoint(
+  segment: (xs: tf.Tensor4D[], pass: Pass) => tf.Tensor4D,
+  inputs: tf.Tensor4D[],
+  params: tf.Variable[],
+  pass: Pass,
+  inputsNeedGradients = true,
+): tf.Tensor4D {
+  const n = inputsNeedGradients ? inputs.length : 0;
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const save = args[args.length - 1] as tf.GradSaveFunc;
+    const xs = inputsNeedGradients ? args.slice(0, n) as tf.Tensor4D[] : inputs;
+    const value = segment(xs, pass);
+    save(xs);
+    return {
+      value,
+      gradFunc: (dy: tf.Tensor4D, saved: tf.Tensor[]) =>
+        tf.tidy(() => {
+          const savedXs = saved as tf.Tensor4D[];
+          const recompute = () => segment(savedXs, { ...pass, updateStats: false });
+          return nestedGradients(
+            recompute,
+            inputsNeedGradients ? [...savedXs, ...params] : params,
+            dy,
+          );
+        }),
+    };
+  });
+  return op(...(inputsNeedGradients ? inputs : []), ...params) as tf.Tensor4D;
+}
+
+/**
+ * `engine.gradients` from inside a gradient function. tfjs starts a fresh tape when none is
+ * recording (as during a backward pass) and leaves `activeTape` null when done, which would
+ * lose the outer `variableGrads`' tape (it frees its saved tensors at the end): keep and restore
+ * it. The inner tape's saved tensors are freed by the inner call.
+ */
+function nestedGradients(f: () => tf.Tensor, xs: tf.Tensor[], dy: tf.Tensor): tf.Tensor[] {
+  const engine = tf.engine();
+  const outerTape = engine.state.activeTape;
+  try {
+    const { value, grads } = engine.gradients(f, xs, dy);
+    value.dispose();
+    return grads;
+  } finally {
+    engine.state.activeTape = outerTape;
+  }
 }
 
 /** Sigmoid probabilities in evaluation mode (running statistics), `[batch, numClasses]`. */
@@ -242,41 +385,34 @@ export function predict(model: DenseNet, x: tf.Tensor4D): tf.Tensor2D {
   return tf.tidy(() => tf.sigmoid(forward(model, x, { training: false })));
 }
 
-function denseBlock(
-  x: tf.Tensor4D,
-  layers: DenseLayer[],
-  training: boolean,
-  efficient: boolean,
-): tf.Tensor4D {
+function denseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.Tensor4D {
   const features: tf.Tensor4D[] = [x];
   for (const layer of layers) {
     // Per-layer tidy frees what the backward pass does not need (the tape keeps its own).
-    features.push(tf.tidy(() => denseLayer(features, layer, training, efficient)));
+    features.push(
+      tf.tidy(() =>
+        pass.checkpoint === "layer"
+          ? checkpoint((xs, p) => denseLayer(xs, layer, p), features, layerParams(layer), pass)
+          : denseLayer(features, layer, pass)
+      ),
+    );
   }
   return tf.concat(features, 3);
 }
 
-function denseLayer(
-  features: tf.Tensor4D[],
-  layer: DenseLayer,
-  training: boolean,
-  efficient: boolean,
-): tf.Tensor4D {
-  const bottleneck = efficient
-    ? efficientBottleneck(features, layer.norm1, layer.conv1)
-    : tf.conv2d(
-      tf.relu(batchNorm(concat(features), layer.norm1, training)),
-      layer.conv1,
-      1,
-      "valid",
-    );
+function denseLayer(features: tf.Tensor4D[], layer: DenseLayer, pass: Pass): tf.Tensor4D {
+  const bottleneck = pass.bottleneck
+    ? efficientBottleneck(features, layer.norm1, layer.conv1, pass)
+    : tf.conv2d(tf.relu(batchNorm(concat(features), layer.norm1, pass)), layer.conv1, 1, "valid");
   // 3×3, stride 1: 'same' pads 1 on each side, as torch's padding=1.
-  return tf.conv2d(tf.relu(batchNorm(bottleneck, layer.norm2, training)), layer.conv2, 1, "same");
+  return tf.conv2d(tf.relu(batchNorm(bottleneck, layer.norm2, pass)), layer.conv2, 1, "same");
 }
 
-function transition(x: tf.Tensor4D, t: Transition, training: boolean): tf.Tensor4D {
-  const h = tf.conv2d(tf.relu(batchNorm(x, t.norm, training)), t.conv, 1, "valid");
-  return tf.avgPool(h, 2, 2, "valid");
+function transition(x: tf.Tensor4D, t: Transition, pass: Pass): tf.Tensor4D {
+  return tf.tidy(() => {
+    const h = tf.conv2d(tf.relu(batchNorm(x, t.norm, pass)), t.conv, 1, "valid");
+    return tf.avgPool(h, 2, 2, "valid");
+  });
 }
 
 function concat(features: tf.Tensor4D[]): tf.Tensor4D {
@@ -288,14 +424,14 @@ function concat(features: tf.Tensor4D[]): tf.Tensor4D {
  * updates `bn`'s running statistics, and back-propagates with the closed-form BatchNorm
  * gradient (`batchNormBackward`) instead of tfjs's long op chain through `tf.moments`.
  */
-function batchNorm(x: tf.Tensor4D, bn: BatchNorm, training: boolean): tf.Tensor4D {
-  if (!training) {
+function batchNorm(x: tf.Tensor4D, bn: BatchNorm, pass: Pass): tf.Tensor4D {
+  if (!pass.training) {
     return tf.batchNorm4d(x, bn.runningMean, bn.runningVar, bn.bias, bn.weight, BN_EPS);
   }
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const [input, gamma, beta] = args as [tf.Tensor4D, tf.Tensor1D, tf.Tensor1D];
     const save = args[3] as tf.GradSaveFunc;
-    const { value, mean, variance } = batchNormTrainForward(input, gamma, beta, bn);
+    const { value, mean, variance } = batchNormTrainForward(input, gamma, beta, bn, pass);
     save([input, gamma, mean, variance]);
     return {
       value,
@@ -310,17 +446,21 @@ function batchNorm(x: tf.Tensor4D, bn: BatchNorm, training: boolean): tf.Tensor4
   return op(x, bn.weight, bn.bias) as tf.Tensor4D;
 }
 
-/** Training-mode BatchNorm forward: batch statistics, running-stat update, normalisation. */
+/**
+ * Training-mode BatchNorm forward: batch statistics, running-stat update (not in a backward-pass
+ * recompute), normalisation.
+ */
 function batchNormTrainForward(
   x: tf.Tensor4D,
   gamma: tf.Tensor1D,
   beta: tf.Tensor1D,
   bn: BatchNorm,
+  pass: Pass,
 ): { value: tf.Tensor4D; mean: tf.Tensor1D; variance: tf.Tensor1D } {
   const moments = tf.moments(x, [0, 1, 2]);
   const mean = moments.mean as tf.Tensor1D;
   const variance = moments.variance as tf.Tensor1D;
-  updateRunningStats(bn, mean, variance, x.shape);
+  if (pass.updateStats) updateRunningStats(bn, mean, variance, x.shape);
   return { value: tf.batchNorm4d(x, mean, variance, beta, gamma, BN_EPS), mean, variance };
 }
 
@@ -337,13 +477,22 @@ function batchNormBackward(
 ): { dx: tf.Tensor4D; dgamma: tf.Tensor1D; dbeta: tf.Tensor1D } {
   const m = x.shape[0] * x.shape[1] * x.shape[2];
   const rstd = tf.rsqrt(tf.add(variance, BN_EPS));
-  const xhat = tf.mul(tf.sub(x, mean), rstd);
+  // Full-size temporaries are freed as soon as used (a tidy would keep all ~7 to its end, the
+  // peak of a checkpointed backward); same ops in the same order, so the same values.
+  const free = <T extends tf.Tensor>(t: T, ...done: tf.Tensor[]): T => {
+    tf.dispose(done);
+    return t;
+  };
+  const centred = tf.sub(x, mean);
+  const xhat = free(tf.mul(centred, rstd), centred);
   const dbeta = tf.sum(dy, [0, 1, 2]) as tf.Tensor1D;
-  const dgamma = tf.sum(tf.mul(dy, xhat), [0, 1, 2]) as tf.Tensor1D;
-  const dx = tf.mul(
-    tf.mul(gamma, tf.div(rstd, m)),
-    tf.sub(tf.sub(tf.mul(dy, m), dbeta), tf.mul(xhat, dgamma)),
-  ) as tf.Tensor4D;
+  const dyXhat = tf.mul(dy, xhat);
+  const dgamma = free(tf.sum(dyXhat, [0, 1, 2]) as tf.Tensor1D, dyXhat);
+  const xhatDgamma = free(tf.mul(xhat, dgamma), xhat);
+  const dyM = tf.mul(dy, m);
+  const t1 = free(tf.sub(dyM, dbeta), dyM);
+  const t2 = free(tf.sub(t1, xhatDgamma), t1, xhatDgamma);
+  const dx = free(tf.mul(tf.mul(gamma, tf.div(rstd, m)), t2), t2) as tf.Tensor4D;
   return { dx, dgamma, dbeta };
 }
 
@@ -381,6 +530,7 @@ function efficientBottleneck(
   features: tf.Tensor4D[],
   bn: BatchNorm,
   conv: tf.Variable<tf.Rank.R4>,
+  pass: Pass,
 ): tf.Tensor4D {
   const n = features.length;
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
@@ -388,7 +538,7 @@ function efficientBottleneck(
     const inputs = args.slice(0, -1) as tf.Tensor[];
     const x = concat(inputs.slice(0, n) as tf.Tensor4D[]);
     const [gamma, beta, w] = inputs.slice(n) as [tf.Tensor1D, tf.Tensor1D, tf.Tensor4D];
-    const { value: normed } = batchNormTrainForward(x, gamma, beta, bn);
+    const { value: normed } = batchNormTrainForward(x, gamma, beta, bn, pass);
     const value: tf.Tensor4D = tf.conv2d(tf.relu(normed), w, 1, "valid");
     save(inputs);
     return {

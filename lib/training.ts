@@ -9,13 +9,13 @@ import type { Adam } from "./adam.ts";
 import type { Batch } from "./dataset.ts";
 import { batchToTensor, type BatchTransform, type Predictions } from "./inference.ts";
 import { bceWithLogits, type ClassWeights } from "./loss.ts";
-import { type DenseNet, forward, trainableVariables } from "./model.ts";
+import { type DenseNet, forward, type MemoryEfficiency, trainableVariables } from "./model.ts";
 import type { Progress } from "./progress.ts";
 import type { Rng } from "./rng.ts";
 
 /** Options of a training step. */
 export interface StepOptions {
-  memoryEfficient: boolean;
+  memoryEfficient: MemoryEfficiency;
   classWeights?: ClassWeights;
 }
 

@@ -12,6 +12,7 @@ import {
   DENSENET121,
   disposeModel,
   forward,
+  type MemoryEfficiency,
   predict,
   TINY_DENSENET,
   trainableVariables,
@@ -276,7 +277,7 @@ function lossAndGrads(
   model: DenseNet,
   x: tf.Tensor4D,
   labels: tf.Tensor2D,
-  memoryEfficient: boolean,
+  memoryEfficient: MemoryEfficiency,
 ) {
   const vars = trainableVariables(model);
   const { value, grads } = tf.variableGrads(
@@ -325,6 +326,66 @@ Deno.test("memory-efficient dense layers give the plain path's loss and gradient
   }
 });
 
+Deno.test("checkpointed levels give the plain path's loss, gradients and running stats", () => {
+  const x = referenceImages("input40");
+  const labels = tf.tensor2d(ref.get("labels40").data, [4, 14]);
+  const plainModel = referenceModel();
+  const stats = (m: DenseNet) =>
+    [...m.batchNorms].map(([prefix, bn]) => ({
+      prefix,
+      mean: bn.runningMean.dataSync().slice(),
+      variance: bn.runningVar.dataSync().slice(),
+      tracked: bn.numBatchesTracked,
+    }));
+  try {
+    const plain = lossAndGrads(plainModel, x, labels, false);
+    const plainStats = stats(plainModel);
+    const levels: MemoryEfficiency[] = ["bottleneck", "block", "layer", true];
+    for (const level of levels) {
+      const model = referenceModel();
+      try {
+        const before = tf.memory().numTensors;
+        const got = lossAndGrads(model, x, labels, level);
+        assert.equal(tf.memory().numTensors, before, `${level}: tensors freed`);
+        assert.ok(
+          Math.abs(plain.loss - got.loss) <= 1e-5 * Math.abs(plain.loss),
+          `${level}: loss ${got.loss} vs ${plain.loss}`,
+        );
+        assert.equal(got.grads.size, plain.grads.size);
+        let worst = 0;
+        for (const [name, g] of plain.grads) {
+          const name2 = name.replace(/^densenet\d+\//, "");
+          const mine = [...got.grads].find(([n]) => n.replace(/^densenet\d+\//, "") === name2);
+          assert.ok(mine, `${level}: gradient of ${name2}`);
+          worst = Math.max(worst, assertClose(mine[1], g, 1e-5, `${level} ${name2}`));
+        }
+        // One running-stat update per training forward, none from any recompute.
+        const after = stats(model);
+        for (let i = 0; i < after.length; i++) {
+          const [a, b] = [after[i], plainStats[i]];
+          assert.equal(a.tracked, b.tracked, `${level} ${a.prefix}: num_batches_tracked`);
+          assertClose(a.mean, b.mean, 1e-6, `${level} ${a.prefix}.running_mean`, 1e-7);
+          assertClose(a.variance, b.variance, 1e-6, `${level} ${a.prefix}.running_var`, 1e-7);
+        }
+        console.log(`${level} vs plain: max abs gradient difference ${worst.toExponential(2)}`);
+      } finally {
+        disposeModel(model);
+      }
+    }
+    assert.throws(
+      () =>
+        forward(plainModel, x, {
+          training: true,
+          memoryEfficient: "segment" as unknown as MemoryEfficiency,
+        }),
+      /unknown memoryEfficient level/,
+    );
+  } finally {
+    tf.dispose([x, labels]);
+    disposeModel(plainModel);
+  }
+});
+
 Deno.test("any input size ≥ 32 runs; BatchNorm training needs more than one value", () => {
   const model = createDenseNet(TINY_DENSENET, { seed: 1 });
   try {
@@ -358,7 +419,7 @@ Deno.test("no tensor leak across training steps (variableGrads + Adam + BN updat
   const optimizer = tf.train.adam(1e-3);
   const vars = trainableVariables(model);
   try {
-    const step = (memoryEfficient: boolean) => {
+    const step = (memoryEfficient: MemoryEfficiency) => {
       const loss = optimizer.minimize(
         () => bceWithLogits(forward(model, x, { training: true, memoryEfficient }), labels),
         true,
@@ -370,10 +431,10 @@ Deno.test("no tensor leak across training steps (variableGrads + Adam + BN updat
     };
     const losses = [step(false)]; // creates Adam's moment variables
     const before = tf.memory().numTensors;
-    for (let i = 0; i < 3; i++) losses.push(step(i % 2 === 1));
+    for (const level of ["bottleneck", "block", "layer", true] as const) losses.push(step(level));
     assert.equal(tf.memory().numTensors, before);
-    assert.ok(losses[3] < losses[0], `loss went down: ${losses}`);
-    assert.equal(model.norm5.numBatchesTracked, 4);
+    assert.ok(losses[4] < losses[0], `loss went down: ${losses}`);
+    assert.equal(model.norm5.numBatchesTracked, 5);
   } finally {
     optimizer.dispose();
     tf.dispose([x, labels]);
