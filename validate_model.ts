@@ -21,10 +21,12 @@ import { Progress } from "./lib/progress.ts";
 import { Rng } from "./lib/rng.ts";
 import { newestSavedModel, resolveSavedModel } from "./lib/saved_models.ts";
 import { writeReportHtml } from "./lib/report_html.ts";
+import { type CamWriteOptions, writeImageCams, writeTopCams } from "./lib/cam.ts";
 import { predictImages } from "./lib/single_image.ts";
 import {
   type BatchTransform,
   paramsForImageSize,
+  resolveParams,
   transformsTest,
   transformsTestCentercrop,
   transformsTestTenCrop,
@@ -72,6 +74,20 @@ export const FLAGS = {
     default: null,
     metavar: "PATH",
     help: "write a self-contained HTML report (AUROC/F1 table, ROC curves)",
+  },
+  cam: {
+    kind: "int",
+    default: 0,
+    min: 0,
+    metavar: "N",
+    help: "class activation maps of the N highest-scoring images per class (with --images: " +
+      "of each image's N most probable classes)",
+  },
+  cam_dir: {
+    kind: "string",
+    default: null,
+    metavar: "DIR",
+    help: "where --cam writes its PNGs (default: <save_dir>/cam)",
   },
   images: {
     kind: "list",
@@ -157,13 +173,21 @@ async function main(args: string[]): Promise<void> {
   const test: BatchTransform = (x, r) => transformsTest(x, r, size);
   const centerCrop: BatchTransform = (x, r) => transformsTestCentercrop(x, r, size);
   const tenCropTransform: BatchTransform = (x, r) => transformsTestTenCrop(x, r, size);
+  const camOpts: CamWriteOptions = {
+    dir: flags.cam_dir ?? `${flags.save_dir}/cam`,
+    transform: flags.center_crop ? centerCrop : test,
+    centerCrop: flags.center_crop ? resolveParams(size) : undefined,
+  };
+  const reportCams = (paths: string[]) =>
+    console.log(`Class activation maps: ${paths.length} PNGs in ${camOpts.dir}`);
   try {
     if (imagePaths.length > 0) {
-      await predictImages(model, imagePaths, {
+      const predictions = await predictImages(model, imagePaths, {
         thresholds,
         transform: flags.center_crop ? centerCrop : test,
         json: flags.json,
       });
+      if (flags.cam > 0) reportCams(await writeImageCams(model, predictions, flags.cam, camOpts));
       return;
     }
     const subset = await loadSubset({
@@ -215,6 +239,9 @@ async function main(args: string[]): Promise<void> {
       console.log(`Report: ${flags.report}`);
     }
     if (flags.predictions) await writeFileAtomic(flags.predictions, predictionsCsv(plain));
+    if (flags.cam > 0) {
+      reportCams(await writeTopCams(model, subset.shards, plain, flags.cam, camOpts));
+    }
     if (flags.json) {
       const json = {
         model: modelPath,
