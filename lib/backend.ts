@@ -3,10 +3,11 @@
  *
  * `auto` takes the first that starts: `tensorflow` (libtensorflow through tfjs-node-gpu, then
  * tfjs-node — only when installed with its install script), `webgpu` (Deno's built-in WebGPU on
- * a real GPU, not a software adapter), `wasm` (XNNPACK SIMD, plus the training kernels of
- * `wasm_kernels.ts`), `cpu` (pure JS, a last resort: one DenseNet-121 training step takes
- * minutes). An explicitly requested backend that cannot start is a `UserError` saying how to fix
- * it. Backend packages are imported lazily, so importing this module has no side effects.
+ * a real GPU, not a software adapter), `wasm` (XNNPACK SIMD, multi-threaded where it starts,
+ * plus the training kernels of `wasm_kernels.ts`), `cpu` (pure JS, a last resort: one
+ * DenseNet-121 training step takes minutes). An explicitly requested backend that cannot start
+ * is a `UserError` saying how to fix it. Backend packages are imported lazily, so importing this
+ * module has no side effects.
  * @module
  */
 
@@ -14,6 +15,12 @@ import * as tf from "@tensorflow/tfjs-core";
 import { fileURLToPath } from "node:url";
 import { UserError } from "./errors.ts";
 import { registerWasmTrainingKernels } from "./wasm_kernels.ts";
+import {
+  MAX_WASM_THREADS,
+  resolveWasmThreads,
+  startThreadedWasm,
+  threadedWasmUnavailable,
+} from "./wasm_threads.ts";
 
 /** Values accepted by `--backend`. */
 export const BACKENDS = ["auto", "tensorflow", "webgpu", "wasm", "cpu"] as const;
@@ -34,7 +41,7 @@ export interface BackendInfo {
 
 /** Options of `initBackend`. */
 export interface InitBackendOptions {
-  /** Threads for the wasm backend (only 1 works under Deno today; more is noted and ignored). */
+  /** Threads for the wasm backend; 0 or absent: all cores (at most `MAX_WASM_THREADS`). */
   threads?: number;
   /** Receives the human-readable lines (chosen backend and device); default: none. */
   log?: (line: string) => void;
@@ -287,24 +294,45 @@ function describeAdapter(adapter: GPUAdapter): { device: string; software: boole
 }
 
 /**
- * The wasm backend (XNNPACK, SIMD when the CPU has it). Its .wasm binaries are located next to
- * the package's own module, never relative to the working directory, so scripts run from any
- * directory. The threaded build cannot start under Deno (see `threads`).
+ * The wasm backend (XNNPACK, SIMD when the CPU has it). With more than one thread (`--threads`,
+ * default all cores) it starts tfjs's threaded SIMD build through `wasm_threads.ts`, falling back
+ * to the single-threaded build, with a note saying why, when that cannot start. Its .wasm
+ * binaries are located next to the package's own module, never relative to the working
+ * directory, so scripts run from any directory.
  */
 async function startWasm(opts: InitBackendOptions): Promise<BackendInfo> {
   const wasm = await import("@tensorflow/tfjs-backend-wasm");
   const notes: string[] = [];
-  if (opts.threads != null && opts.threads > 1) {
-    notes.push(
-      `--threads ${opts.threads} ignored: tfjs's threaded wasm build cannot start its workers ` +
-        `under Deno, so wasm runs on 1 thread`,
-    );
+  const threads = resolveWasmThreads(opts.threads);
+  if (opts.threads != null && opts.threads > MAX_WASM_THREADS) {
+    notes.push(`--threads ${opts.threads}: tfjs's wasm build uses at most ${MAX_WASM_THREADS}`);
   }
-  if (tf.getBackend() !== "wasm") {
+  let running: number | null = null;
+  if (tf.findBackend("wasm") != null) {
+    // Already started in this process (tfjs cannot restart it with another build).
+    running = wasmThreadsCount(wasm);
+    if (running !== threads) {
+      notes.push(`wasm already runs on ${running} thread(s) in this process; keeping that`);
+    }
+  } else if (threads > 1) {
+    const why = await threadedWasmUnavailable();
+    if (why == null) {
+      try {
+        running = await startThreadedWasm(wasm, threads);
+      } catch (err) {
+        const msg = err instanceof Error ? err.message : String(err);
+        notes.push(`tfjs's threaded wasm build did not start (${msg}): wasm runs on 1 thread`);
+      }
+    } else {
+      notes.push(`tfjs's threaded wasm build cannot run: ${why}; wasm runs on 1 thread`);
+    }
+  }
+  if (running == null) {
     const moduleUrl = import.meta.resolve("@tensorflow/tfjs-backend-wasm");
     if (moduleUrl.startsWith("file:")) {
       wasm.setWasmPaths(fileURLToPath(new URL("./", moduleUrl)));
     }
+    wasm.setThreadsCount(1);
   }
   if (!(await activate("wasm"))) {
     throw new UserError(
@@ -315,12 +343,22 @@ async function startWasm(opts: InitBackendOptions): Promise<BackendInfo> {
   registerWasmTrainingKernels();
   const simd = await tf.env().getAsync("WASM_HAS_SIMD_SUPPORT");
   if (!simd) notes.push("this CPU/runtime lacks WebAssembly SIMD: the plain wasm build is slower");
+  running ??= wasmThreadsCount(wasm);
   return {
     name: "wasm",
-    device: `CPU, WebAssembly${simd ? " SIMD" : ""} (XNNPACK)`,
-    threads: 1,
+    device: `CPU, WebAssembly${simd ? " SIMD" : ""} (XNNPACK${running > 1 ? ", threaded" : ""})`,
+    threads: running,
     notes,
   };
+}
+
+/** Threads of the running wasm backend (1 where the build reports no thread pool). */
+function wasmThreadsCount(wasm: { getThreadsCount: () => number }): number {
+  try {
+    return Math.max(1, wasm.getThreadsCount());
+  } catch {
+    return 1;
+  }
 }
 
 /** The pure-JavaScript backend. */
