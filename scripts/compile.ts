@@ -29,8 +29,17 @@ export type ExecutableScript = typeof EXECUTABLES[number]["script"];
 export function embeddedFiles(): string[] {
   const moduleUrl = import.meta.resolve("@tensorflow/tfjs-backend-wasm");
   const dist = fileURLToPath(new URL("./", moduleUrl));
-  return ["tfjs-backend-wasm.wasm", "tfjs-backend-wasm-simd.wasm"]
-    .map((f) => relativeToRoot(`${dist}${f}`));
+  const wasmOut = fileURLToPath(new URL("../wasm-out/", moduleUrl));
+  const threadsWorker = fileURLToPath(new URL("../lib/wasm_threads_worker.cjs", import.meta.url));
+  return [
+    `${dist}tfjs-backend-wasm.wasm`,
+    `${dist}tfjs-backend-wasm-simd.wasm`,
+    // The threaded build (lib/wasm_threads.ts) loads these at run time.
+    `${dist}tfjs-backend-wasm-threaded-simd.wasm`,
+    `${wasmOut}tfjs-backend-wasm-threaded-simd.js`,
+    `${wasmOut}tfjs-backend-wasm-threaded-simd.worker.js`,
+    threadsWorker,
+  ].map(relativeToRoot);
 }
 
 function relativeToRoot(path: string): string {
