@@ -19,7 +19,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { Rng } from "./rng.ts";
-import { registerTrainingGradients } from "./tf_gradients.ts";
+import "./tf_gradients.ts";
 
 /** DenseNet hyper-parameters, as torchvision's `DenseNet(...)` arguments. */
 export interface DenseNetConfig {
@@ -247,8 +247,6 @@ export function features(
     throw new Error(`forward expects NHWC images with 3 channels, got shape [${x.shape}]`);
   }
   const pass = passFor(opts);
-  // tfjs-core ships without gradient functions; register ours before any op is taped.
-  if (pass.training) registerTrainingGradients();
   const checkpointed = pass.checkpoint !== "none";
   return tf.tidy(() => {
     // The image batch needs no gradient: the stem's checkpoint saves it as a constant.

@@ -11,7 +11,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { initBackend } from "../lib/backend.ts";
-import { registerTrainingGradients } from "../lib/tf_gradients.ts";
+import "../lib/tf_gradients.ts";
 import {
   MAX_WASM_THREADS,
   resolveWasmThreads,
@@ -62,7 +62,6 @@ function convNet(): Record<string, tf.Tensor> {
 
 /** Starts wasm with `threads` threads and prints a `NetResult` as JSON on stdout. */
 async function runChild(threads: number): Promise<void> {
-  registerTrainingGradients();
   const info = await initBackend("wasm", { threads });
   const tensors: Record<string, number[]> = {};
   for (const [name, t] of Object.entries(convNet())) tensors[name] = Array.from(await t.data());
