@@ -23,15 +23,9 @@ import { RUN_FLAGS, startBackend } from "./lib/run_flags.ts";
 import { type FlagSpecs, parseFlags } from "./lib/cli.ts";
 import { loadSubset } from "./lib/dataset.ts";
 import { runMain, UserError } from "./lib/errors.ts";
+import { evaluate, jsonNumber } from "./lib/evaluation.ts";
 import { predictBatches } from "./lib/inference.ts";
-import {
-  aurocPerClass,
-  bceLoss,
-  f1PerClass,
-  mean,
-  nanMean,
-  youdenThresholds,
-} from "./lib/metrics.ts";
+import { bceLoss, youdenThresholds } from "./lib/metrics.ts";
 import { classBalanceWeights } from "./lib/loss.ts";
 import { DENSENET121, type DenseNetConfig, disposeModel, TINY_DENSENET } from "./lib/model.ts";
 import { initialModel, loadModel } from "./lib/model_loading.ts";
@@ -162,8 +156,6 @@ export interface EpochRecord {
   train_images_per_s: number;
   saved: boolean;
 }
-
-const finite = (v: number) => (Number.isFinite(v) ? v : null);
 
 async function main(args: string[]): Promise<void> {
   const flags = parseFlags(args, FLAGS, USAGE, DESCRIPTION);
@@ -330,11 +322,8 @@ async function main(args: string[]): Promise<void> {
       );
       valBar.finish();
       if (stopRequested) break;
-      const labels = { rows: validated.n, cols: NUM_CLASSES, data: validated.labels };
-      const probs = { rows: validated.n, cols: NUM_CLASSES, data: validated.probs };
       const valLoss = bceLoss(validated.labels, validated.probs);
-      const auroc = aurocPerClass(labels, probs);
-      const f1 = f1PerClass(labels, probs, thresholds);
+      const metrics = evaluate(validated, thresholds);
       const improved = best === null || valLoss < best.val_loss;
       if (improved) {
         await writeCheckpoint(paths.model, {
@@ -348,9 +337,9 @@ async function main(args: string[]): Promise<void> {
         epoch,
         train_loss: trained.loss,
         val_loss: valLoss,
-        val_mean_auroc: finite(mean(auroc)),
-        val_mean_auroc_defined: finite(nanMean(auroc)),
-        val_mean_f1: finite(mean(f1)),
+        val_mean_auroc: jsonNumber(metrics.meanAuroc),
+        val_mean_auroc_defined: jsonNumber(metrics.meanAurocDefined),
+        val_mean_f1: jsonNumber(metrics.meanF1),
         lr: adam.lr,
         lr_lowered: lowered !== null,
         seconds: (performance.now() - t0) / 1000,

@@ -13,8 +13,8 @@ import { RUN_FLAGS, startBackend } from "./lib/run_flags.ts";
 import { type FlagSpecs, parseFlags } from "./lib/cli.ts";
 import { loadSubset } from "./lib/dataset.ts";
 import { runMain, UserError } from "./lib/errors.ts";
+import { evaluate, type Evaluation, jsonNumber } from "./lib/evaluation.ts";
 import { predictBatches, type Predictions } from "./lib/inference.ts";
-import { aurocPerClass, f1PerClass, mean, nanMean } from "./lib/metrics.ts";
 import { disposeModel } from "./lib/model.ts";
 import { loadModel } from "./lib/model_loading.ts";
 import { Progress } from "./lib/progress.ts";
@@ -112,30 +112,6 @@ export function formatTable(auroc: Float64Array, f1: Float64Array | null): strin
   return [header, ...rows].join("\n");
 }
 
-/** The printed and JSON results of an evaluation. */
-export interface Evaluation {
-  auroc: Float64Array;
-  f1: Float64Array;
-  meanAuroc: number;
-  meanAurocDefined: number;
-  meanF1: number;
-}
-
-/** Metrics of predictions against labels, F1 at `thresholds`. */
-export function evaluate(p: Predictions, thresholds: ArrayLike<number>): Evaluation {
-  const labels = { rows: p.n, cols: NUM_CLASSES, data: p.labels };
-  const probs = { rows: p.n, cols: NUM_CLASSES, data: p.probs };
-  const auroc = aurocPerClass(labels, probs);
-  const f1 = f1PerClass(labels, probs, thresholds);
-  return {
-    auroc,
-    f1,
-    meanAuroc: mean(auroc),
-    meanAurocDefined: nanMean(auroc),
-    meanF1: mean(f1),
-  };
-}
-
 function printEvaluation(title: string, e: Evaluation, showF1: boolean): void {
   console.log(title);
   console.log(formatTable(e.auroc, showF1 ? e.f1 : null));
@@ -145,8 +121,6 @@ function printEvaluation(title: string, e: Evaluation, showF1: boolean): void {
   console.log(`Mean AUROC over ${defined} defined classes: ${fmt(e.meanAurocDefined)}`);
   if (showF1) console.log(`Mean F1: ${fmt(e.meanF1)}`);
 }
-
-const jsonNumber = (v: number) => (Number.isFinite(v) ? v : null);
 
 function predictionsCsv(p: Predictions): string {
   const lines = [["Image Index", ...LABELS].join(",")];
@@ -170,12 +144,13 @@ async function main(args: string[]): Promise<void> {
   if (!saved) console.error("warning: the checkpoint has no thresholds; F1 uses 0.5");
   const rng = new Rng(flags.seed);
   const size = paramsForImageSize(flags.image_size);
-  const test: BatchTransform = (x, r) => transformsTest(x, r, size);
-  const centerCrop: BatchTransform = (x, r) => transformsTestCentercrop(x, r, size);
+  const test: BatchTransform = flags.center_crop
+    ? (x, r) => transformsTestCentercrop(x, r, size)
+    : (x, r) => transformsTest(x, r, size);
   const tenCropTransform: BatchTransform = (x, r) => transformsTestTenCrop(x, r, size);
   const camOpts: CamWriteOptions = {
     dir: flags.cam_dir ?? `${flags.save_dir}/cam`,
-    transform: flags.center_crop ? centerCrop : test,
+    transform: test,
     centerCrop: flags.center_crop ? resolveParams(size) : undefined,
   };
   const reportCams = (paths: string[]) =>
@@ -184,7 +159,7 @@ async function main(args: string[]): Promise<void> {
     if (imagePaths.length > 0) {
       const predictions = await predictImages(model, imagePaths, {
         thresholds,
-        transform: flags.center_crop ? centerCrop : test,
+        transform: test,
         json: flags.json,
       });
       if (flags.cam > 0) reportCams(await writeImageCams(model, predictions, flags.cam, camOpts));
@@ -207,10 +182,7 @@ async function main(args: string[]): Promise<void> {
       progress.finish();
       return p;
     };
-    const plain = await run(
-      "Validation",
-      flags.center_crop ? centerCrop : test,
-    );
+    const plain = await run("Validation", test);
     console.log("Validation complete.");
     if (plain.n === 0) throw new UserError(`no images in the ${flags.subset} shards`);
     const result = evaluate(plain, thresholds);
