@@ -262,7 +262,7 @@ function toTfLayout(src: Float32Array, torch: readonly number[]): Float32Array {
   return src;
 }
 
-/** tfjs layout → torch layout, always a fresh array (dataSync may alias backend memory). */
+/** tfjs layout → torch layout, always a fresh array (a backend read may alias backend memory). */
 function toTorchLayout(src: Float32Array, shape: readonly number[]): Float32Array {
   if (shape.length === 4) {
     const [kh, kw, i, o] = shape;

@@ -163,18 +163,22 @@ function parseHeader(block: Uint8Array, source: string, after: string, at: numbe
 
 const padTo = (n: number, unit: number) => Math.ceil(n / unit) * unit;
 
+/** Opens an archive for reading; a missing file is a `UserError` naming it. */
+async function openArchive(path: string): Promise<Deno.FsFile> {
+  try {
+    return await Deno.open(path, { read: true });
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new UserError(`shard not found: ${path}`);
+    throw e;
+  }
+}
+
 /**
  * Reads the regular-file members of the tar archive at `path` in order, with their data, one
  * member in memory at a time. Throws `UserError` naming the archive and member on damage.
  */
 export async function* readTar(path: string): AsyncGenerator<TarEntry> {
-  let file: Deno.FsFile;
-  try {
-    file = await Deno.open(path, { read: true });
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) throw new UserError(`shard not found: ${path}`);
-    throw e;
-  }
+  const file = await openArchive(path);
   try {
     const reader = new ChunkReader(file);
     let last = "(start of archive)";
@@ -235,13 +239,7 @@ export async function* readTar(path: string): AsyncGenerator<TarEntry> {
  * seeking past the data. Throws `UserError` naming the archive and member on damage.
  */
 export async function listTar(path: string): Promise<TarMember[]> {
-  let file: Deno.FsFile;
-  try {
-    file = await Deno.open(path, { read: true });
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) throw new UserError(`shard not found: ${path}`);
-    throw e;
-  }
+  const file = await openArchive(path);
   try {
     const length = (await file.stat()).size;
     const members: TarMember[] = [];

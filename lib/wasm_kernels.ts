@@ -139,16 +139,18 @@ function runNative(kernelName: string, args: { backend: BackendWasm }): tf.Tenso
   return config.kernelFunc(args as unknown as Parameters<tf.KernelFunc>[0]) as tf.TensorInfo;
 }
 
+/** Attributes common to tfjs's convolution backprop kernels. */
+interface ConvBackpropAttrs {
+  strides: [number, number] | number;
+  pad: "valid" | "same" | number | tf.backend_util.ExplicitPadding;
+  dataFormat: "NHWC" | "NCHW";
+  dimRoundingMode?: "floor" | "round" | "ceil";
+}
+
 interface Conv2DBackpropFilterArgs {
   inputs: { x: tf.TensorInfo; dy: tf.TensorInfo };
   backend: BackendWasm;
-  attrs: {
-    strides: [number, number] | number;
-    pad: "valid" | "same" | number | tf.backend_util.ExplicitPadding;
-    dataFormat: "NHWC" | "NCHW";
-    dimRoundingMode?: "floor" | "round" | "ceil";
-    filterShape: [number, number, number, number];
-  };
+  attrs: ConvBackpropAttrs & { filterShape: [number, number, number, number] };
 }
 
 function conv2DBackpropFilterKernel(args: Conv2DBackpropFilterArgs): tf.TensorInfo {
@@ -266,13 +268,7 @@ function filterGradient(
 interface Conv2DBackpropInputArgs {
   inputs: { dy: tf.TensorInfo; filter: tf.TensorInfo };
   backend: BackendWasm;
-  attrs: {
-    strides: [number, number] | number;
-    pad: "valid" | "same" | number | tf.backend_util.ExplicitPadding;
-    dataFormat: "NHWC" | "NCHW";
-    dimRoundingMode?: "floor" | "round" | "ceil";
-    inputShape: [number, number, number, number];
-  };
+  attrs: ConvBackpropAttrs & { inputShape: [number, number, number, number] };
 }
 
 /**
