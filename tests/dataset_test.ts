@@ -6,15 +6,11 @@ import { decodeImage } from "../lib/images.ts";
 import { readLabelsCsv } from "../lib/label_csv.ts";
 import { Rng } from "../lib/rng.ts";
 import { readShard, type Sample } from "../lib/webdataset.ts";
+import { FIXTURE_SHARD } from "./helpers/original_data.ts";
+import { collect } from "./helpers/scripts.ts";
 
 const FIXTURES = new URL("./fixtures/nih_subset/", import.meta.url).pathname;
-const SHARD = `${FIXTURES}ChestXray14_val_002.tar`;
-
-async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
-  const out: T[] = [];
-  for await (const x of it) out.push(x);
-  return out;
-}
+const SHARD = FIXTURE_SHARD;
 
 Deno.test("batches packs the original shard into [n,256,256,3] with its labels", async () => {
   const csv = await readLabelsCsv(`${FIXTURES}labels.csv`);

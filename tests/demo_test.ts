@@ -7,23 +7,12 @@
 import assert from "node:assert/strict";
 import { LABELS, META_FILE_NAME } from "../config.ts";
 import { BELOW_BAR_EXIT_CODE, SETTINGS_FILE } from "../demo.ts";
+import { runScript } from "./helpers/scripts.ts";
 
-const DEMO = new URL("../demo.ts", import.meta.url).pathname;
-const PERMISSIONS = ["--allow-read", "--allow-env", "--allow-ffi", "--allow-sys", "--allow-run"];
 const SMALL = ["--images", "40", "--epochs", "1", "--arch", "densenet_tiny", "--image_size", "32"];
 
-async function runDemo(cwd: string, args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", ...PERMISSIONS, `--allow-write=${cwd}`, DEMO, ...args],
-    cwd,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const runDemo = (cwd: string, args: string[]) =>
+  runScript("demo.ts", args, [cwd], { cwd, permissions: ["--allow-run"] });
 
 async function files(dir: string, suffix: string): Promise<string[]> {
   const names: string[] = [];

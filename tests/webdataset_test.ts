@@ -15,15 +15,11 @@ import {
   ShardWriter,
   splitMemberName,
 } from "../lib/webdataset.ts";
+import { FIXTURE_SHARD } from "./helpers/original_data.ts";
+import { collect } from "./helpers/scripts.ts";
 
 const FIXTURES = new URL("./fixtures/nih_subset/", import.meta.url).pathname;
-const SHARD = `${FIXTURES}ChestXray14_val_002.tar`;
-
-async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
-  const out: T[] = [];
-  for await (const x of it) out.push(x);
-  return out;
-}
+const SHARD = FIXTURE_SHARD;
 
 const original = await collect(readShard(SHARD));
 const csv = await readLabelsCsv(`${FIXTURES}labels.csv`);

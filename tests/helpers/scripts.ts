@@ -15,22 +15,27 @@ export interface ScriptResult {
   stderr: string;
 }
 
-/** Runs `<script>.ts` with `args`; writes are allowed only under `writeDirs`. */
+/**
+ * Runs `<script>.ts` with `args`; writes are allowed only under `writeDirs`; `permissions`
+ * adds flags beyond the common ones (e.g. `--allow-run` for the demo).
+ */
 export async function runScript(
   script: string,
   args: string[],
   writeDirs: string[],
-  opts: { cwd?: string } = {},
+  opts: { cwd?: string; permissions?: string[] } = {},
 ): Promise<ScriptResult> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
       "run",
       ...PERMISSIONS,
+      ...(opts.permissions ?? []),
       ...(writeDirs.length ? [`--allow-write=${writeDirs.join(",")}`] : []),
       `${ROOT}${script}`,
       ...args,
     ],
     cwd: opts.cwd ?? ROOT,
+    stdin: "null",
     stdout: "piped",
     stderr: "piped",
     env: { NO_COLOR: "1" },
@@ -58,4 +63,11 @@ export function seedModelPath(): string | null {
     console.log(`skipping seed_model.pt tests: ${path} is absent`);
     return null;
   }
+}
+
+/** Collects an async iterable into an array. */
+export async function collect<T>(items: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const x of items) out.push(x);
+  return out;
 }
