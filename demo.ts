@@ -11,13 +11,13 @@
  */
 import { fileURLToPath } from "node:url";
 import { LABELS, META_FILE_NAME, NUM_CLASSES } from "./config.ts";
-import { exists, writeFileAtomic } from "./lib/atomic_file.ts";
-import { type FlagSpecs, parseFlags } from "./lib/cli.ts";
-import { runMain, UserError } from "./lib/errors.ts";
-import { readLabelsCsv } from "./lib/label_csv.ts";
-import { IMAGENET_FILE, weightsCacheDir } from "./lib/pretrained_weights.ts";
-import { Progress } from "./lib/progress.ts";
-import { generateSyntheticDataset } from "./lib/synthetic_cxr.ts";
+import { exists, writeFileAtomic } from "./lib/util/atomic_file.ts";
+import { type FlagSpecs, parseFlags } from "./lib/util/cli.ts";
+import { runMain, UserError } from "./lib/util/errors.ts";
+import { readLabelsCsv } from "./lib/data/label_csv.ts";
+import { IMAGENET_FILE, weightsCacheDir } from "./lib/model/pretrained_weights.ts";
+import { Progress } from "./lib/util/progress.ts";
+import { generateSyntheticDataset } from "./lib/data/synthetic_cxr.ts";
 
 /** Mean AUROC (over classes with a defined AUROC) the demo's defaults must reach. */
 export const DEMO_AUROC_BAR = 0.75;
@@ -97,7 +97,7 @@ export interface SyntheticSettings {
   images: number;
   seed: number;
   png_size: number;
-  /** sha256 of `lib/synthetic_cxr.ts`, so that a changed generator regenerates the data. */
+  /** sha256 of `lib/data/synthetic_cxr.ts`, so that a changed generator regenerates the data. */
   generator_sha256: string;
 }
 
@@ -264,7 +264,7 @@ async function main(args: string[]): Promise<void> {
   const useImagenet = flags.arch === "densenet121" && await exists(imagenetPath);
   console.log(
     "Augmented Chest X-Ray demo on SYNTHETIC data: cartoon chest radiographs drawn by\n" +
-      "lib/synthetic_cxr.ts, NOT medical data; the model trained here is a toy.",
+      "lib/data/synthetic_cxr.ts, NOT medical data; the model trained here is a toy.",
   );
   console.log(
     useImagenet
@@ -281,7 +281,7 @@ async function main(args: string[]): Promise<void> {
     images: flags.images,
     seed: flags.seed,
     png_size: PNG_SIZE,
-    generator_sha256: await sha256Hex(await Deno.readFile(`${ROOT}lib/synthetic_cxr.ts`)),
+    generator_sha256: await sha256Hex(await Deno.readFile(`${ROOT}lib/data/synthetic_cxr.ts`)),
   };
   await phase("synthetic data", () => ensureSyntheticData(originalDir, settings, flags.fresh));
 

@@ -22,14 +22,19 @@ import {
   TEST_LIST_NAME,
   TRAIN_VAL_LIST_NAME,
 } from "./config.ts";
-import { exists } from "./lib/atomic_file.ts";
-import { parseFlags } from "./lib/cli.ts";
-import { runMain, UserError } from "./lib/errors.ts";
-import { mapConcurrent, readImageFile, resizeGrayPng } from "./lib/images.ts";
-import { type MetaEntry, readDataEntry, readImageList, writeLabelsCsv } from "./lib/label_csv.ts";
-import { Progress } from "./lib/progress.ts";
-import { officialSplit, patientsOf, patientSplit, type Split } from "./lib/split.ts";
-import { shardPath, shardPattern, ShardWriter } from "./lib/webdataset.ts";
+import { exists } from "./lib/util/atomic_file.ts";
+import { parseFlags } from "./lib/util/cli.ts";
+import { runMain, UserError } from "./lib/util/errors.ts";
+import { mapConcurrent, readImageFile, resizeGrayPng } from "./lib/data/images.ts";
+import {
+  type MetaEntry,
+  readDataEntry,
+  readImageList,
+  writeLabelsCsv,
+} from "./lib/data/label_csv.ts";
+import { Progress } from "./lib/util/progress.ts";
+import { officialSplit, patientsOf, patientSplit, type Split } from "./lib/data/split.ts";
+import { shardPath, shardPattern, ShardWriter } from "./lib/data/webdataset.ts";
 
 /** Everything preprocessing needs; the flags map onto it one to one. */
 export interface PreprocessOptions {

@@ -17,27 +17,32 @@ import {
   SCHEDULER_PATIENCE,
   SHUFFLE_BUFFER,
 } from "./config.ts";
-import { Adam } from "./lib/adam.ts";
-import { writeFileAtomic } from "./lib/atomic_file.ts";
+import { Adam } from "./lib/train/adam.ts";
+import { writeFileAtomic } from "./lib/util/atomic_file.ts";
 import { RUN_FLAGS, startBackend } from "./lib/run_flags.ts";
-import { type FlagSpecs, parseFlags } from "./lib/cli.ts";
-import { loadSubset } from "./lib/dataset.ts";
-import { runMain, UserError } from "./lib/errors.ts";
-import { evaluate, jsonNumber } from "./lib/evaluation.ts";
-import { predictBatches } from "./lib/inference.ts";
-import { bceLoss, youdenThresholds } from "./lib/metrics.ts";
-import { classBalanceWeights } from "./lib/loss.ts";
-import { DENSENET121, type DenseNetConfig, disposeModel, TINY_DENSENET } from "./lib/model.ts";
-import { initialModel, loadModel } from "./lib/model_loading.ts";
-import { stateDictFromModel } from "./lib/model_weights.ts";
-import { formatDuration, Progress } from "./lib/progress.ts";
-import { Rng } from "./lib/rng.ts";
-import { resolveSavedModel, runPaths, runStamp } from "./lib/saved_models.ts";
-import { ReduceLROnPlateau } from "./lib/scheduler.ts";
-import { writeCheckpoint } from "./lib/torch_checkpoint.ts";
-import { trainEpoch } from "./lib/training.ts";
-import { readLabelsCsv } from "./lib/label_csv.ts";
-import { writeTrainingCurves } from "./lib/training_curves.ts";
+import { type FlagSpecs, parseFlags } from "./lib/util/cli.ts";
+import { loadSubset } from "./lib/data/dataset.ts";
+import { runMain, UserError } from "./lib/util/errors.ts";
+import { evaluate, jsonNumber } from "./lib/eval/evaluation.ts";
+import { predictBatches } from "./lib/eval/inference.ts";
+import { bceLoss, youdenThresholds } from "./lib/eval/metrics.ts";
+import { classBalanceWeights } from "./lib/train/loss.ts";
+import {
+  DENSENET121,
+  type DenseNetConfig,
+  disposeModel,
+  TINY_DENSENET,
+} from "./lib/model/densenet.ts";
+import { initialModel, loadModel } from "./lib/model/model_loading.ts";
+import { stateDictFromModel } from "./lib/model/model_weights.ts";
+import { formatDuration, Progress } from "./lib/util/progress.ts";
+import { Rng } from "./lib/util/rng.ts";
+import { resolveSavedModel, runPaths, runStamp } from "./lib/util/saved_models.ts";
+import { ReduceLROnPlateau } from "./lib/train/scheduler.ts";
+import { writeCheckpoint } from "./lib/torch/torch_checkpoint.ts";
+import { trainEpoch } from "./lib/train/training.ts";
+import { readLabelsCsv } from "./lib/data/label_csv.ts";
+import { writeTrainingCurves } from "./lib/report/training_curves.ts";
 import {
   type BatchTransform,
   paramsForImageSize,

@@ -8,21 +8,21 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { DEBUG_SIZES, LABELS, LABELS_DIR, NUM_CLASSES } from "./config.ts";
-import { writeFileAtomic } from "./lib/atomic_file.ts";
+import { writeFileAtomic } from "./lib/util/atomic_file.ts";
 import { RUN_FLAGS, startBackend } from "./lib/run_flags.ts";
-import { type FlagSpecs, parseFlags } from "./lib/cli.ts";
-import { loadSubset } from "./lib/dataset.ts";
-import { runMain, UserError } from "./lib/errors.ts";
-import { evaluate, type Evaluation, jsonNumber } from "./lib/evaluation.ts";
-import { predictBatches, type Predictions } from "./lib/inference.ts";
-import { disposeModel } from "./lib/model.ts";
-import { loadModel } from "./lib/model_loading.ts";
-import { Progress } from "./lib/progress.ts";
-import { Rng } from "./lib/rng.ts";
-import { newestSavedModel, resolveSavedModel } from "./lib/saved_models.ts";
-import { writeReportHtml } from "./lib/report_html.ts";
-import { type CamWriteOptions, writeImageCams, writeTopCams } from "./lib/cam.ts";
-import { predictImages } from "./lib/single_image.ts";
+import { type FlagSpecs, parseFlags } from "./lib/util/cli.ts";
+import { loadSubset } from "./lib/data/dataset.ts";
+import { runMain, UserError } from "./lib/util/errors.ts";
+import { evaluate, type Evaluation, jsonNumber } from "./lib/eval/evaluation.ts";
+import { predictBatches, type Predictions } from "./lib/eval/inference.ts";
+import { disposeModel } from "./lib/model/densenet.ts";
+import { loadModel } from "./lib/model/model_loading.ts";
+import { Progress } from "./lib/util/progress.ts";
+import { Rng } from "./lib/util/rng.ts";
+import { newestSavedModel, resolveSavedModel } from "./lib/util/saved_models.ts";
+import { writeReportHtml } from "./lib/report/report_html.ts";
+import { type CamWriteOptions, writeImageCams, writeTopCams } from "./lib/eval/cam.ts";
+import { predictImages } from "./lib/eval/single_image.ts";
 import {
   type BatchTransform,
   paramsForImageSize,

@@ -10,9 +10,9 @@
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
 import "@tensorflow/tfjs-backend-wasm";
-import { parseFlags } from "../lib/cli.ts";
-import { runMain } from "../lib/errors.ts";
-import { Rng } from "../lib/rng.ts";
+import { parseFlags } from "../lib/util/cli.ts";
+import { runMain } from "../lib/util/errors.ts";
+import { Rng } from "../lib/util/rng.ts";
 import {
   type BatchTransform,
   transformsTest,

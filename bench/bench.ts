@@ -15,22 +15,22 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { fileURLToPath } from "node:url";
-import { Adam } from "../lib/adam.ts";
-import { BACKENDS, initBackend } from "../lib/backend.ts";
-import { parseFlags } from "../lib/cli.ts";
-import { batches } from "../lib/dataset.ts";
-import { runMain, UserError } from "../lib/errors.ts";
+import { Adam } from "../lib/train/adam.ts";
+import { BACKENDS, initBackend } from "../lib/backends/backend.ts";
+import { parseFlags } from "../lib/util/cli.ts";
+import { batches } from "../lib/data/dataset.ts";
+import { runMain, UserError } from "../lib/util/errors.ts";
 import {
   createDenseNet,
   DENSENET121,
   disposeModel,
   forward,
   type MemoryEfficiency,
-} from "../lib/model.ts";
-import { Rng } from "../lib/rng.ts";
-import { trainStep } from "../lib/training.ts";
-import { restoreTfjsWasmKernels } from "../lib/wasm_kernels.ts";
-import { readShard } from "../lib/webdataset.ts";
+} from "../lib/model/densenet.ts";
+import { Rng } from "../lib/util/rng.ts";
+import { trainStep } from "../lib/train/training.ts";
+import { restoreTfjsWasmKernels } from "../lib/backends/wasm_kernels.ts";
+import { readShard } from "../lib/data/webdataset.ts";
 import { transformsTrainAugmented } from "../transforms/augmented_transforms.ts";
 
 const SPECS = {
@@ -48,7 +48,7 @@ const SPECS = {
     kind: "string",
     default: "on",
     choices: ["on", "off", "bottleneck", "block", "layer"],
-    help: "what the training forward keeps (lib/model.ts MemoryEfficiency; on = layer)",
+    help: "what the training forward keeps (lib/model/densenet.ts MemoryEfficiency; on = layer)",
   },
   tensor_memory: {
     kind: "boolean",
@@ -60,7 +60,7 @@ const SPECS = {
     default: "ours",
     choices: ["ours", "tfjs"],
     help:
-      "wasm: this project's training kernels (lib/wasm_kernels.ts) or tfjs's own (before/after)",
+      "wasm: this project's training kernels (lib/backends/wasm_kernels.ts) or tfjs's own (before/after)",
   },
   shard: {
     kind: "string",

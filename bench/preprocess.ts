@@ -5,9 +5,9 @@
  *   deno run --allow-read --allow-write --allow-env --allow-ffi bench/preprocess.ts [-n 300] [-w 2]
  * @module
  */
-import { parseFlags } from "../lib/cli.ts";
-import { runMain } from "../lib/errors.ts";
-import { readShard } from "../lib/webdataset.ts";
+import { parseFlags } from "../lib/util/cli.ts";
+import { runMain } from "../lib/util/errors.ts";
+import { readShard } from "../lib/data/webdataset.ts";
 import { preprocess } from "../preprocess_data.ts";
 
 const FIXTURE_SHARD =

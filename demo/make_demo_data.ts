@@ -7,10 +7,10 @@
  * @module
  */
 import { LABELS } from "../config.ts";
-import { parseFlags } from "../lib/cli.ts";
-import { runMain } from "../lib/errors.ts";
-import { Progress } from "../lib/progress.ts";
-import { generateSyntheticDataset } from "../lib/synthetic_cxr.ts";
+import { parseFlags } from "../lib/util/cli.ts";
+import { runMain } from "../lib/util/errors.ts";
+import { Progress } from "../lib/util/progress.ts";
+import { generateSyntheticDataset } from "../lib/data/synthetic_cxr.ts";
 
 const FLAGS = {
   out: {

@@ -12,8 +12,8 @@ import {
   RANDOM_SEED,
   SAVE_DIR,
 } from "../config.ts";
-import { type BackendInfo, type BackendName, BACKENDS, initBackend } from "./backend.ts";
-import type { FlagSpecs } from "./cli.ts";
+import { type BackendInfo, type BackendName, BACKENDS, initBackend } from "./backends/backend.ts";
+import type { FlagSpecs } from "./util/cli.ts";
 
 /** Flags of every script that runs the model over shards. */
 export const RUN_FLAGS = {

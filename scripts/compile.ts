@@ -30,11 +30,13 @@ export function embeddedFiles(): string[] {
   const moduleUrl = import.meta.resolve("@tensorflow/tfjs-backend-wasm");
   const dist = fileURLToPath(new URL("./", moduleUrl));
   const wasmOut = fileURLToPath(new URL("../wasm-out/", moduleUrl));
-  const threadsWorker = fileURLToPath(new URL("../lib/wasm_threads_worker.cjs", import.meta.url));
+  const threadsWorker = fileURLToPath(
+    new URL("../lib/backends/wasm_threads_worker.cjs", import.meta.url),
+  );
   return [
     `${dist}tfjs-backend-wasm.wasm`,
     `${dist}tfjs-backend-wasm-simd.wasm`,
-    // The threaded build (lib/wasm_threads.ts) loads these at run time.
+    // The threaded build (lib/backends/wasm_threads.ts) loads these at run time.
     `${dist}tfjs-backend-wasm-threaded-simd.wasm`,
     `${wasmOut}tfjs-backend-wasm-threaded-simd.js`,
     `${wasmOut}tfjs-backend-wasm-threaded-simd.worker.js`,

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
-import { Adam } from "../lib/adam.ts";
+import { Adam } from "../lib/train/adam.ts";
 import { assertClose } from "./assert.ts";
 
 // Reference: torch.optim.Adam (torch 1.13), tests/fixtures/adam/make_reference.py.

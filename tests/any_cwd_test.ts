@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { buildOriginalData } from "./helpers/original_data.ts";
 import { fixtureDatasetDir, runScript } from "./helpers/scripts.ts";
-import { readTar } from "../lib/tar.ts";
+import { readTar } from "../lib/data/tar.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const TINY_MODEL = new URL("fixtures/torch/tiny_zip.pt", import.meta.url).pathname;

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { exists, tempPathFor, writeFileAtomic } from "../lib/atomic_file.ts";
+import { exists, tempPathFor, writeFileAtomic } from "../lib/util/atomic_file.ts";
 
 Deno.test("writeFileAtomic writes through a temp name and leaves no temp file", async () => {
   const dir = await Deno.makeTempDir();

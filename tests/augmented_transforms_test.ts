@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import sharp from "sharp";
 import { NORM_MEAN, NORM_STD } from "../config.ts";
-import { Rng } from "../lib/rng.ts";
+import { Rng } from "../lib/util/rng.ts";
 import { writeAugmentationPreview } from "../transforms/preview.ts";
 import {
   applyAugmentation,
@@ -526,7 +526,7 @@ Deno.test("preview grid shows each original beside its augmented draws", async (
 });
 
 Deno.test("crops copy pixels exactly on wasm too (its nearest cropAndResize is off by one in x)", async () => {
-  const { initBackend } = await import("../lib/backend.ts");
+  const { initBackend } = await import("../lib/backends/backend.ts");
   const before = tf.getBackend();
   await initBackend("wasm");
   try {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
-import { BACKENDS, initBackend, parseBackendName } from "../lib/backend.ts";
-import { UserError } from "../lib/errors.ts";
+import { BACKENDS, initBackend, parseBackendName } from "../lib/backends/backend.ts";
+import { UserError } from "../lib/util/errors.ts";
 
 Deno.test("parseBackendName accepts the listed names and rejects others with a UserError", () => {
   for (const b of BACKENDS) assert.equal(parseBackendName(b), b);

@@ -17,12 +17,12 @@ import {
   selectTopImages,
   topClassEntries,
   writeCams,
-} from "../lib/cam.ts";
-import { decodeImage, type RgbImage } from "../lib/images.ts";
-import { batchToTensor } from "../lib/inference.ts";
-import { disposeModel, features, forward } from "../lib/model.ts";
-import { loadModel } from "../lib/model_loading.ts";
-import { readShard } from "../lib/webdataset.ts";
+} from "../lib/eval/cam.ts";
+import { decodeImage, type RgbImage } from "../lib/data/images.ts";
+import { batchToTensor } from "../lib/eval/inference.ts";
+import { disposeModel, features, forward } from "../lib/model/densenet.ts";
+import { loadModel } from "../lib/model/model_loading.ts";
+import { readShard } from "../lib/data/webdataset.ts";
 import {
   paramsForImageSize,
   resolveParams,

@@ -1,6 +1,6 @@
 import { assertEquals, assertThrows } from "./assert.ts";
-import { helpText, parseFlags } from "../lib/cli.ts";
-import { UserError } from "../lib/errors.ts";
+import { helpText, parseFlags } from "../lib/util/cli.ts";
+import { UserError } from "../lib/util/errors.ts";
 
 const SPECS = {
   batch_size: { kind: "int", short: "b", default: 8, help: "batch size", min: 1 },

@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import { NUM_CLASSES } from "../config.ts";
-import { type Batch, batches, loadSubset } from "../lib/dataset.ts";
-import { UserError } from "../lib/errors.ts";
-import { decodeImage } from "../lib/images.ts";
-import { readLabelsCsv } from "../lib/label_csv.ts";
-import { Rng } from "../lib/rng.ts";
-import { readShard, type Sample } from "../lib/webdataset.ts";
+import { type Batch, batches, loadSubset } from "../lib/data/dataset.ts";
+import { UserError } from "../lib/util/errors.ts";
+import { decodeImage } from "../lib/data/images.ts";
+import { readLabelsCsv } from "../lib/data/label_csv.ts";
+import { Rng } from "../lib/util/rng.ts";
+import { readShard, type Sample } from "../lib/data/webdataset.ts";
 import { FIXTURE_SHARD } from "./helpers/original_data.ts";
 import { collect } from "./helpers/scripts.ts";
 

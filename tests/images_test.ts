@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { UserError } from "../lib/errors.ts";
-import { decodeImage, mapConcurrent, pngBitDepth, resizeGrayPng } from "../lib/images.ts";
-import { readTar } from "../lib/tar.ts";
+import { UserError } from "../lib/util/errors.ts";
+import { decodeImage, mapConcurrent, pngBitDepth, resizeGrayPng } from "../lib/data/images.ts";
+import { readTar } from "../lib/data/tar.ts";
 
 const IMAGES = new URL("./fixtures/images/", import.meta.url);
 const SHARD = new URL("./fixtures/nih_subset/ChestXray14_val_002.tar", import.meta.url).pathname;

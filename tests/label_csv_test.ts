@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { LABELS } from "../config.ts";
-import { UserError } from "../lib/errors.ts";
+import { UserError } from "../lib/util/errors.ts";
 import {
   encodeFindings,
   formatLabelsCsv,
@@ -10,7 +10,7 @@ import {
   readDataEntry,
   readLabelsCsv,
   writeLabelsCsv,
-} from "../lib/label_csv.ts";
+} from "../lib/data/label_csv.ts";
 
 const LABELS_CSV = new URL("./fixtures/nih_subset/labels.csv", import.meta.url).pathname;
 

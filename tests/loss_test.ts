@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
-import { bceWithLogits, classBalanceWeights } from "../lib/loss.ts";
+import { bceWithLogits, classBalanceWeights } from "../lib/train/loss.ts";
 
 // Reference: torch.nn.BCELoss()(torch.sigmoid(z), y) and the weighted form, computed by
 // tests/fixtures/loss/make_reference.py with Debian's python3-torch.

@@ -1,11 +1,11 @@
 /**
- * Tests for lib/metrics.ts against scikit-learn 1.2.1 / numpy 1.24 / torch 1.13 reference vectors
+ * Tests for lib/eval/metrics.ts against scikit-learn 1.2.1 / numpy 1.24 / torch 1.13 reference vectors
  * (tests/fixtures/metrics/make_metrics.py → metrics.json) and the original tool's recorded
  * AUROC/F1 of the seed model (tests/fixtures/torch/expected.json).
  */
 import assert from "node:assert/strict";
 import { LABELS, NUM_CLASSES } from "../config.ts";
-import { UserError } from "../lib/errors.ts";
+import { UserError } from "../lib/util/errors.ts";
 import {
   auroc,
   aurocPerClass,
@@ -20,7 +20,7 @@ import {
   rocCurve,
   youdenThreshold,
   youdenThresholds,
-} from "../lib/metrics.ts";
+} from "../lib/eval/metrics.ts";
 
 type Num = number | null;
 interface Curve {

@@ -8,16 +8,16 @@ import {
   disposeModel,
   forward,
   TINY_DENSENET,
-} from "../lib/model.ts";
+} from "../lib/model/densenet.ts";
 import {
   loadStateDict,
   normalizeStateDictKeys,
   stateDictFromModel,
   StateDictMismatchError,
-} from "../lib/model_weights.ts";
-import type { HostTensor, StateDict } from "../lib/state_dict.ts";
-import { UserError } from "../lib/errors.ts";
-import { loadCheckpoint } from "../lib/torch_checkpoint.ts";
+} from "../lib/model/model_weights.ts";
+import type { HostTensor, StateDict } from "../lib/torch/state_dict.ts";
+import { UserError } from "../lib/util/errors.ts";
+import { loadCheckpoint } from "../lib/torch/torch_checkpoint.ts";
 
 await tf.setBackend("cpu");
 

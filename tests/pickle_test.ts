@@ -1,9 +1,9 @@
 /** Tests of the safe unpickler and the `.pyd` label codec against Python-made pickles. */
 
 import assert from "node:assert/strict";
-import { decodeLabelsPyd, encodeLabelsPyd, unpickle } from "../lib/pickle.ts";
-import { UserError } from "../lib/errors.ts";
-import type { HostTensor } from "../lib/state_dict.ts";
+import { decodeLabelsPyd, encodeLabelsPyd, unpickle } from "../lib/torch/pickle.ts";
+import { UserError } from "../lib/util/errors.ts";
+import type { HostTensor } from "../lib/torch/state_dict.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url);
 const PICKLES = new URL("pickle/", FIXTURES);

@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import { USE_COLUMNS } from "../config.ts";
-import { decodeImage, pngBitDepth } from "../lib/images.ts";
-import { readLabelsCsv } from "../lib/label_csv.ts";
-import { encodeLabelsPyd } from "../lib/pickle.ts";
-import { readTar } from "../lib/tar.ts";
-import { listShards, readShard, type Sample } from "../lib/webdataset.ts";
+import { decodeImage, pngBitDepth } from "../lib/data/images.ts";
+import { readLabelsCsv } from "../lib/data/label_csv.ts";
+import { encodeLabelsPyd } from "../lib/torch/pickle.ts";
+import { readTar } from "../lib/data/tar.ts";
+import { listShards, readShard, type Sample } from "../lib/data/webdataset.ts";
 import { buildOriginalData, FIXTURE_SHARD, type OriginalData } from "./helpers/original_data.ts";
 
 const SCRIPT = new URL("../preprocess_data.ts", import.meta.url).pathname;

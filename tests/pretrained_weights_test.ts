@@ -4,8 +4,8 @@ import {
   hashPrefixOf,
   imagenetWeightsPath,
   weightsCacheDir,
-} from "../lib/pretrained_weights.ts";
-import { UserError } from "../lib/errors.ts";
+} from "../lib/model/pretrained_weights.ts";
+import { UserError } from "../lib/util/errors.ts";
 
 const fixture = await Deno.readFile(new URL("./fixtures/torch/tiny_zip.pt", import.meta.url));
 const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", fixture));
@@ -73,7 +73,7 @@ Deno.test("imagenetWeightsPath without network says where to put the file", asyn
 
 Deno.test("downloadWeights: a cache it may not write is a one-line UserError", async () => {
   const dir = await Deno.makeTempDir();
-  const lib = new URL("../lib/pretrained_weights.ts", import.meta.url).href;
+  const lib = new URL("../lib/model/pretrained_weights.ts", import.meta.url).href;
   await Deno.writeTextFile(
     `${dir}/probe.ts`,
     `import { downloadWeights } from "${lib}";\n` +

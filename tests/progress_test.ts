@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { formatDuration, Progress } from "../lib/progress.ts";
+import { formatDuration, Progress } from "../lib/util/progress.ts";
 
 Deno.test("formatDuration", () => {
   assert.equal(formatDuration(5), "0:05");

@@ -1,15 +1,15 @@
 import assert from "node:assert/strict";
 import { LABELS, NUM_CLASSES } from "../config.ts";
-import { UserError } from "../lib/errors.ts";
-import { aurocPerClass, matrix } from "../lib/metrics.ts";
+import { UserError } from "../lib/util/errors.ts";
+import { aurocPerClass, matrix } from "../lib/eval/metrics.ts";
 import {
   renderReportHtml,
   type ReportInput,
   summarizeReport,
   writeReportHtml,
-} from "../lib/report_html.ts";
-import { renderTrainingCurves } from "../lib/training_curves.ts";
-import { Rng } from "../lib/rng.ts";
+} from "../lib/report/report_html.ts";
+import { renderTrainingCurves } from "../lib/report/training_curves.ts";
+import { Rng } from "../lib/util/rng.ts";
 import { allText, findAll, hasClass, parseXml, type XmlElement } from "./xml_check.ts";
 
 interface Expected {

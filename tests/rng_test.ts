@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Rng } from "../lib/rng.ts";
+import { Rng } from "../lib/util/rng.ts";
 
 Deno.test("Rng: same seed gives the same stream, other seeds differ", () => {
   const a = new Rng(42), b = new Rng(42), c = new Rng(43);

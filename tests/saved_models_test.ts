@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
-import { newestSavedModel, resolveSavedModel, runPaths, runStamp } from "../lib/saved_models.ts";
-import { UserError } from "../lib/errors.ts";
+import {
+  newestSavedModel,
+  resolveSavedModel,
+  runPaths,
+  runStamp,
+} from "../lib/util/saved_models.ts";
+import { UserError } from "../lib/util/errors.ts";
 
 Deno.test("runStamp and runPaths follow the original tool's naming", () => {
   assert.equal(runStamp(new Date(2022, 2, 19, 9, 5, 7)), "2022_0319_090507");

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ReduceLROnPlateau } from "../lib/scheduler.ts";
+import { ReduceLROnPlateau } from "../lib/train/scheduler.ts";
 
 // Expected learning rates below were produced by torch.optim.lr_scheduler.ReduceLROnPlateau
 // (torch 1.13) fed the same loss sequences; see tests/fixtures/scheduler/make_reference.py.

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { UserError } from "../lib/errors.ts";
-import { Rng } from "../lib/rng.ts";
-import { officialSplit, patientsOf, patientSplit, type Split } from "../lib/split.ts";
+import { UserError } from "../lib/util/errors.ts";
+import { Rng } from "../lib/util/rng.ts";
+import { officialSplit, patientsOf, patientSplit, type Split } from "../lib/data/split.ts";
 
 interface Entry {
   image: string;

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { type Label, LABELS } from "../config.ts";
-import { Rng } from "../lib/rng.ts";
+import { Rng } from "../lib/util/rng.ts";
 import {
   DATA_ENTRY_HEADER,
   drawPatientAnatomy,
@@ -12,7 +12,7 @@ import {
   type PatientAnatomy,
   planSyntheticLabels,
   renderSyntheticCxr,
-} from "../lib/synthetic_cxr.ts";
+} from "../lib/data/synthetic_cxr.ts";
 
 /** The header line of NIH's Data_Entry_2017_v2020.csv, as downloaded. */
 const NIH_HEADER =

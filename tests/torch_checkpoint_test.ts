@@ -6,10 +6,10 @@ import {
   loadCheckpoint,
   readTorchFile,
   writeCheckpoint,
-} from "../lib/torch_checkpoint.ts";
-import { readZip } from "../lib/zip_store.ts";
-import { UserError } from "../lib/errors.ts";
-import type { Checkpoint, HostTensor } from "../lib/state_dict.ts";
+} from "../lib/torch/torch_checkpoint.ts";
+import { readZip } from "../lib/torch/zip_store.ts";
+import { UserError } from "../lib/util/errors.ts";
+import type { Checkpoint, HostTensor } from "../lib/torch/state_dict.ts";
 
 const TORCH = new URL("./fixtures/torch/", import.meta.url);
 const PICKLE = new URL("./fixtures/pickle/", import.meta.url);
@@ -270,7 +270,7 @@ Deno.test("missing, non-checkpoint, truncated and corrupt files give one-line Us
     }
     // A zip holding a pickle that names a non-allowed global.
     const evilPkl = Deno.readFileSync(new URL("malicious.pkl", PICKLE));
-    const { writeZip } = await import("../lib/zip_store.ts");
+    const { writeZip } = await import("../lib/torch/zip_store.ts");
     await Deno.writeFile(
       `${dir}/evil_zip.pt`,
       writeZip([{ name: "archive/data.pkl", data: evilPkl }]),

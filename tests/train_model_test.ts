@@ -1,16 +1,16 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import { fixtureDatasetDir, runScript } from "./helpers/scripts.ts";
-import { initBackend } from "../lib/backend.ts";
-import { Adam } from "../lib/adam.ts";
-import { loadSubset } from "../lib/dataset.ts";
-import { batchToTensor } from "../lib/inference.ts";
-import { bceWithLogits } from "../lib/loss.ts";
-import { createDenseNet, disposeModel, forward, TINY_DENSENET } from "../lib/model.ts";
-import { loadModel } from "../lib/model_loading.ts";
-import { Rng } from "../lib/rng.ts";
-import { trainEpoch } from "../lib/training.ts";
-import { loadCheckpoint, writeCheckpoint } from "../lib/torch_checkpoint.ts";
+import { initBackend } from "../lib/backends/backend.ts";
+import { Adam } from "../lib/train/adam.ts";
+import { loadSubset } from "../lib/data/dataset.ts";
+import { batchToTensor } from "../lib/eval/inference.ts";
+import { bceWithLogits } from "../lib/train/loss.ts";
+import { createDenseNet, disposeModel, forward, TINY_DENSENET } from "../lib/model/densenet.ts";
+import { loadModel } from "../lib/model/model_loading.ts";
+import { Rng } from "../lib/util/rng.ts";
+import { trainEpoch } from "../lib/train/training.ts";
+import { loadCheckpoint, writeCheckpoint } from "../lib/torch/torch_checkpoint.ts";
 import { paramsForImageSize, transformsTest } from "../transforms/augmented_transforms.ts";
 import { LABELS } from "../config.ts";
 

@@ -5,8 +5,8 @@ import {
   formatLr,
   renderTrainingCurves,
   writeTrainingCurves,
-} from "../lib/training_curves.ts";
-import { niceTicks } from "../lib/plot_svg.ts";
+} from "../lib/report/training_curves.ts";
+import { niceTicks } from "../lib/report/plot_svg.ts";
 import { allText, findAll, hasClass, parseXml, type XmlElement } from "./xml_check.ts";
 
 /** A realistic run: losses falling then over-fitting, LR lowered after epochs 7, 14, 21, 28. */

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { assertClose } from "./assert.ts";
 import { fixtureDatasetDir, runScript, seedModelPath } from "./helpers/scripts.ts";
 import { FIXTURE_SHARD } from "./helpers/original_data.ts";
-import { readShard } from "../lib/webdataset.ts";
+import { readShard } from "../lib/data/webdataset.ts";
 import { LABELS } from "../config.ts";
 
 const fixtures = new URL("./fixtures/torch/", import.meta.url).pathname;

@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
-import { initBackend } from "../lib/backend.ts";
+import { initBackend } from "../lib/backends/backend.ts";
 import {
   registerWasmTrainingKernels,
   restoreTfjsWasmKernels,
   WASM_TRAINING_KERNELS,
-} from "../lib/wasm_kernels.ts";
-import "../lib/tf_gradients.ts";
-import { Rng } from "../lib/rng.ts";
+} from "../lib/backends/wasm_kernels.ts";
+import "../lib/backends/tf_gradients.ts";
+import { Rng } from "../lib/util/rng.ts";
 
 type Pad = "valid" | "same" | number | [[number, number], [number, number], [number, number], [
   number,

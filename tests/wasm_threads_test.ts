@@ -1,5 +1,5 @@
 /**
- * Tests of the threaded wasm build (lib/wasm_threads.ts): it starts under Deno, and a small conv
+ * Tests of the threaded wasm build (lib/backends/wasm_threads.ts): it starts under Deno, and a small conv
  * net's forward pass and training-step gradients equal the single-threaded build's.
  *
  * tfjs holds one `wasm` backend per process, so each build runs in a child process: this file
@@ -10,13 +10,13 @@
 import * as tf from "@tensorflow/tfjs-core";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { initBackend } from "../lib/backend.ts";
-import "../lib/tf_gradients.ts";
+import { initBackend } from "../lib/backends/backend.ts";
+import "../lib/backends/tf_gradients.ts";
 import {
   MAX_WASM_THREADS,
   resolveWasmThreads,
   threadedWasmUnavailable,
-} from "../lib/wasm_threads.ts";
+} from "../lib/backends/wasm_threads.ts";
 
 /** What one child process reports. */
 interface NetResult {

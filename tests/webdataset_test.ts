@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import { NUM_CLASSES } from "../config.ts";
-import { UserError } from "../lib/errors.ts";
-import { decodeImage } from "../lib/images.ts";
-import { readLabelsCsv } from "../lib/label_csv.ts";
-import { Rng } from "../lib/rng.ts";
-import { listTar, readTar } from "../lib/tar.ts";
+import { UserError } from "../lib/util/errors.ts";
+import { decodeImage } from "../lib/data/images.ts";
+import { readLabelsCsv } from "../lib/data/label_csv.ts";
+import { Rng } from "../lib/util/rng.ts";
+import { listTar, readTar } from "../lib/data/tar.ts";
 import {
   countSamples,
   listShards,
@@ -14,7 +14,7 @@ import {
   shardPattern,
   ShardWriter,
   splitMemberName,
-} from "../lib/webdataset.ts";
+} from "../lib/data/webdataset.ts";
 import { FIXTURE_SHARD } from "./helpers/original_data.ts";
 import { collect } from "./helpers/scripts.ts";
 

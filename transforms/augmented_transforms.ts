@@ -24,8 +24,8 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { DATASET_IMAGE_SIZE, FINAL_IMAGE_SIZE, NORM_MEAN, NORM_STD } from "../config.ts";
-import { UserError } from "../lib/errors.ts";
-import type { Rng } from "../lib/rng.ts";
+import { UserError } from "../lib/util/errors.ts";
+import type { Rng } from "../lib/util/rng.ts";
 
 // ---------------------------------------------------------------------------------------------
 // Data augmentation parameters

@@ -6,8 +6,8 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import sharp from "sharp";
-import { writeFileAtomic } from "../lib/atomic_file.ts";
-import type { Rng } from "../lib/rng.ts";
+import { writeFileAtomic } from "../lib/util/atomic_file.ts";
+import type { Rng } from "../lib/util/rng.ts";
 import {
   type AugmentationParams,
   denormalizeBatch,

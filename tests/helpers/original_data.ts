@@ -6,7 +6,7 @@
  */
 import sharp from "sharp";
 import { LABELS } from "../../config.ts";
-import { readShard } from "../../lib/webdataset.ts";
+import { readShard } from "../../lib/data/webdataset.ts";
 
 export const FIXTURE_SHARD =
   new URL("../fixtures/nih_subset/ChestXray14_val_002.tar", import.meta.url).pathname;

@@ -13,7 +13,7 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import { fileURLToPath } from "node:url";
-import { UserError } from "./errors.ts";
+import { UserError } from "../util/errors.ts";
 import { registerWasmTrainingKernels } from "./wasm_kernels.ts";
 import {
   MAX_WASM_THREADS,
@@ -180,7 +180,7 @@ async function startTensorflow(
 async function findInstalledPackage(pkg: string): Promise<string | null> {
   // Only a local checkout has a node_modules folder to probe (not an http: import).
   if (!import.meta.url.startsWith("file:")) return null;
-  const modules = fileURLToPath(new URL("../node_modules/", import.meta.url));
+  const modules = fileURLToPath(new URL("../../node_modules/", import.meta.url));
   const candidates = [
     `${modules}@tensorflow/${pkg}`,
     `${modules}.deno/@tensorflow+${pkg}@${TFJS_VERSION}/node_modules/@tensorflow/${pkg}`,

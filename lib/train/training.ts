@@ -6,12 +6,17 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import type { Adam } from "./adam.ts";
-import type { Batch } from "./dataset.ts";
-import { batchToTensor, type BatchTransform, type Predictions } from "./inference.ts";
+import type { Batch } from "../data/dataset.ts";
+import { batchToTensor, type BatchTransform, type Predictions } from "../eval/inference.ts";
 import { bceWithLogits, type ClassWeights } from "./loss.ts";
-import { type DenseNet, forward, type MemoryEfficiency, trainableVariables } from "./model.ts";
-import type { Progress } from "./progress.ts";
-import type { Rng } from "./rng.ts";
+import {
+  type DenseNet,
+  forward,
+  type MemoryEfficiency,
+  trainableVariables,
+} from "../model/densenet.ts";
+import type { Progress } from "../util/progress.ts";
+import type { Rng } from "../util/rng.ts";
 
 /** Options of a training step. */
 export interface StepOptions {

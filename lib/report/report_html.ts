@@ -6,9 +6,9 @@
  * @module
  */
 
-import { LABELS, NUM_CLASSES } from "../config.ts";
-import { writeFileAtomic } from "./atomic_file.ts";
-import { UserError } from "./errors.ts";
+import { LABELS, NUM_CLASSES } from "../../config.ts";
+import { writeFileAtomic } from "../util/atomic_file.ts";
+import { UserError } from "../util/errors.ts";
 import {
   aurocPerClass,
   column,
@@ -18,7 +18,7 @@ import {
   mean,
   nanMean,
   rocCurve,
-} from "./metrics.ts";
+} from "../eval/metrics.ts";
 import { escapeXml, FONT_FAMILY, inlineSvg, renderChart } from "./plot_svg.ts";
 
 /** What the report is made from: the predictions of one model on one subset. */

@@ -7,13 +7,13 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { LABELS } from "../config.ts";
-import { writeFileAtomic } from "./atomic_file.ts";
-import { decodeImage, decodeImagePath, type RgbImage } from "./images.ts";
+import { LABELS } from "../../config.ts";
+import { writeFileAtomic } from "../util/atomic_file.ts";
+import { decodeImage, decodeImagePath, type RgbImage } from "../data/images.ts";
 import { batchToTensor, type BatchTransform } from "./inference.ts";
-import { type DenseNet, features } from "./model.ts";
-import { Rng } from "./rng.ts";
-import { readShards } from "./webdataset.ts";
+import { type DenseNet, features } from "../model/densenet.ts";
+import { Rng } from "../util/rng.ts";
+import { readShards } from "../data/webdataset.ts";
 
 /**
  * Unnormalised CAMs at feature-map resolution, `[N, h, w, classes.length]`:

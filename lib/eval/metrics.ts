@@ -10,8 +10,8 @@
  * @module
  */
 
-import { LABELS, NUM_CLASSES } from "../config.ts";
-import { UserError } from "./errors.ts";
+import { LABELS, NUM_CLASSES } from "../../config.ts";
+import { UserError } from "../util/errors.ts";
 
 /** A row-major 2-D array: `data[r * cols + c]` is row (image) `r`, column (class) `c`. */
 export interface Matrix {

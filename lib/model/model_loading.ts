@@ -4,18 +4,18 @@
  * (`imagenet` | `none` | PATH) picks the starting weights for training.
  * @module
  */
-import { UserError } from "./errors.ts";
+import { UserError } from "../util/errors.ts";
 import {
   createDenseNet,
   type DenseNet,
   DENSENET121,
   type DenseNetConfig,
   disposeModel,
-} from "./model.ts";
+} from "./densenet.ts";
 import { loadStateDict, normalizeStateDictKeys } from "./model_weights.ts";
 import { imagenetWeightsPath } from "./pretrained_weights.ts";
-import type { StateDict } from "./state_dict.ts";
-import { loadCheckpoint } from "./torch_checkpoint.ts";
+import type { StateDict } from "../torch/state_dict.ts";
+import { loadCheckpoint } from "../torch/torch_checkpoint.ts";
 
 /** Reads the DenseNet configuration off a (torchvision-layout) state dict's shapes. */
 export function inferDenseNetConfig(sd: StateDict, source = "<state dict>"): DenseNetConfig {

@@ -28,7 +28,7 @@ export interface ThreadedWasmFiles {
   factory: string;
   /** `wasm-out/tfjs-backend-wasm-threaded-simd.worker.js`: tfjs's worker code, as a string. */
   workerContents: string;
-  /** `lib/wasm_threads_worker.cjs`: the file each pthread worker starts from. */
+  /** `lib/backends/wasm_threads_worker.cjs`: the file each pthread worker starts from. */
   worker: string;
 }
 

@@ -7,7 +7,7 @@
  */
 
 import zlib from "node:zlib";
-import { UserError } from "./errors.ts";
+import { UserError } from "../util/errors.ts";
 
 /** One member of a zip archive. */
 export interface ZipEntry {

@@ -16,9 +16,9 @@ import {
   predict,
   TINY_DENSENET,
   trainableVariables,
-} from "../lib/model.ts";
-import { loadStateDict } from "../lib/model_weights.ts";
-import type { StateDict } from "../lib/state_dict.ts";
+} from "../lib/model/densenet.ts";
+import { loadStateDict } from "../lib/model/model_weights.ts";
+import type { StateDict } from "../lib/torch/state_dict.ts";
 
 await tf.setBackend("cpu");
 

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { writeFileAtomic } from "./atomic_file.ts";
+import { writeFileAtomic } from "../util/atomic_file.ts";
 import {
   escapeXml,
   niceDomain,

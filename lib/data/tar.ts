@@ -6,7 +6,7 @@
  * `tarfile` does for short names.
  * @module
  */
-import { UserError } from "./errors.ts";
+import { UserError } from "../util/errors.ts";
 
 const BLOCK = 512;
 /** Python's tarfile pads archives to a multiple of this record size. */

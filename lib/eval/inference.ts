@@ -5,12 +5,12 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { NUM_CLASSES } from "../config.ts";
-import type { Batch } from "./dataset.ts";
-import { type DenseNet, predict } from "./model.ts";
-import type { Progress } from "./progress.ts";
-import type { Rng } from "./rng.ts";
-import type { BatchTransform } from "../transforms/augmented_transforms.ts";
+import { NUM_CLASSES } from "../../config.ts";
+import type { Batch } from "../data/dataset.ts";
+import { type DenseNet, predict } from "../model/densenet.ts";
+import type { Progress } from "../util/progress.ts";
+import type { Rng } from "../util/rng.ts";
+import type { BatchTransform } from "../../transforms/augmented_transforms.ts";
 
 export type { BatchTransform };
 

@@ -6,11 +6,11 @@
  * and a writer that renames each shard into place only when it is complete.
  * @module
  */
-import { SHARD_PREFIX, SHUFFLE_BUFFER, type Subset } from "../config.ts";
-import { tempPathFor } from "./atomic_file.ts";
-import { UserError } from "./errors.ts";
-import { decodeLabelsPyd, encodeLabelsPyd } from "./pickle.ts";
-import type { Rng } from "./rng.ts";
+import { SHARD_PREFIX, SHUFFLE_BUFFER, type Subset } from "../../config.ts";
+import { tempPathFor } from "../util/atomic_file.ts";
+import { UserError } from "../util/errors.ts";
+import { decodeLabelsPyd, encodeLabelsPyd } from "../torch/pickle.ts";
+import type { Rng } from "../util/rng.ts";
 import { listTar, readTar, TarWriter } from "./tar.ts";
 
 /** One sample of a shard: its key, the encoded image, and the 14 labels. */

@@ -18,8 +18,8 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import { Rng } from "./rng.ts";
-import "./tf_gradients.ts";
+import { Rng } from "../util/rng.ts";
+import "../backends/tf_gradients.ts";
 
 /** DenseNet hyper-parameters, as torchvision's `DenseNet(...)` arguments. */
 export interface DenseNetConfig {

@@ -6,7 +6,7 @@
  * @module
  */
 import type sharpType from "sharp";
-import { UserError } from "./errors.ts";
+import { UserError } from "../util/errors.ts";
 
 /** A decoded image: 8-bit RGB, row-major, `height * width * 3` bytes. */
 export interface RgbImage {

@@ -4,7 +4,7 @@
  * validate_model.ts.
  * @module
  */
-import { NUM_CLASSES } from "../config.ts";
+import { NUM_CLASSES } from "../../config.ts";
 import type { Predictions } from "./inference.ts";
 import { aurocPerClass, f1PerClass, mean, nanMean } from "./metrics.ts";
 

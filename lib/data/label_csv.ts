@@ -4,9 +4,9 @@
  * `{subset}_labels.csv` in the original tool's format (`Image Index` + 14 columns of 0/1).
  * @module
  */
-import { LABELS, NUM_CLASSES, USE_COLUMNS } from "../config.ts";
-import { writeFileAtomic } from "./atomic_file.ts";
-import { UserError } from "./errors.ts";
+import { LABELS, NUM_CLASSES, USE_COLUMNS } from "../../config.ts";
+import { writeFileAtomic } from "../util/atomic_file.ts";
+import { UserError } from "../util/errors.ts";
 
 /** An image and its 14 labels (0/1, in `LABELS` order). */
 export interface ImageLabels {

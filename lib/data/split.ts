@@ -4,9 +4,9 @@
  * `GroupShuffleSplit` (test = ceil(20% of patients), val = ceil(0.1/0.8 of the rest)).
  * @module
  */
-import { type Subset, TRAIN_VAL_TEST_RATIO } from "../config.ts";
-import { UserError } from "./errors.ts";
-import { Rng } from "./rng.ts";
+import { type Subset, TRAIN_VAL_TEST_RATIO } from "../../config.ts";
+import { UserError } from "../util/errors.ts";
+import { Rng } from "../util/rng.ts";
 
 /** Anything that belongs to a patient. */
 export interface HasPatient {

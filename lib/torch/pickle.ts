@@ -10,8 +10,8 @@
  * @module
  */
 
-import { NUM_CLASSES } from "../config.ts";
-import { UserError } from "./errors.ts";
+import { NUM_CLASSES } from "../../config.ts";
+import { UserError } from "../util/errors.ts";
 import type { DType, HostTensor } from "./state_dict.ts";
 
 /** A Python callable made available to REDUCE/NEWOBJ by the allow-list. */

@@ -4,9 +4,9 @@
  * checked against the sha256 prefix in its name and written atomically.
  * @module
  */
-import { writeFileAtomic } from "./atomic_file.ts";
-import { UserError } from "./errors.ts";
-import { Progress } from "./progress.ts";
+import { writeFileAtomic } from "../util/atomic_file.ts";
+import { UserError } from "../util/errors.ts";
+import { Progress } from "../util/progress.ts";
 
 export const IMAGENET_FILE = "densenet121-a639ec97.pth";
 export const IMAGENET_URL = `https://download.pytorch.org/models/${IMAGENET_FILE}`;

@@ -1,6 +1,6 @@
 /**
  * Moving weights between a PyTorch state dict (torchvision names and layouts) and a DenseNet
- * from model.ts: key normalisation (legacy dense-layer names, plain vs Sequential classifier,
+ * from densenet.ts: key normalisation (legacy dense-layer names, plain vs Sequential classifier,
  * DataParallel's `module.` prefix), layout transposes (conv `[out,in,kh,kw]` ↔ `[kh,kw,in,out]`,
  * linear `[out,in]` ↔ `[in,out]`), and strict checking — a load either assigns every variable or
  * throws, never a partial load.
@@ -8,9 +8,9 @@
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import { UserError } from "./errors.ts";
-import type { DenseNet } from "./model.ts";
-import { type HostTensor, numel, type StateDict } from "./state_dict.ts";
+import { UserError } from "../util/errors.ts";
+import type { DenseNet } from "./densenet.ts";
+import { type HostTensor, numel, type StateDict } from "../torch/state_dict.ts";
 
 /** torchvision's legacy dense-layer names: `denselayer1.norm.1.weight` → `denselayer1.norm1.weight`. */
 const LEGACY_DENSE_LAYER =

@@ -5,13 +5,13 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { LABELS, NUM_CLASSES } from "../config.ts";
-import { writeFileAtomic } from "./atomic_file.ts";
-import { UserError } from "./errors.ts";
-import { decodeImagePath } from "./images.ts";
+import { LABELS, NUM_CLASSES } from "../../config.ts";
+import { writeFileAtomic } from "../util/atomic_file.ts";
+import { UserError } from "../util/errors.ts";
+import { decodeImagePath } from "../data/images.ts";
 import { batchToTensor, type BatchTransform } from "./inference.ts";
-import { type DenseNet, predict } from "./model.ts";
-import { Rng } from "./rng.ts";
+import { type DenseNet, predict } from "../model/densenet.ts";
+import { Rng } from "../util/rng.ts";
 
 const IMAGE_FILE = /\.(png|jpe?g)$/i;
 

@@ -4,10 +4,10 @@
  * `[n, 14]` labels, ready to become tensors.
  * @module
  */
-import { NUM_CLASSES, type Subset } from "../config.ts";
-import { UserError } from "./errors.ts";
+import { NUM_CLASSES, type Subset } from "../../config.ts";
+import { UserError } from "../util/errors.ts";
 import { decodeImage, mapConcurrent, type RgbImage } from "./images.ts";
-import type { Rng } from "./rng.ts";
+import type { Rng } from "../util/rng.ts";
 import { countSamples, listShards, readShards, type Sample } from "./webdataset.ts";
 
 /** A batch of decoded samples; all images share one size. */

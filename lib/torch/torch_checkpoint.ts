@@ -7,8 +7,8 @@
  * @module
  */
 
-import { UserError } from "./errors.ts";
-import { writeFileAtomic } from "./atomic_file.ts";
+import { UserError } from "../util/errors.ts";
+import { writeFileAtomic } from "../util/atomic_file.ts";
 import { dtypeSize, TorchDType, TorchStorage, TorchStorageType, unpickleAt } from "./pickle.ts";
 import type { Checkpoint, DType, HostTensor, StateDict } from "./state_dict.ts";
 import { looksLikeZip, readZip, writeZip, type ZipEntry } from "./zip_store.ts";
