@@ -8,10 +8,20 @@
 import assert from "node:assert/strict";
 import { assertClose } from "./assert.ts";
 import { fixtureDatasetDir, seedModelPath } from "./helpers/scripts.ts";
-import { compileScript, isRuntimeDownloadFailure } from "../scripts/compile.ts";
+import { compileScript, embeddedFiles, isRuntimeDownloadFailure } from "../scripts/compile.ts";
 
 const fixtures = new URL("./fixtures/torch/", import.meta.url).pathname;
 const SEED = seedModelPath();
+
+Deno.test("compile embeds files that exist (wasm binaries, the threaded build and its worker)", async () => {
+  const root = new URL("../", import.meta.url).pathname;
+  const files = embeddedFiles();
+  assert.ok(files.some((f) => f.endsWith("lib/backends/wasm_threads_worker.cjs")), files.join());
+  for (const f of files) {
+    const stat = await Deno.stat(f.startsWith("/") ? f : root + f);
+    assert.ok(stat.isFile && stat.size > 0, `${f} is missing or empty`);
+  }
+});
 
 /** Builds dist-like `validate_model` in a temp dir; the path, or why it cannot be built. */
 async function buildValidateModel(): Promise<{ exe: string } | { skip: string }> {
