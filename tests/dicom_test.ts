@@ -99,6 +99,9 @@ Deno.test("JPEG Baseline DICOM decodes as its JPEG, one fragment or several", as
   for (let i = 0; i < png.data.length; i++) sum += Math.abs(png.data[i] - frag.data[i]);
   assert.ok(sum / png.data.length < 2, `mean error ${sum / png.data.length}`);
   assert.ok(readDicom(await read("jpeg_baseline_fragments.dcm")).jpeg!.length > 4096);
+  // A colour JPEG (YBR_FULL_422) decodes as the JPEG file it was made from.
+  const rgbJpg = await decodeImage(await Deno.readFile(`${DIR}../images/rgb.jpg`));
+  assert.equal(maxDiff(await decode("jpeg_baseline_rgb.dcm"), rgbJpg), 0);
 });
 
 Deno.test("native RGB DICOM decodes as its PNG; a 2-frame file gives its first frame", async () => {
@@ -270,4 +273,20 @@ Deno.test("validate_model.ts --images on an unsupported DICOM: one line, non-zer
     /jpeg_ls\.dcm: DICOM transfer syntax JPEG-LS Lossless \(1\.2\.840\.10008\.1\.2\.4\.80\)/,
   );
   assert.doesNotMatch(r.stderr, /^\s+at /m, "no stack trace");
+});
+
+Deno.test("a deflated DICOM that inflates past 256 MiB is refused, not inflated", async () => {
+  const { deflateRawSync } = await import("node:zlib");
+  const file = await read("mono2_deflated.dcm");
+  // The dataset after the file meta group (whose length is its first element) is deflated.
+  const metaEnd = 132 + 12 + new DataView(file.buffer).getUint32(132 + 8, true);
+  const bomb = deflateRawSync(new Uint8Array(257 << 20));
+  const bytes = new Uint8Array(metaEnd + bomb.length);
+  bytes.set(file.subarray(0, metaEnd));
+  bytes.set(bomb, metaEnd);
+  await assert.rejects(
+    () => decodeImage(bytes, "bomb.dcm"),
+    (e: Error) =>
+      e instanceof UserError && /^bomb\.dcm: .*inflates past 256 MiB\)$/.test(e.message),
+  );
 });

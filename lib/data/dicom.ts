@@ -109,9 +109,15 @@ function parserMessage(e: unknown): string {
 }
 
 function inflater(bytes: Uint8Array, position: number): Uint8Array {
-  const inflated = inflateRawSync(bytes.subarray(position), {
-    maxOutputLength: MAX_INFLATED_BYTES,
-  });
+  let inflated: Uint8Array;
+  try {
+    inflated = inflateRawSync(bytes.subarray(position), { maxOutputLength: MAX_INFLATED_BYTES });
+  } catch (e) {
+    if (e instanceof RangeError) {
+      throw new Error(`the deflated dataset inflates past ${MAX_INFLATED_BYTES >> 20} MiB`);
+    }
+    throw e;
+  }
   const out = new Uint8Array(position + inflated.length);
   out.set(bytes.subarray(0, position));
   out.set(inflated, position);
