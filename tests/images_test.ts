@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { UserError } from "../lib/util/errors.ts";
 import { decodeImage, mapConcurrent, pngBitDepth, resizeGrayPng } from "../lib/data/images.ts";
 import { readTar } from "../lib/data/tar.ts";
+import { checkImageSize, MAX_IMAGE_PIXELS } from "../lib/data/image_size.ts";
 
 const IMAGES = new URL("./fixtures/images/", import.meta.url);
 const SHARD = new URL("./fixtures/nih_subset/ChestXray14_val_002.tar", import.meta.url).pathname;
@@ -125,4 +126,78 @@ Deno.test("mapConcurrent throws the first failure in order and pulls lazily", as
   }, /bad 3/);
   assert.deepEqual(seen, [0, 1, 2]);
   assert.ok(pulled <= 8, `pulled ${pulled}`); // a window of 2 * workers, not all 100
+});
+
+/** CRC-32 of PNG chunks (ISO 3309). */
+function crc32(bytes: Uint8Array): number {
+  let c = ~0;
+  for (const b of bytes) {
+    c ^= b;
+    for (let k = 0; k < 8; k++) c = (c >>> 1) ^ (0xedb88320 & -(c & 1));
+  }
+  return ~c >>> 0;
+}
+
+/** A valid, tiny PNG whose IHDR declares `width`×`height` (grey, `depth` bits): a few rows of
+ * zeros follow, so only a decoder that trusts the header would allocate the canvas. */
+async function hugeCanvasPng(width: number, height: number, depth: 8 | 16): Promise<Uint8Array> {
+  const { deflateSync } = await import("node:zlib");
+  const chunk = (type: string, data: Uint8Array) => {
+    const body = new Uint8Array([...new TextEncoder().encode(type), ...data]);
+    const out = new Uint8Array(body.length + 8);
+    const view = new DataView(out.buffer);
+    view.setUint32(0, data.length);
+    out.set(body, 4);
+    view.setUint32(out.length - 4, crc32(body));
+    return out;
+  };
+  const ihdr = new Uint8Array(13);
+  const v = new DataView(ihdr.buffer);
+  v.setUint32(0, width);
+  v.setUint32(4, height);
+  ihdr.set([depth, 0, 0, 0, 0], 8);
+  const rows = new Uint8Array(4 * (1 + width * depth / 8)); // four rows of filter 0, zeros
+  const parts = [
+    new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk("IHDR", ihdr),
+    chunk("IDAT", new Uint8Array(deflateSync(rows))),
+    chunk("IEND", new Uint8Array()),
+  ];
+  return new Uint8Array(parts.flatMap((p) => [...p]));
+}
+
+Deno.test("a small PNG declaring a huge canvas is refused from its header, naming its size", async () => {
+  // 60000² overflows any bound; 16384² (256 Mpx) is what the old 2^28-pixel limit let through.
+  for (const [side, depth] of [[60000, 8], [60000, 16], [16384, 8]] as const) {
+    const png = await hugeCanvasPng(side, side, depth);
+    assert.ok(png.length < 1000, `${png.length} bytes`);
+    assert.equal(pngBitDepth(png), depth);
+    const refused = (e: Error) =>
+      e instanceof UserError &&
+      e.message.startsWith(`huge.png: image is ${side}×${side} pixels, over the bound of 36 `);
+    await assert.rejects(() => decodeImage(png, "huge.png"), refused);
+    await assert.rejects(() => resizeGrayPng(png, 256, "huge.png"), refused);
+  }
+  // A JPEG whose SOF0 says 30000×30000 (patched from a real 19×13 one).
+  const jpg = (await Deno.readFile(new URL("gray.jpg", IMAGES))).slice();
+  const sof = jpg.findIndex((b, i) => b === 0xff && jpg[i + 1] === 0xc0);
+  new DataView(jpg.buffer).setUint16(sof + 5, 30000);
+  new DataView(jpg.buffer).setUint16(sof + 7, 30000);
+  await assert.rejects(
+    () => decodeImage(jpg, "huge.jpg"),
+    (e: Error) =>
+      e instanceof UserError && /^huge\.jpg: image is 30000×30000 pixels/.test(e.message),
+  );
+});
+
+Deno.test("checkImageSize admits the largest chest radiographs and refuses above 36 Mpx", () => {
+  for (const [w, h] of [[1024, 1024], [4300, 3500], [4300, 4300], [6000, 6000], [1, 36e6]]) {
+    checkImageSize(w, h, "x.png");
+  }
+  assert.equal(MAX_IMAGE_PIXELS, 36e6);
+  assert.throws(
+    () => checkImageSize(6000, 6001, "x.png"),
+    /^UserError: x\.png: image is 6000×6001 pixels/,
+  );
+  assert.throws(() => checkImageSize(6001, 6000, "x.png"), UserError);
 });

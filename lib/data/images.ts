@@ -1,12 +1,16 @@
 /**
  * Image decoding and resizing with sharp (libvips): any PNG (gray, gray+alpha, RGB, RGBA, 8- or
  * 16-bit) or JPEG becomes 8-bit RGB the way OpenCV's `imread(..., IMREAD_COLOR)` reads it
- * (16-bit keeps the high byte, alpha is dropped, gray is replicated); X-rays are resized to
- * small 8-bit grayscale PNGs for the shards. Also a bounded, order-preserving concurrent map.
+ * (16-bit keeps the high byte, alpha is dropped, gray is replicated); DICOM files (recognised by
+ * content, see `dicom.ts`) become the 8-bit grey a PNG of them would hold, then the same RGB.
+ * X-rays are resized to small 8-bit grayscale PNGs for the shards. Also a bounded,
+ * order-preserving concurrent map.
  * @module
  */
 import type sharpType from "sharp";
 import { UserError } from "../util/errors.ts";
+import { displayGrey, isDicom, nativeRgb, readDicom } from "./dicom.ts";
+import { checkImageSize, MAX_IMAGE_PIXELS } from "./image_size.ts";
 
 /** A decoded image: 8-bit RGB, row-major, `height * width * 3` bytes. */
 export interface RgbImage {
@@ -30,8 +34,24 @@ function loadSharp(): Promise<Sharp> {
 
 async function sharpFor(input: Uint8Array, opts?: Record<string, unknown>) {
   const sharp = await loadSharp();
-  // autoOrient: OpenCV's imread applies the EXIF orientation too.
-  return sharp(input, { failOn: "error", limitInputPixels: 1 << 28, autoOrient: true, ...opts });
+  // autoOrient: OpenCV's imread applies the EXIF orientation too. libvips checks
+  // limitInputPixels from the header, before decoding.
+  return sharp(input, {
+    failOn: "error",
+    limitInputPixels: MAX_IMAGE_PIXELS,
+    autoOrient: true,
+    ...opts,
+  });
+}
+
+/** Width and height from the file's header (no pixel is decoded), or null when unreadable. */
+async function headerSize(bytes: Uint8Array): Promise<{ width: number; height: number } | null> {
+  try {
+    const m = await (await loadSharp())(bytes, { limitInputPixels: false }).metadata();
+    return m.width && m.height ? { width: m.width, height: m.height } : null;
+  } catch {
+    return null;
+  }
 }
 
 function reason(e: unknown): string {
@@ -39,8 +59,9 @@ function reason(e: unknown): string {
   return msg.split("\n")[0].replace(/^Input buffer /, "");
 }
 
-/** Decodes a PNG or JPEG to 8-bit RGB. `source` names the image in errors. */
+/** Decodes a PNG, JPEG or DICOM file to 8-bit RGB. `source` names the image in errors. */
 export async function decodeImage(bytes: Uint8Array, source = "<image>"): Promise<RgbImage> {
+  if (isDicom(bytes)) return await decodeDicom(bytes, source);
   try {
     const { data, info } = await (await sharpFor(bytes))
       .removeAlpha()
@@ -54,8 +75,62 @@ export async function decodeImage(bytes: Uint8Array, source = "<image>"): Promis
       height: info.height,
     };
   } catch (e) {
-    throw new UserError(`${source}: cannot decode image (${reason(e)})`);
+    throw await decodeError(e, bytes, source);
   }
+}
+
+/** The one-line error of a failed decode; an image over the size bound says its size. */
+async function decodeError(e: unknown, bytes: Uint8Array, source: string): Promise<UserError> {
+  if (e instanceof UserError) return e;
+  if (/pixel limit/i.test(reason(e))) {
+    const size = await headerSize(bytes);
+    if (size) {
+      try {
+        checkImageSize(size.width, size.height, source);
+      } catch (err) {
+        return err as UserError;
+      }
+    }
+  }
+  return new UserError(`${source}: cannot decode image (${reason(e)})`);
+}
+
+function greyToRgb(grey: Uint8Array): Uint8Array {
+  const out = new Uint8Array(grey.length * 3);
+  for (let i = 0; i < grey.length; i++) out[3 * i] = out[3 * i + 1] = out[3 * i + 2] = grey[i];
+  return out;
+}
+
+/** A DICOM file's first frame as 8-bit RGB (grey replicated, as a grey PNG decodes). */
+async function decodeDicom(bytes: Uint8Array, source: string): Promise<RgbImage> {
+  const dcm = readDicom(bytes, source);
+  const { width, height } = dcm;
+  if (dcm.frames > 1) console.warn(`note: ${source}: ${dcm.frames} frames, using the first`);
+  if (!dcm.jpeg) {
+    const data = dcm.samplesPerPixel === 3 ? nativeRgb(dcm) : greyToRgb(displayGrey(dcm));
+    return { data, width, height };
+  }
+  let decoded;
+  try {
+    const pipeline = await sharpFor(dcm.jpeg, { autoOrient: false });
+    const m = await pipeline.metadata();
+    if (m.width !== width || m.height !== height || m.channels !== dcm.samplesPerPixel) {
+      throw new UserError(
+        `${source}: the DICOM JPEG frame is ${m.width}×${m.height}×${m.channels}, ` +
+          `the header says ${width}×${height}×${dcm.samplesPerPixel}`,
+      );
+    }
+    decoded = await pipeline
+      .toColourspace(dcm.samplesPerPixel === 1 ? "b-w" : "srgb")
+      .raw({ depth: "uchar" })
+      .toBuffer({ resolveWithObject: true });
+  } catch (e) {
+    if (e instanceof UserError) throw e;
+    throw new UserError(`${source}: cannot decode the DICOM JPEG frame (${reason(e)})`);
+  }
+  const { data } = decoded;
+  const px = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  return { data: dcm.samplesPerPixel === 3 ? px : greyToRgb(displayGrey(dcm, px)), width, height };
 }
 
 /** Reads and decodes an image file; missing or undecodable files give a `UserError`. */
@@ -70,6 +145,33 @@ export async function readImageFile(path: string): Promise<Uint8Array> {
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) throw new UserError(`image not found: ${path}`);
     throw e;
+  }
+}
+
+const IMAGE_EXTENSION = /\.(png|jpe?g|dcm|dicom)$/i;
+
+/**
+ * Whether the file at `path` is one `decodeImage` reads: a PNG/JPEG/DICOM extension, or any
+ * name whose content starts as DICOM (PACS exports are often named without an extension, or by
+ * a UID full of dots).
+ */
+export async function isImageFile(path: string): Promise<boolean> {
+  if (IMAGE_EXTENSION.test(path)) return true;
+  let file: Deno.FsFile | undefined;
+  try {
+    file = await Deno.open(path);
+    const head = new Uint8Array(132);
+    let n = 0;
+    while (n < head.length) {
+      const r = await file.read(head.subarray(n));
+      if (r === null) break;
+      n += r;
+    }
+    return isDicom(head.subarray(0, n));
+  } catch {
+    return false;
+  } finally {
+    file?.close();
   }
 }
 
@@ -99,8 +201,9 @@ export async function resizeGrayPng(
 ): Promise<Uint8Array> {
   try {
     let pipeline;
-    if (pngBitDepth(bytes) === 16) {
-      // libvips rounds 16→8 bit when converting; OpenCV keeps the high byte. Decode first.
+    if (pngBitDepth(bytes) === 16 || isDicom(bytes)) {
+      // libvips rounds 16→8 bit when converting; OpenCV keeps the high byte. Decode first
+      // (and DICOM, which libvips does not read).
       const img = await decodeImage(bytes, source);
       pipeline = await sharpFor(img.data, {
         raw: { width: img.width, height: img.height, channels: 3 },
@@ -115,8 +218,7 @@ export async function resizeGrayPng(
       .toBuffer();
     return new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
   } catch (e) {
-    if (e instanceof UserError) throw e;
-    throw new UserError(`${source}: cannot decode image (${reason(e)})`);
+    throw await decodeError(e, bytes, source);
   }
 }
 

@@ -8,14 +8,12 @@ import * as tf from "@tensorflow/tfjs-core";
 import { LABELS, NUM_CLASSES } from "../../config.ts";
 import { writeFileAtomic } from "../util/atomic_file.ts";
 import { UserError } from "../util/errors.ts";
-import { decodeImagePath } from "../data/images.ts";
+import { decodeImagePath, isImageFile } from "../data/images.ts";
 import { batchToTensor, type BatchTransform } from "./inference.ts";
 import { type DenseNet, predict } from "../model/densenet.ts";
 import { Rng } from "../util/rng.ts";
 
-const IMAGE_FILE = /\.(png|jpe?g)$/i;
-
-/** Expands directories into their PNG/JPEG files (sorted); files are kept as given. */
+/** Expands directories into their PNG/JPEG/DICOM files (sorted); files are kept as given. */
 export async function expandImagePaths(paths: string[]): Promise<string[]> {
   const out: string[] = [];
   for (const path of paths) {
@@ -31,9 +29,9 @@ export async function expandImagePaths(paths: string[]): Promise<string[]> {
     }
     const names: string[] = [];
     for await (const e of Deno.readDir(path)) {
-      if (e.isFile && IMAGE_FILE.test(e.name)) names.push(e.name);
+      if (e.isFile && await isImageFile(`${path}/${e.name}`)) names.push(e.name);
     }
-    if (names.length === 0) throw new UserError(`no PNG or JPEG files in ${path}`);
+    if (names.length === 0) throw new UserError(`no PNG, JPEG or DICOM files in ${path}`);
     out.push(...names.sort().map((n) => `${path}/${n}`));
   }
   return out;
