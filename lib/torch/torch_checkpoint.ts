@@ -27,8 +27,11 @@ function storageFromPid(
   let dtype: DType;
   if (type instanceof TorchStorageType || type instanceof TorchDType) dtype = type.dtype;
   else throw new UserError(`unknown storage type in ${source}`);
-  if (typeof numel !== "number" || (typeof key !== "string" && typeof key !== "number")) {
-    throw new UserError(`malformed storage reference in ${source}`);
+  if (
+    !Number.isSafeInteger(numel) || numel < 0 ||
+    (typeof key !== "string" && typeof key !== "number")
+  ) {
+    throw new UserError(`malformed storage reference in ${source}: the file is corrupt`);
   }
   return { type: dtype, key: String(key), numel, view };
 }
@@ -105,8 +108,14 @@ function readLegacyFormat(bytes: Uint8Array, source: string): unknown {
     if (!Array.isArray(view) || view.length !== 3) {
       throw new UserError(`malformed storage view in ${source}`);
     }
-    const [viewKey, offset, size] = view as [string, number, number];
-    const v = new TorchStorage(type, size, String(viewKey), offset, root);
+    const [viewKey, offset, size] = view as [string, unknown, unknown];
+    if (
+      !Number.isSafeInteger(offset) || !Number.isSafeInteger(size) || (offset as number) < 0 ||
+      (size as number) < 0 || (offset as number) + (size as number) > numel
+    ) {
+      throw new UserError(`storage view ${String(viewKey)} exceeds its storage in ${source}`);
+    }
+    const v = new TorchStorage(type, size as number, String(viewKey), offset as number, root);
     all.push(v);
     return v;
   };
@@ -122,9 +131,13 @@ function readLegacyFormat(bytes: Uint8Array, source: string): unknown {
     const numel = Number(dv.getBigInt64(pos, true));
     const len = numel * dtypeSize(root.dtype);
     pos += 8;
-    if (numel < root.numel || pos + len > bytes.length) {
-      throw new UserError(`${source} is truncated (storage ${k})`);
+    if (numel < 0 || numel < root.numel) {
+      throw new UserError(
+        `${source}: storage ${k} at byte ${pos - 8} declares ${numel} elements, ` +
+          `${root.numel} expected; the file is corrupt`,
+      );
     }
+    if (pos + len > bytes.length) throw new UserError(`${source} is truncated (storage ${k})`);
     root.bytes = bytes.subarray(pos, pos + len);
     pos += len;
   }
