@@ -9,7 +9,7 @@
  * allocate more than the file holds.
  * @module
  */
-import { UserError } from "../util/errors.ts";
+import { printable, UserError } from "../util/errors.ts";
 
 const BLOCK = 512;
 /** Python's tarfile pads archives to a multiple of this record size. */
@@ -126,15 +126,9 @@ function parseNumber(field: Uint8Array, what: string, signed = false): number {
   const text = cString(field).replace(/^[ ]+|[ ]+$/g, "");
   if (text === "") return 0;
   if (!/^[0-7]+$/.test(text)) {
-    throw new BadField(`${what} field '${printable(text)}' is not an octal number`);
+    throw new BadField(`${what} field '${printable(text, 40)}' is not an octal number`);
   }
   return parseInt(text, 8);
-}
-
-/** A short, printable rendering of untrusted header text for a message. */
-function printable(s: string): string {
-  const clean = s.replace(/[^\x20-\x7e]/g, "?");
-  return clean.length > 40 ? `${clean.slice(0, 40)}…` : clean;
 }
 
 function isZeroBlock(block: Uint8Array): boolean {
@@ -177,7 +171,7 @@ function parsePax(data: Uint8Array): Map<string, string> {
   }
   const size = out.get("size");
   if (size !== undefined && !(/^[0-9]{1,16}$/.test(size) && Number.isSafeInteger(Number(size)))) {
-    throw new BadField(`pax size '${printable(size)}' is not a byte count`);
+    throw new BadField(`pax size '${printable(size, 40)}' is not a byte count`);
   }
   return out;
 }
@@ -241,14 +235,14 @@ export async function* scanTar(
     let pax: Map<string, string> | null = null;
     const corrupt = (at: number, why: string) =>
       new UserError(
-        `${path}: corrupt tar header at byte ${at} (after member '${last}'): ${why}; ${REDO}`,
+        `${path}: corrupt tar header at byte ${at} (after member '${printable(last)}'): ${why}; ${REDO}`,
       );
     while (true) {
       const at = reader.position;
       if (at + BLOCK > length) {
         throw new UserError(
           `${path}: truncated tar archive at byte ${at}: no end-of-archive marker after member ` +
-            `'${last}'; ${REDO}`,
+            `'${printable(last)}'; ${REDO}`,
         );
       }
       const block = await reader.read(BLOCK);
@@ -268,7 +262,7 @@ export async function* scanTar(
       const offset = reader.position;
       if (offset + size > length) {
         throw new UserError(
-          `${path}: truncated tar archive: member '${name}' (header at byte ${at}) needs ` +
+          `${path}: truncated tar archive: member '${printable(name)}' (header at byte ${at}) needs ` +
             `${size} bytes, only ${length - offset} left; ${REDO}`,
         );
       }
@@ -282,7 +276,7 @@ export async function* scanTar(
         data = await reader.read(size);
         if (data.length < size) {
           throw new UserError(
-            `${path}: truncated tar archive at member '${name}' (file shrank?); ${REDO}`,
+            `${path}: truncated tar archive at member '${printable(name)}' (file shrank?); ${REDO}`,
           );
         }
         await reader.skip(Math.min(padTo(size, BLOCK), length - offset) - size);

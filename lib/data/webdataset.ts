@@ -8,7 +8,7 @@
  */
 import { SHARD_PREFIX, SHUFFLE_BUFFER, type Subset } from "../../config.ts";
 import { tempPathFor } from "../util/atomic_file.ts";
-import { UserError } from "../util/errors.ts";
+import { printable, UserError } from "../util/errors.ts";
 import { decodeLabelsPyd, encodeLabelsPyd } from "../torch/pickle.ts";
 import type { Rng } from "../util/rng.ts";
 import { readTar, scanTar, TarWriter } from "./tar.ts";
@@ -110,7 +110,7 @@ async function* groupSamples<T extends { name: string }>(
     }
     key = split.key;
     if (parts.has(split.ext)) {
-      throw new UserError(`${path}: member '${member.name}' appears twice for sample '${key}'`);
+      throw new UserError(`${path}: member '${printable(member.name)}' appears twice for sample '${printable(key)}'`);
     }
     parts.set(split.ext, member);
   }
@@ -122,12 +122,12 @@ function sampleMembers<T>(path: string, key: string, parts: Parts<T>): { ext: st
   const ext = IMAGE_EXTS.find((e) => parts.has(e));
   if (!ext) {
     throw new UserError(
-      `${path}: sample '${key}' has no image member (${key}.png); ${REPAIR}`,
+      `${path}: sample '${printable(key)}' has no image member (${printable(key)}.png); ${REPAIR}`,
     );
   }
   const pyd = parts.get("pyd");
   if (!pyd) {
-    throw new UserError(`${path}: sample '${key}' has no labels member (${key}.pyd); ${REPAIR}`);
+    throw new UserError(`${path}: sample '${printable(key)}' has no labels member (${printable(key)}.pyd); ${REPAIR}`);
   }
   return { ext, pyd };
 }
@@ -146,8 +146,8 @@ export async function* readShard(path: string): AsyncGenerator<Sample> {
     yield {
       key,
       png: parts.get(ext)!.data,
-      labels: decodeLabelsPyd(pyd.data, `${path}:${key}.pyd`),
-      source: `${path}:${key}.${ext}`,
+      labels: decodeLabelsPyd(pyd.data, `${path}:${printable(key)}.pyd`),
+      source: `${path}:${printable(key)}.${ext}`,
     };
   }
 }
@@ -220,14 +220,14 @@ export async function checkShards(paths: string[]): Promise<number> {
     const wantLabels = (name: string, size: number) => {
       if (splitMemberName(name)?.ext !== "pyd") return false;
       if (size > MAX_PYD) {
-        throw new UserError(`${path}: labels member '${name}' holds ${size} bytes; ${REPAIR}`);
+        throw new UserError(`${path}: labels member '${printable(name)}' holds ${size} bytes; ${REPAIR}`);
       }
       return true;
     };
     const members = scanTar(path, wantLabels, 4096);
     for await (const { key, parts } of groupSamples(path, members)) {
       const { pyd } = sampleMembers(path, key, parts);
-      decodeLabelsPyd(pyd.data!, `${path}:${key}.pyd`);
+      decodeLabelsPyd(pyd.data!, `${path}:${printable(key)}.pyd`);
       total++;
     }
   }

@@ -11,7 +11,7 @@
  */
 
 import { LABELS, NUM_CLASSES } from "../../config.ts";
-import { UserError } from "../util/errors.ts";
+import { printable, UserError } from "../util/errors.ts";
 import type { DType, HostTensor } from "./state_dict.ts";
 
 /** A Python callable made available to REDUCE/NEWOBJ by the allow-list. */
@@ -65,7 +65,9 @@ export class TorchStorage {
     const root = this.parent ?? this;
     if (this.views.length === 0) return;
     if (root.bytes === null) {
-      throw new UserError(`storage ${this.key} has no data in ${source}: file is corrupt`);
+      throw new UserError(
+        `storage ${printable(this.key)} has no data in ${source}: file is corrupt`,
+      );
     }
     const size = dtypeSize(this.dtype);
     const start = this.baseOffset * size;
@@ -274,7 +276,7 @@ function buildNumpyArray(arr: HostTensor, state: unknown, source: string): void 
   const shape = toShape(shapeV, "numpy array shape");
   if (!(dt instanceof NumpyDType) || dt.dtype === null) {
     const code = dt instanceof NumpyDType ? dt.code : String(dt);
-    throw new UserError(`unsupported numpy dtype '${code}' in ${source}`);
+    throw new UserError(`unsupported numpy dtype '${printable(code)}' in ${source}`);
   }
   let bytes: Uint8Array;
   if (raw instanceof Uint8Array) bytes = raw;
@@ -421,7 +423,7 @@ function defaultGlobals(source: string): Map<string, unknown> {
     const e = String(enc ?? "utf-8").toLowerCase().replace(/[-_]/g, "");
     if (e === "latin1" || e === "iso88591") return latin1Bytes(s);
     if (e === "utf8") return new TextEncoder().encode(s);
-    throw new UserError(`unsupported encoding '${enc}' in ${source}`);
+    throw new UserError(`unsupported encoding '${printable(String(enc))}' in ${source}`);
   });
   fn("collections.OrderedDict", (args) => {
     const m = new Map<unknown, unknown>();
@@ -488,7 +490,7 @@ export function unpickleAt(
     }
     const msg = e instanceof Error ? e.message : String(e);
     throw new UserError(
-      `corrupt pickle data in ${source} at byte ${at.op}: ${msg.split("\n")[0]}; ` +
+      `corrupt pickle data in ${source} at byte ${at.op}: ${printable(msg)}; ` +
         `the file is damaged or not what it claims to be`,
     );
   }
@@ -577,7 +579,9 @@ function runVm(
     const full = `${module}.${name}`;
     const g = allowed.get(full);
     if (g === undefined) {
-      throw new UserError(`refusing to load ${full}: not an allowed global in ${source}`);
+      throw new UserError(
+        `refusing to load ${printable(full)}: not an allowed global in ${source}`,
+      );
     }
     return g;
   };

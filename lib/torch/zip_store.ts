@@ -7,7 +7,7 @@
  */
 
 import zlib from "node:zlib";
-import { UserError } from "../util/errors.ts";
+import { printable, UserError } from "../util/errors.ts";
 
 /** One member of a zip archive. */
 export interface ZipEntry {
@@ -95,16 +95,17 @@ export function readZip(bytes: Uint8Array, source: string): Map<string, Uint8Arr
     const next = p + 46 + nameLen + extraLen + commentLen;
     if (next > cdEnd) throw corrupt(`central directory entry at byte ${p} overruns the directory`);
     const name = utf8.decode(bytes.subarray(p + 46, p + 46 + nameLen));
+    const shown = printable(name);
     // zip64 extended information: only the fields that overflowed are present, in order.
     const extraEnd = p + 46 + nameLen + extraLen;
     for (let e = p + 46 + nameLen; e + 4 <= extraEnd;) {
       const id = u16(e, "extra field id");
       const size = u16(e + 2, "extra field size");
-      if (e + 4 + size > extraEnd) throw corrupt(`extra field of ${name} overruns its entry`);
+      if (e + 4 + size > extraEnd) throw corrupt(`extra field of ${shown} overruns its entry`);
       if (id === 1) {
         let q = e + 4;
         const take = (what: string) => {
-          if (q + 8 > e + 4 + size) throw corrupt(`zip64 field of ${name} is too short`);
+          if (q + 8 > e + 4 + size) throw corrupt(`zip64 field of ${shown} is too short`);
           const v = u64(q, what);
           q += 8;
           return v;
@@ -117,24 +118,24 @@ export function readZip(bytes: Uint8Array, source: string): Map<string, Uint8Arr
     }
     p = next;
     if (offset + 30 > len || dv.getUint32(offset, true) !== 0x04034b50) {
-      throw corrupt(`bad local header for ${name} at byte ${offset}`);
+      throw corrupt(`bad local header for ${shown} at byte ${offset}`);
     }
     const start = offset + 30 + u16(offset + 26, "name length") + u16(offset + 28, "extra length");
-    if (start + csize > len) throw corrupt(`data of ${name} out of range`);
+    if (start + csize > len) throw corrupt(`data of ${shown} out of range`);
     let data = bytes.subarray(start, start + csize);
     if (method === 8) {
       // Deflate expands at most 1032:1; a larger claim is damage, not data to allocate for.
-      if (usize > 1032 * csize + 64) throw corrupt(`size of ${name} is impossible`);
+      if (usize > 1032 * csize + 64) throw corrupt(`size of ${shown} is impossible`);
       try {
         data = new Uint8Array(zlib.inflateRawSync(data, { maxOutputLength: Math.max(1, usize) }));
       } catch {
-        throw corrupt(`cannot inflate ${name}`);
+        throw corrupt(`cannot inflate ${shown}`);
       }
     } else if (method !== 0) {
-      throw new UserError(`${source}: zip member ${name} uses unsupported compression ${method}`);
+      throw new UserError(`${source}: zip member ${shown} uses unsupported compression ${method}`);
     }
-    if (data.length !== usize) throw corrupt(`size mismatch for ${name}`);
-    if (crc32(data) !== crc) throw corrupt(`CRC mismatch for ${name}`);
+    if (data.length !== usize) throw corrupt(`size mismatch for ${shown}`);
+    if (crc32(data) !== crc) throw corrupt(`CRC mismatch for ${shown}`);
     out.set(name, data);
   }
   return out;
