@@ -235,7 +235,9 @@ export async function* scanTar(
     let pax: Map<string, string> | null = null;
     const corrupt = (at: number, why: string) =>
       new UserError(
-        `${path}: corrupt tar header at byte ${at} (after member '${printable(last)}'): ${why}; ${REDO}`,
+        `${path}: corrupt tar header at byte ${at} (after member '${
+          printable(last)
+        }'): ${why}; ${REDO}`,
       );
     while (true) {
       const at = reader.position;
@@ -262,7 +264,9 @@ export async function* scanTar(
       const offset = reader.position;
       if (offset + size > length) {
         throw new UserError(
-          `${path}: truncated tar archive: member '${printable(name)}' (header at byte ${at}) needs ` +
+          `${path}: truncated tar archive: member '${
+            printable(name)
+          }' (header at byte ${at}) needs ` +
             `${size} bytes, only ${length - offset} left; ${REDO}`,
         );
       }

@@ -32,6 +32,17 @@ export function splitMemberName(name: string): { key: string; ext: string } | nu
   return m ? { key: m[1], ext: m[2].toLowerCase() } : null;
 }
 
+/**
+ * The WebDataset key of an image file name (`00000001_000.png` → `00000001_000`), or null when
+ * the name cannot be one. Keys end at the first dot of the file name, so `x.v2.png` would read
+ * back as key `x` with extension `v2.png`: such names are refused, not renamed (a renamed key
+ * would no longer match the metadata's `Image Index`).
+ */
+export function sampleKeyFor(fileName: string): string | null {
+  const split = splitMemberName(fileName);
+  return split && !split.ext.includes(".") && split.ext !== "" ? split.key : null;
+}
+
 /** File name of shard `index` of `subset`, e.g. `ChestXray14_train_003.tar`. */
 export function shardName(subset: string, index: number): string {
   return `${SHARD_PREFIX}_${subset}_${String(index).padStart(3, "0")}.tar`;
@@ -110,7 +121,9 @@ async function* groupSamples<T extends { name: string }>(
     }
     key = split.key;
     if (parts.has(split.ext)) {
-      throw new UserError(`${path}: member '${printable(member.name)}' appears twice for sample '${printable(key)}'`);
+      throw new UserError(
+        `${path}: member '${printable(member.name)}' appears twice for sample '${printable(key)}'`,
+      );
     }
     parts.set(split.ext, member);
   }
@@ -127,7 +140,9 @@ function sampleMembers<T>(path: string, key: string, parts: Parts<T>): { ext: st
   }
   const pyd = parts.get("pyd");
   if (!pyd) {
-    throw new UserError(`${path}: sample '${printable(key)}' has no labels member (${printable(key)}.pyd); ${REPAIR}`);
+    throw new UserError(
+      `${path}: sample '${printable(key)}' has no labels member (${printable(key)}.pyd); ${REPAIR}`,
+    );
   }
   return { ext, pyd };
 }
@@ -220,7 +235,9 @@ export async function checkShards(paths: string[]): Promise<number> {
     const wantLabels = (name: string, size: number) => {
       if (splitMemberName(name)?.ext !== "pyd") return false;
       if (size > MAX_PYD) {
-        throw new UserError(`${path}: labels member '${printable(name)}' holds ${size} bytes; ${REPAIR}`);
+        throw new UserError(
+          `${path}: labels member '${printable(name)}' holds ${size} bytes; ${REPAIR}`,
+        );
       }
       return true;
     };
