@@ -209,6 +209,9 @@ async function openArchive(path: string): Promise<Deno.FsFile> {
     if (e instanceof Deno.errors.IsADirectory) {
       throw new UserError(`shard is a directory, not a tar file: ${path}`);
     }
+    if (e instanceof Deno.errors.PermissionDenied) {
+      throw new UserError(`cannot read shard ${path}: permission denied (check its mode)`);
+    }
     throw e;
   }
 }
@@ -235,9 +238,8 @@ export async function* scanTar(
     let pax: Map<string, string> | null = null;
     const corrupt = (at: number, why: string) =>
       new UserError(
-        `${path}: corrupt tar header at byte ${at} (after member '${
-          printable(last)
-        }'): ${why}; ${REDO}`,
+        `${path}: corrupt tar header at byte ${at} (after member '${printable(last)}'): ` +
+          `${why}; ${REDO}`,
       );
     while (true) {
       const at = reader.position;
@@ -263,10 +265,9 @@ export async function* scanTar(
       const size = pax?.has("size") ? Number(pax.get("size")) : h.size;
       const offset = reader.position;
       if (offset + size > length) {
+        const shown = printable(name);
         throw new UserError(
-          `${path}: truncated tar archive: member '${
-            printable(name)
-          }' (header at byte ${at}) needs ` +
+          `${path}: truncated tar archive: member '${shown}' (header at byte ${at}) needs ` +
             `${size} bytes, only ${length - offset} left; ${REDO}`,
         );
       }
