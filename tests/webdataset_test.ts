@@ -11,6 +11,7 @@ import {
   readShard,
   readShards,
   type Sample,
+  sampleKeyFor,
   shardPattern,
   ShardWriter,
   splitMemberName,
@@ -52,6 +53,10 @@ Deno.test("splitMemberName follows webdataset's key/extension rule", () => {
   assert.deepEqual(splitMemberName("00000001_000.png"), { key: "00000001_000", ext: "png" });
   assert.deepEqual(splitMemberName("dir/a.b.PYD"), { key: "dir/a", ext: "b.pyd" });
   assert.equal(splitMemberName("README"), null);
+  // Image names that can be keys: one dot, before the extension.
+  assert.equal(sampleKeyFor("00000001_000.png"), "00000001_000");
+  assert.equal(sampleKeyFor("dir.d/a.png"), "dir.d/a");
+  for (const bad of ["x.v2.png", "noext", ".png", "x."]) assert.equal(sampleKeyFor(bad), null, bad);
 });
 
 Deno.test("round trip: ShardWriter → readShards gives the same samples, .pyd byte-identical", async () => {
