@@ -21,6 +21,19 @@ const fixture = (p: string) => new URL(`./fixtures/${p}`, import.meta.url).pathn
 interface Mutant {
   bytes: Uint8Array;
   what: string;
+  /** A truncation: if it reads at all, it must read as the intact input. */
+  truncated: boolean;
+}
+
+/** A stable text form of a decoded value (Maps, Sets, typed arrays, bigints), to compare. */
+function summary(v: unknown): string {
+  return JSON.stringify(v, (_k, x) => {
+    if (typeof x === "bigint") return `${x}n`;
+    if (x instanceof Map) return { map: [...x] };
+    if (x instanceof Set) return { set: [...x] };
+    if (ArrayBuffer.isView(x)) return { typed: Array.from(x as Uint8Array, String) };
+    return x;
+  });
 }
 
 /**
@@ -39,7 +52,7 @@ function mutate(good: Uint8Array, hot: [number, number][], rng: Rng): Mutant {
   const kind = rng.int(3);
   if (kind === 0) {
     const cut = rng.bernoulli(0.5) ? pick() : rng.int(good.length);
-    return { bytes: good.slice(0, cut), what: `truncated to ${cut} bytes` };
+    return { bytes: good.slice(0, cut), what: `truncated to ${cut} bytes`, truncated: true };
   }
   const bytes = good.slice();
   if (kind === 1) {
@@ -50,17 +63,20 @@ function mutate(good: Uint8Array, hot: [number, number][], rng: Rng): Mutant {
       bytes[at] ^= bit;
       edits.push(`${at}^${bit}`);
     }
-    return { bytes, what: `flipped ${edits.join(",")}` };
+    return { bytes, what: `flipped ${edits.join(",")}`, truncated: false };
   }
   const at = pick();
   const fills = [0x39, 0x20, 0xff, 0x00, 0x2d, 0x61];
   const fill = fills[rng.int(fills.length)];
   const n = 1 + rng.int(12);
   bytes.fill(fill, at, at + n);
-  return { bytes, what: `${n} bytes at ${at} set to 0x${fill.toString(16)}` };
+  return { bytes, what: `${n} bytes at ${at} set to 0x${fill.toString(16)}`, truncated: false };
 }
 
-/** Runs `read` on every mutant; asserts the outcome rule; returns counts of outcomes. */
+/**
+ * Runs `read` on every mutant and asserts the outcome rule: a result or one `UserError` line,
+ * within a second; a truncation that reads must give the intact input's result.
+ */
 async function fuzz(
   name: string,
   inputs: { good: Uint8Array; hot: [number, number][] }[],
@@ -68,6 +84,8 @@ async function fuzz(
   seed: number,
 ): Promise<void> {
   const rng = new Rng(seed);
+  const intact: string[] = [];
+  for (const input of inputs) intact.push(summary(await read(input.good)));
   let ok = 0;
   let refused = 0;
   let slowest = 0;
@@ -77,9 +95,11 @@ async function fuzz(
     const where = `${name} case ${i} (seed ${seed}, input ${i % inputs.length}): ${m.what}`;
     const t0 = performance.now();
     try {
-      await read(m.bytes);
+      const got = summary(await read(m.bytes));
+      if (m.truncated) assert.equal(got, intact[i % inputs.length], `${where}: wrong result`);
       ok++;
     } catch (e) {
+      if (e instanceof assert.AssertionError) throw e;
       assert.ok(e instanceof UserError, `${where}: raw ${e instanceof Error ? e.stack : e}`);
       assert.ok(!e.message.includes("\n"), `${where}: multi-line message ${e.message}`);
       refused++;
@@ -120,7 +140,7 @@ Deno.test("fuzz: tar shards (readShard, checkShards, listTar)", async () => {
       const samples = await collect(readShard(path));
       // A shard that passes the check must read back the same number of samples.
       assert.equal(samples.length, n, "checkShards and readShard agree");
-      await listTar(path);
+      return { samples, members: await listTar(path) };
     }, 14);
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -139,7 +159,7 @@ Deno.test("fuzz: pickles (protocols 0-5, numpy arrays, .pyd labels)", async () =
   const shard = await Deno.readFile(FIXTURE_SHARD);
   inputs.push({ good: shard.slice(pyd.offset, pyd.offset + pyd.size), hot: [] });
   await fuzz("pickle", inputs, (bytes) => {
-    unpickle(bytes, { source: "fuzz.pkl" });
+    const value = unpickle(bytes, { source: "fuzz.pkl" });
     if (bytes.length < 300) {
       try {
         decodeLabelsPyd(bytes, "fuzz.pyd");
@@ -147,6 +167,7 @@ Deno.test("fuzz: pickles (protocols 0-5, numpy arrays, .pyd labels)", async () =
         if (!(e instanceof UserError)) throw e;
       }
     }
+    return value;
   }, 7);
 });
 
