@@ -2,7 +2,10 @@
  * Preprocessing, as the original `preprocess_data.py`: reads the NIH metadata, splits the
  * patients into train/val/test, writes `data/labels/{subset}_labels.csv`, and packs the images,
  * resized to 256×256 8-bit grayscale PNG, into WebDataset shards
- * `data/datasets/ChestXray14_{subset}_NNN.tar` (`KEY.png` + `KEY.pyd`).
+ * `data/datasets/ChestXray14_{subset}_NNN.tar` (`KEY.png` + `KEY.pyd`). The split parameters
+ * are recorded beside the shards and the labels (`ChestXray14_split.json`); a run with other
+ * parameters refuses to add subsets to shards of another split. Image names must be usable as
+ * WebDataset keys (one dot, before the extension); others are refused before anything is written.
  *
  *   deno task preprocess -- -s 8400
  * @module
@@ -34,7 +37,15 @@ import {
 } from "./lib/data/label_csv.ts";
 import { Progress } from "./lib/util/progress.ts";
 import { officialSplit, patientsOf, patientSplit, type Split } from "./lib/data/split.ts";
-import { shardPath, shardPattern, ShardWriter } from "./lib/data/webdataset.ts";
+import {
+  fileIdentity,
+  readSplitRecord,
+  SPLIT_RECORD_NAME,
+  splitDifferences,
+  type SplitRecord,
+  writeSplitRecord,
+} from "./lib/data/split_record.ts";
+import { sampleKeyFor, shardPath, shardPattern, ShardWriter } from "./lib/data/webdataset.ts";
 
 /** Everything preprocessing needs; the flags map onto it one to one. */
 export interface PreprocessOptions {
@@ -120,11 +131,15 @@ export async function preprocess(
     `read ${entries.length} images of ${patientsOf(entries).length} patients from ${opts.metaFile}`,
   );
   let split: Split<MetaEntry>;
+  const metaDir = dirOf(opts.metaFile);
+  const listPaths = {
+    trainVal: `${metaDir}/${TRAIN_VAL_LIST_NAME}`,
+    test: `${metaDir}/${TEST_LIST_NAME}`,
+  };
   if (opts.officialSplit) {
-    const metaDir = dirOf(opts.metaFile);
     const lists = {
-      trainVal: await readImageList(`${metaDir}/${TRAIN_VAL_LIST_NAME}`),
-      test: await readImageList(`${metaDir}/${TEST_LIST_NAME}`),
+      trainVal: await readImageList(listPaths.trainVal),
+      test: await readImageList(listPaths.test),
     };
     const s = officialSplit(entries, lists, { seed: opts.seed, subsetSize: opts.subsetSize });
     if (s.unlisted > 0) warn(`${s.unlisted} image(s) are in neither official list; left out`);
@@ -134,6 +149,20 @@ export async function preprocess(
     split = s;
   } else {
     split = patientSplit(entries, { seed: opts.seed, subsetSize: opts.subsetSize });
+  }
+
+  for (const subset of SUBSETS) {
+    // Refused before any shard is written (a WebDataset key ends at the first dot).
+    const bad = split[subset].find((e) => sampleKeyFor(e.image) === null);
+    if (bad) {
+      throw new UserError(
+        `image name '${bad.image}' in ${opts.metaFile} cannot be a WebDataset sample key ` +
+          `(keys end at the first dot, so a name needs one dot, before its extension): ` +
+          `rename the file (e.g. ${
+            bad.image.replace(/\.(?=.*\.)/g, "_")
+          }) in --image_dir and the metadata`,
+      );
+    }
   }
 
   let warnings = 0;
@@ -157,6 +186,28 @@ export async function preprocess(
 
   await Deno.mkdir(opts.datasetDir, { recursive: true });
   await Deno.mkdir(opts.labelsDir, { recursive: true });
+  const record: SplitRecord = {
+    random_seed: opts.seed,
+    subset_size: opts.subsetSize,
+    official_split: opts.officialSplit,
+    image_size: opts.imageSize,
+    shard_size: opts.shardSize,
+    meta_file: await fileIdentity(opts.metaFile),
+    lists: opts.officialSplit
+      ? {
+        train_val: await fileIdentity(listPaths.trainVal),
+        test: await fileIdentity(listPaths.test),
+      }
+      : null,
+  };
+  const done = new Set<Subset>();
+  for (const subset of SUBSETS) {
+    if (await exists(shardPath(opts.datasetDir, subset, 0))) done.add(subset);
+  }
+  const known = await checkSplitRecord(opts, record, done);
+  const labelsRecord = await readSplitRecord(opts.labelsDir);
+  const labelsCurrent = labelsRecord !== null &&
+    splitDifferences(labelsRecord, record).length === 0;
   const subsets = {} as Record<Subset, SubsetReport>;
   const patients = {} as Record<Subset, number>;
   for (const subset of SUBSETS) {
@@ -164,9 +215,12 @@ export async function preprocess(
     patients[subset] = patientsOf(planned).length;
     const csvPath = `${opts.labelsDir}/${labelsFileName(subset)}`;
     const first = shardPath(opts.datasetDir, subset, 0);
-    if (await exists(first)) {
+    if (done.has(subset)) {
       log(`skipping ${subset}: ${first} already exists (delete the ${subset} shards to redo it)`);
-      if (!(await exists(csvPath))) await writeLabelsCsv(csvPath, planned);
+      // Labels of another split (or none) are replaced by this split's, which the shards share.
+      if (known && (!labelsCurrent || !(await exists(csvPath)))) {
+        await writeLabelsCsv(csvPath, planned);
+      }
       subsets[subset] = { planned: planned.length, written: 0, shards: [], skipped: true };
       continue;
     }
@@ -185,8 +239,53 @@ export async function preprocess(
       skipped: false,
     };
   }
+  if (known) await writeSplitRecord(opts.labelsDir, record);
   if (warnings > 0) warn(`${warnings} image(s) skipped (missing or undecodable)`);
   return { subsets, warnings, patients };
+}
+
+/** Any shard of any subset in the dataset directory (complete or not). */
+async function hasShards(datasetDir: string): Promise<boolean> {
+  const shard = new RegExp(`^${SHARD_PREFIX}_(${SUBSETS.join("|")})_\\d{3,}\\.tar$`);
+  for await (const e of Deno.readDir(datasetDir)) if (shard.test(e.name)) return true;
+  return false;
+}
+
+/**
+ * Compares the split record beside the shards with this run's before a shard is written:
+ * shards of another split (or of an unknown one) are never completed with this split's subsets,
+ * which could put a patient in two sets. Writes the record when this run starts or continues
+ * the directory; returns false when complete shards of an unknown split are only skipped.
+ */
+async function checkSplitRecord(
+  opts: PreprocessOptions,
+  record: SplitRecord,
+  done: Set<Subset>,
+): Promise<boolean> {
+  const dir = opts.datasetDir;
+  const redo = `pass a new --dataset_dir, or delete ${dir}/${SHARD_PREFIX}_*.tar and ` +
+    `${SPLIT_RECORD_NAME} there to redo all subsets`;
+  if (await hasShards(dir)) {
+    const recorded = await readSplitRecord(dir);
+    if (recorded === null) {
+      const labels = await Promise.all(
+        SUBSETS.map((s) => exists(`${opts.labelsDir}/${labelsFileName(s)}`)),
+      );
+      if (done.size === SUBSETS.length && labels.every(Boolean)) return false;
+      throw new UserError(
+        `${dir} holds shards without a split record (${SPLIT_RECORD_NAME}: an older version or ` +
+          `another tool wrote them), so this run's subsets could share patients with them: ${redo}`,
+      );
+    }
+    const diffs = splitDifferences(recorded, record);
+    if (diffs.length > 0) {
+      throw new UserError(
+        `${dir} holds shards of another split (${diffs.join(", ")}): ${redo}`,
+      );
+    }
+  }
+  await writeSplitRecord(dir, record);
+  return true;
 }
 
 async function writeSubset(
@@ -219,7 +318,7 @@ async function writeSubset(
         skipped++;
       } else {
         await writer.write({
-          key: r.e.image.replace(/\.[^.]*$/, ""),
+          key: sampleKeyFor(r.e.image)!,
           png: r.png,
           labels: r.e.labels,
         });

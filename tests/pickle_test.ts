@@ -223,7 +223,7 @@ Deno.test("unpickle reports corrupt and truncated input as UserError", () => {
   }
   assert.throws(
     () => unpickle(new Uint8Array([0x80, 2, 0xff, 0x2e]), { source: "bad.pkl" }),
-    /corrupt pickle data in bad\.pkl: unknown opcode 0xff/,
+    /corrupt pickle data in bad\.pkl at byte 2: unknown opcode 0xff/,
   );
   assert.throws(() => unpickle(new Uint8Array([0x80, 2, 0x2e])), /stack underflow/);
   // Persistent ids without a resolver.

@@ -6,11 +6,12 @@ import { readLabelsCsv } from "../lib/data/label_csv.ts";
 import { Rng } from "../lib/util/rng.ts";
 import { listTar, readTar } from "../lib/data/tar.ts";
 import {
-  countSamples,
+  checkShards,
   listShards,
   readShard,
   readShards,
   type Sample,
+  sampleKeyFor,
   shardPattern,
   ShardWriter,
   splitMemberName,
@@ -38,9 +39,9 @@ Deno.test("the original tool's shard: 50 keys, labels equal labels.csv, 256×256
   assert.equal(original[0].source, `${SHARD}:00029548_010.png`);
 });
 
-Deno.test("countSamples and listTar read headers only", async () => {
-  assert.equal(await countSamples([SHARD]), 50);
-  assert.equal(await countSamples([SHARD, SHARD]), 100);
+Deno.test("checkShards and listTar read headers only", async () => {
+  assert.equal(await checkShards([SHARD]), 50);
+  assert.equal(await checkShards([SHARD, SHARD]), 100);
   const members = await listTar(SHARD);
   assert.equal(members.length, 100);
   assert.equal(members[0].name, "00029548_010.png");
@@ -52,6 +53,10 @@ Deno.test("splitMemberName follows webdataset's key/extension rule", () => {
   assert.deepEqual(splitMemberName("00000001_000.png"), { key: "00000001_000", ext: "png" });
   assert.deepEqual(splitMemberName("dir/a.b.PYD"), { key: "dir/a", ext: "b.pyd" });
   assert.equal(splitMemberName("README"), null);
+  // Image names that can be keys: one dot, before the extension.
+  assert.equal(sampleKeyFor("00000001_000.png"), "00000001_000");
+  assert.equal(sampleKeyFor("dir.d/a.png"), "dir.d/a");
+  for (const bad of ["x.v2.png", "noext", ".png", "x."]) assert.equal(sampleKeyFor(bad), null, bad);
 });
 
 Deno.test("round trip: ShardWriter → readShards gives the same samples, .pyd byte-identical", async () => {
@@ -67,7 +72,7 @@ Deno.test("round trip: ShardWriter → readShards gives the same samples, .pyd b
       "ChestXray14_train_003.tar",
     ]);
     assert.deepEqual(await listShards(dir, "train"), shards);
-    assert.equal(await countSamples(shards), 50);
+    assert.equal(await checkShards(shards), 50);
     const back = await collect(readShards(shards));
     assert.equal(back.length, 50);
     for (let i = 0; i < 50; i++) {
@@ -136,7 +141,7 @@ Deno.test("GNU long-name and pax headers (Python tarfile) are read", async () =>
     assert.equal(samples[0].key, key);
     assert.deepEqual(Array.from(samples[0].labels), [1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
     assert.equal((await decodeImage(samples[0].png, samples[0].source)).width, 19);
-    assert.equal(await countSamples([path]), 1);
+    assert.equal(await checkShards([path]), 1);
     assert.deepEqual((await listTar(path)).map((m) => m.name), [`${key}.png`, `${key}.pyd`]);
   }
 });
@@ -175,7 +180,7 @@ Deno.test("a truncated or corrupt shard gives an error naming the shard and memb
       e instanceof UserError && e.message.includes(cut) && e.message.includes(third.name) &&
       /truncated/.test(e.message);
     await assert.rejects(() => collect(readShard(cut)), isNamed);
-    await assert.rejects(() => countSamples([cut]), isNamed);
+    await assert.rejects(() => checkShards([cut]), isNamed);
 
     // Cut exactly after a member: the end-of-archive marker is missing.
     const atEnd = `${dir}/ChestXray14_val_001.tar`;

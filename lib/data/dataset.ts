@@ -8,7 +8,7 @@ import { NUM_CLASSES, type Subset } from "../../config.ts";
 import { UserError } from "../util/errors.ts";
 import { decodeImage, mapConcurrent, type RgbImage } from "./images.ts";
 import type { Rng } from "../util/rng.ts";
-import { countSamples, listShards, readShards, type Sample } from "./webdataset.ts";
+import { checkShards, listShards, readShards, type Sample } from "./webdataset.ts";
 
 /** A batch of decoded samples; all images share one size. */
 export interface Batch {
@@ -122,10 +122,13 @@ export interface SubsetInfo {
   ): AsyncGenerator<Batch>;
 }
 
-/** Finds a subset's shards and counts its samples, for a training or validation loop. */
+/**
+ * Finds a subset's shards, checks them (headers, sample members, labels; no image decoding) and
+ * counts their samples, for a training or validation loop: damage is found before any work.
+ */
 export async function loadSubset(opts: SubsetOptions): Promise<SubsetInfo> {
   const shards = await listShards(opts.datasetDir, opts.subset);
-  const total = await countSamples(shards);
+  const total = await checkShards(shards);
   const size = opts.limit === undefined ? total : Math.min(total, opts.limit);
   return {
     subset: opts.subset,

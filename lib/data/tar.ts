@@ -1,17 +1,24 @@
 /**
  * A small streaming tar (POSIX ustar) reader and writer for WebDataset shards: members are read
- * one at a time (never the whole archive), headers can be listed by seeking past the data, and
- * damage (truncation, bad checksums) is reported naming the archive and the member.
+ * one at a time (never the whole archive), headers can be listed by skipping the data, and
+ * damage (truncation, bad checksums, malformed numeric fields) is reported naming the archive,
+ * the byte offset and the member before it.
  * Reads ustar, GNU long names (`L`) and pax `path`/`size` records; writes ustar like Python's
- * `tarfile` does for short names.
+ * `tarfile` does for short names. Every field is checked against the archive's length before it
+ * is used, so the reader is linear in the file and a hostile header cannot make it loop or
+ * allocate more than the file holds.
  * @module
  */
-import { UserError } from "../util/errors.ts";
+import { printable, UserError } from "../util/errors.ts";
 
 const BLOCK = 512;
 /** Python's tarfile pads archives to a multiple of this record size. */
 const RECORD = 20 * BLOCK;
 const READ_CHUNK = 256 * 1024;
+/** Header listings read little beyond each header: member data is skipped, not read. */
+const LIST_CHUNK = 4 * 1024;
+/** Long-name and pax members hold names and a few numbers; anything larger is damage. */
+const MAX_META_MEMBER = 1 << 20;
 
 /** One archive member as described by its header. */
 export interface TarMember {
@@ -35,18 +42,19 @@ export interface TarEntry extends TarMember {
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
 
-/** Buffered sequential reads from a file; short results mean end of file. */
+/** Buffered sequential reads and skips over a file; short results mean end of file. */
 class ChunkReader {
   #file: Deno.FsFile;
-  #buf = new Uint8Array(READ_CHUNK);
+  #buf: Uint8Array;
   #start = 0;
   #end = 0;
   #eof = false;
-  /** Bytes consumed so far. */
+  /** Bytes consumed (read or skipped) so far. */
   position = 0;
 
-  constructor(file: Deno.FsFile) {
+  constructor(file: Deno.FsFile, chunk: number) {
     this.#file = file;
+    this.#buf = new Uint8Array(chunk);
   }
 
   /** Reads up to `n` bytes; fewer only at end of file. */
@@ -62,7 +70,7 @@ class ChunkReader {
         continue;
       }
       if (this.#eof) break;
-      if (n - filled >= READ_CHUNK) {
+      if (n - filled >= this.#buf.length) {
         // Large members go straight into their own buffer.
         const got = await this.#file.read(out.subarray(filled));
         if (got === null) this.#eof = true;
@@ -79,6 +87,18 @@ class ChunkReader {
     this.position += filled;
     return filled === n ? out : out.subarray(0, filled);
   }
+
+  /** Moves `n` bytes forward without reading them. */
+  async skip(n: number): Promise<void> {
+    const buffered = this.#end - this.#start;
+    if (n <= buffered) {
+      this.#start += n;
+    } else {
+      this.#start = this.#end = 0;
+      await this.#file.seek(this.position + n, Deno.SeekMode.Start);
+    }
+    this.position += n;
+  }
 }
 
 function cString(bytes: Uint8Array): string {
@@ -86,16 +106,28 @@ function cString(bytes: Uint8Array): string {
   return decoder.decode(nul >= 0 ? bytes.subarray(0, nul) : bytes);
 }
 
-function parseNumber(field: Uint8Array): number {
-  if (field[0] & 0x80) {
-    // GNU base-256 for values that do not fit in octal.
-    let v = field[0] & 0x7f;
-    for (let i = 1; i < field.length; i++) v = v * 256 + field[i];
-    return v;
+/** The damage found in a header field; the caller adds the archive and offset. */
+class BadField extends Error {}
+
+/**
+ * A numeric header field as Python's tarfile reads it: octal text (NUL/space padded, blank = 0)
+ * or GNU base-256 (first byte 0x80, or 0xff for negative `signed` fields). Anything else,
+ * negative sizes and values past 2^53 are refused: they are damage, never a size to trust.
+ */
+function parseNumber(field: Uint8Array, what: string, signed = false): number {
+  if (field[0] === 0x80 || field[0] === 0xff) {
+    const negative = field[0] === 0xff;
+    if (negative && !signed) throw new BadField(`${what} field is negative`);
+    let v = 0;
+    for (let i = 1; i < field.length; i++) v = v * 256 + (negative ? 255 - field[i] : field[i]);
+    if (!Number.isSafeInteger(v)) throw new BadField(`${what} field is too large`);
+    return negative ? -v - 1 : v;
   }
-  const text = cString(field).trim();
+  const text = cString(field).replace(/^[ ]+|[ ]+$/g, "");
   if (text === "") return 0;
-  if (!/^[0-7]+$/.test(text)) return NaN;
+  if (!/^[0-7]+$/.test(text)) {
+    throw new BadField(`${what} field '${printable(text, 40)}' is not an octal number`);
+  }
   return parseInt(text, 8);
 }
 
@@ -105,7 +137,7 @@ function isZeroBlock(block: Uint8Array): boolean {
 }
 
 function checksumOk(block: Uint8Array): boolean {
-  const stored = parseNumber(block.subarray(148, 156));
+  const stored = parseNumber(block.subarray(148, 156), "checksum");
   let unsigned = 0;
   let signed = 0;
   for (let i = 0; i < BLOCK; i++) {
@@ -116,19 +148,30 @@ function checksumOk(block: Uint8Array): boolean {
   return stored === unsigned || stored === signed;
 }
 
-/** Parses a pax extended header's `LEN key=value\n` records. */
+/**
+ * Parses a pax extended header's `LEN key=value\n` records. Each record must lie inside the
+ * data and end with a newline, as Python's tarfile requires.
+ */
 function parsePax(data: Uint8Array): Map<string, string> {
   const out = new Map<string, string>();
   let pos = 0;
   while (pos < data.length) {
+    if (data[pos] === 0) break; // NUL padding after the last record
     const space = data.indexOf(0x20, pos);
-    if (space < 0) break;
-    const len = parseInt(decoder.decode(data.subarray(pos, space)), 10);
-    if (!(len > 0)) break;
+    const lenText = space < 0 ? "" : decoder.decode(data.subarray(pos, space));
+    const len = /^[0-9]{1,9}$/.test(lenText) ? Number(lenText) : NaN;
+    if (!(len > space - pos + 1) || pos + len > data.length || data[pos + len - 1] !== 0x0a) {
+      throw new BadField(`malformed pax record at byte ${pos} of the extended header`);
+    }
     const record = decoder.decode(data.subarray(space + 1, pos + len - 1));
     const eq = record.indexOf("=");
-    if (eq > 0) out.set(record.slice(0, eq), record.slice(eq + 1));
+    if (eq <= 0) throw new BadField(`pax record at byte ${pos} has no key=value`);
+    out.set(record.slice(0, eq), record.slice(eq + 1));
     pos += len;
+  }
+  const size = out.get("size");
+  if (size !== undefined && !(/^[0-9]{1,16}$/.test(size) && Number.isSafeInteger(Number(size)))) {
+    throw new BadField(`pax size '${printable(size, 40)}' is not a byte count`);
   }
   return out;
 }
@@ -140,25 +183,19 @@ interface RawHeader {
   mtime: number;
 }
 
-function parseHeader(block: Uint8Array, source: string, after: string, at: number): RawHeader {
-  if (!checksumOk(block)) {
-    throw new UserError(
-      `${source}: corrupt tar header at byte ${at} (after member '${after}'): bad checksum; ` +
-        `re-create or re-download the shard`,
-    );
-  }
+function parseHeader(block: Uint8Array): RawHeader {
+  if (!checksumOk(block)) throw new BadField("bad checksum");
   let name = cString(block.subarray(0, 100));
   const magic = decoder.decode(block.subarray(257, 262));
   if (magic === "ustar") {
     const prefix = cString(block.subarray(345, 500));
     if (prefix) name = `${prefix}/${name}`;
   }
-  const size = parseNumber(block.subarray(124, 136));
-  if (!Number.isFinite(size)) {
-    throw new UserError(`${source}: corrupt tar header for member '${name}': bad size field`);
-  }
+  const size = parseNumber(block.subarray(124, 136), "size");
+  // Python writes pre-1970 times as negative base-256 numbers.
+  const mtime = parseNumber(block.subarray(136, 148), "mtime", true);
   const flag = block[156] === 0 ? "0" : String.fromCharCode(block[156]);
-  return { name, size, type: flag, mtime: parseNumber(block.subarray(136, 148)) || 0 };
+  return { name, size, type: flag, mtime };
 }
 
 const padTo = (n: number, unit: number) => Math.ceil(n / unit) * unit;
@@ -169,7 +206,108 @@ async function openArchive(path: string): Promise<Deno.FsFile> {
     return await Deno.open(path, { read: true });
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) throw new UserError(`shard not found: ${path}`);
+    if (e instanceof Deno.errors.IsADirectory) {
+      throw new UserError(`shard is a directory, not a tar file: ${path}`);
+    }
+    if (e instanceof Deno.errors.PermissionDenied) {
+      throw new UserError(`cannot read shard ${path}: permission denied (check its mode)`);
+    }
     throw e;
+  }
+}
+
+const REDO = "re-create or re-download the shard";
+
+/**
+ * Walks the regular-file members of the tar archive at `path` in order. The data of a member
+ * is read when `wantData(name, size)` is true and skipped otherwise. Every header field is checked
+ * against the file's length first; damage is a `UserError` naming the archive, the byte offset
+ * and the member before it.
+ */
+export async function* scanTar(
+  path: string,
+  wantData: (name: string, size: number) => boolean,
+  chunk = READ_CHUNK,
+): AsyncGenerator<TarMember & { data?: Uint8Array }> {
+  const file = await openArchive(path);
+  try {
+    const length = (await file.stat()).size;
+    const reader = new ChunkReader(file, chunk);
+    let last = "(start of archive)";
+    let longName: string | null = null;
+    let pax: Map<string, string> | null = null;
+    const corrupt = (at: number, why: string) =>
+      new UserError(
+        `${path}: corrupt tar header at byte ${at} (after member '${printable(last)}'): ` +
+          `${why}; ${REDO}`,
+      );
+    while (true) {
+      const at = reader.position;
+      if (at + BLOCK > length) {
+        throw new UserError(
+          `${path}: truncated tar archive at byte ${at}: no end-of-archive marker after member ` +
+            `'${printable(last)}'; ${REDO}`,
+        );
+      }
+      const block = await reader.read(BLOCK);
+      if (block.length < BLOCK) {
+        throw new UserError(`${path}: truncated tar archive at byte ${at} (file shrank?); ${REDO}`);
+      }
+      if (isZeroBlock(block)) return;
+      let h: RawHeader;
+      try {
+        h = parseHeader(block);
+      } catch (e) {
+        if (e instanceof BadField) throw corrupt(at, e.message);
+        throw e;
+      }
+      const name = pax?.get("path") ?? longName ?? h.name;
+      const size = pax?.has("size") ? Number(pax.get("size")) : h.size;
+      const offset = reader.position;
+      if (offset + size > length) {
+        const shown = printable(name);
+        throw new UserError(
+          `${path}: truncated tar archive: member '${shown}' (header at byte ${at}) needs ` +
+            `${size} bytes, only ${length - offset} left; ${REDO}`,
+        );
+      }
+      const meta = h.type === "L" || h.type === "x";
+      if (meta && size > MAX_META_MEMBER) {
+        throw corrupt(at, `${h.type === "L" ? "long-name" : "pax"} member of ${size} bytes`);
+      }
+      const regular = h.type === "0" || h.type === "7";
+      let data: Uint8Array | undefined;
+      if (meta || (regular && wantData(name, size))) {
+        data = await reader.read(size);
+        if (data.length < size) {
+          throw new UserError(
+            `${path}: truncated tar archive at member '${printable(name)}' (file shrank?); ${REDO}`,
+          );
+        }
+        await reader.skip(Math.min(padTo(size, BLOCK), length - offset) - size);
+      } else {
+        await reader.skip(Math.min(padTo(size, BLOCK), length - offset));
+      }
+      if (h.type === "L") {
+        longName = cString(data!);
+        continue;
+      }
+      if (h.type === "x") {
+        try {
+          pax = parsePax(data!);
+        } catch (e) {
+          if (e instanceof BadField) throw corrupt(at, e.message);
+          throw e;
+        }
+        continue;
+      }
+      longName = null;
+      pax = null;
+      last = name;
+      if (regular) yield { name, size, type: h.type, mtime: h.mtime, offset, data };
+    }
+  } finally {
+    file.close();
   }
 }
 
@@ -178,125 +316,17 @@ async function openArchive(path: string): Promise<Deno.FsFile> {
  * member in memory at a time. Throws `UserError` naming the archive and member on damage.
  */
 export async function* readTar(path: string): AsyncGenerator<TarEntry> {
-  const file = await openArchive(path);
-  try {
-    const reader = new ChunkReader(file);
-    let last = "(start of archive)";
-    let longName: string | null = null;
-    let pax: Map<string, string> | null = null;
-    while (true) {
-      const at = reader.position;
-      const block = await reader.read(BLOCK);
-      if (block.length === 0) {
-        throw new UserError(
-          `${path}: tar archive ends without its end-of-archive marker after member '${last}' ` +
-            `(truncated?); re-create or re-download the shard`,
-        );
-      }
-      if (block.length < BLOCK) {
-        throw new UserError(
-          `${path}: truncated tar archive: incomplete header after member '${last}'; ` +
-            `re-create or re-download the shard`,
-        );
-      }
-      if (isZeroBlock(block)) return;
-      const h = parseHeader(block, path, last, at);
-      const name = pax?.get("path") ?? longName ?? h.name;
-      const size = pax?.has("size") ? Number(pax.get("size")) : h.size;
-      const padded = padTo(size, BLOCK);
-      const offset = reader.position;
-      const body = await reader.read(padded);
-      if (body.length < size) {
-        throw new UserError(
-          `${path}: truncated tar archive: member '${name}' needs ${size} bytes, ` +
-            `only ${body.length} left; re-create or re-download the shard`,
-        );
-      }
-      const data = body.subarray(0, size);
-      if (h.type === "L") {
-        longName = cString(data);
-        continue;
-      }
-      if (h.type === "x") {
-        pax = parsePax(data);
-        continue;
-      }
-      longName = null;
-      pax = null;
-      last = name;
-      if (h.type === "g") continue;
-      if (h.type === "0" || h.type === "7") {
-        yield { name, size, type: h.type, mtime: h.mtime, offset, data };
-      }
-    }
-  } finally {
-    file.close();
-  }
+  for await (const m of scanTar(path, () => true)) yield m as TarEntry;
 }
 
 /**
  * Lists the regular-file members of the tar archive at `path` from their headers alone,
- * seeking past the data. Throws `UserError` naming the archive and member on damage.
+ * skipping the data. Throws `UserError` naming the archive and member on damage.
  */
 export async function listTar(path: string): Promise<TarMember[]> {
-  const file = await openArchive(path);
-  try {
-    const length = (await file.stat()).size;
-    const members: TarMember[] = [];
-    const block = new Uint8Array(BLOCK);
-    let pos = 0;
-    let last = "(start of archive)";
-    let longName: string | null = null;
-    let pax: Map<string, string> | null = null;
-    while (true) {
-      if (pos + BLOCK > length) {
-        throw new UserError(
-          `${path}: truncated tar archive after member '${last}' (no end-of-archive marker); ` +
-            `re-create or re-download the shard`,
-        );
-      }
-      await file.seek(pos, Deno.SeekMode.Start);
-      let filled = 0;
-      while (filled < BLOCK) {
-        const got = await file.read(block.subarray(filled));
-        if (got === null) break;
-        filled += got;
-      }
-      if (isZeroBlock(block)) return members;
-      const h = parseHeader(block, path, last, pos);
-      const name = pax?.get("path") ?? longName ?? h.name;
-      const size = pax?.has("size") ? Number(pax.get("size")) : h.size;
-      const offset = pos + BLOCK;
-      if (offset + size > length) {
-        throw new UserError(
-          `${path}: truncated tar archive: member '${name}' needs ${size} bytes, ` +
-            `only ${Math.max(0, length - offset)} left; re-create or re-download the shard`,
-        );
-      }
-      pos = offset + padTo(size, BLOCK);
-      if (h.type === "L" || h.type === "x") {
-        const data = new Uint8Array(size);
-        await file.seek(offset, Deno.SeekMode.Start);
-        let got = 0;
-        while (got < size) {
-          const n = await file.read(data.subarray(got));
-          if (n === null) break;
-          got += n;
-        }
-        if (h.type === "L") longName = cString(data);
-        else pax = parsePax(data);
-        continue;
-      }
-      longName = null;
-      pax = null;
-      last = name;
-      if (h.type === "0" || h.type === "7") {
-        members.push({ name, size, type: h.type, mtime: h.mtime, offset });
-      }
-    }
-  } finally {
-    file.close();
-  }
+  const members: TarMember[] = [];
+  for await (const m of scanTar(path, () => false, LIST_CHUNK)) members.push(m);
+  return members;
 }
 
 function writeOctal(block: Uint8Array, offset: number, width: number, value: number): void {

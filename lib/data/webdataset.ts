@@ -8,10 +8,10 @@
  */
 import { SHARD_PREFIX, SHUFFLE_BUFFER, type Subset } from "../../config.ts";
 import { tempPathFor } from "../util/atomic_file.ts";
-import { UserError } from "../util/errors.ts";
+import { printable, UserError } from "../util/errors.ts";
 import { decodeLabelsPyd, encodeLabelsPyd } from "../torch/pickle.ts";
 import type { Rng } from "../util/rng.ts";
-import { listTar, readTar, TarWriter } from "./tar.ts";
+import { readTar, scanTar, TarWriter } from "./tar.ts";
 
 /** One sample of a shard: its key, the encoded image, and the 14 labels. */
 export interface Sample {
@@ -32,6 +32,17 @@ export function splitMemberName(name: string): { key: string; ext: string } | nu
   return m ? { key: m[1], ext: m[2].toLowerCase() } : null;
 }
 
+/**
+ * The WebDataset key of an image file name (`00000001_000.png` → `00000001_000`), or null when
+ * the name cannot be one. Keys end at the first dot of the file name, so `x.v2.png` would read
+ * back as key `x` with extension `v2.png`: such names are refused, not renamed (a renamed key
+ * would no longer match the metadata's `Image Index`).
+ */
+export function sampleKeyFor(fileName: string): string | null {
+  const split = splitMemberName(fileName);
+  return split && !split.ext.includes(".") && split.ext !== "" ? split.key : null;
+}
+
 /** File name of shard `index` of `subset`, e.g. `ChestXray14_train_003.tar`. */
 export function shardName(subset: string, index: number): string {
   return `${SHARD_PREFIX}_${subset}_${String(index).padStart(3, "0")}.tar`;
@@ -42,15 +53,36 @@ export function shardPath(datasetDir: string, subset: string, index: number): st
   return `${datasetDir.replace(/\/+$/, "")}/${shardName(subset, index)}`;
 }
 
+/** True when the directory entry is a regular file or a symbolic link to one (datasets are
+ * often linked into place); a dangling link is a `UserError` naming it. */
+async function isShardFile(dir: string, entry: Deno.DirEntry): Promise<boolean> {
+  if (entry.isFile) return true;
+  if (!entry.isSymlink) return false;
+  const path = `${dir}/${entry.name}`;
+  try {
+    return (await Deno.stat(path)).isFile;
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    const target = await Deno.readLink(path).catch(() => "?");
+    throw new UserError(
+      `shard ${path} is a symbolic link to ${target}, which does not exist; fix or remove the link`,
+    );
+  }
+}
+
 /** The shards of `subset` in `datasetDir`, sorted; `UserError` when there are none. */
 export async function listShards(datasetDir: string, subset: Subset | string): Promise<string[]> {
+  const dir = datasetDir.replace(/\/+$/, "") || "/";
   const pattern = new RegExp(`^${SHARD_PREFIX}_${subset}_(\\d{3,})\\.tar$`);
   const names: string[] = [];
   try {
-    for await (const entry of Deno.readDir(datasetDir)) {
-      if (entry.isFile && pattern.test(entry.name)) names.push(entry.name);
+    for await (const entry of Deno.readDir(dir)) {
+      if (pattern.test(entry.name) && await isShardFile(dir, entry)) names.push(entry.name);
     }
   } catch (e) {
+    if (e instanceof Deno.errors.NotADirectory) {
+      throw new UserError(`dataset directory is a file, not a directory: ${datasetDir}`);
+    }
     if (!(e instanceof Deno.errors.NotFound)) throw e;
     throw new UserError(
       `dataset directory not found: ${datasetDir} (run preprocess_data.ts or pass --dataset_dir)`,
@@ -64,49 +96,75 @@ export async function listShards(datasetDir: string, subset: Subset | string): P
   }
   const index = (n: string) => Number(pattern.exec(n)![1]);
   names.sort((a, b) => index(a) - index(b));
-  return names.map((n) => `${datasetDir.replace(/\/+$/, "")}/${n}`);
+  return names.map((n) => `${dir === "/" ? "" : dir}/${n}`);
 }
 
-function toSample(
+/** Members of one sample: extension → member. */
+type Parts<T> = Map<string, T>;
+
+/**
+ * Groups consecutive members by key as webdataset does (names without an extension carry no
+ * sample data); one grouping for reading samples and for checking shards.
+ */
+async function* groupSamples<T extends { name: string }>(
   path: string,
-  key: string,
-  parts: Map<string, Uint8Array>,
-): Sample {
+  members: AsyncIterable<T>,
+): AsyncGenerator<{ key: string; parts: Parts<T> }> {
+  let key: string | null = null;
+  let parts: Parts<T> = new Map();
+  for await (const member of members) {
+    const split = splitMemberName(member.name);
+    if (!split) continue;
+    if (key !== null && split.key !== key) {
+      yield { key, parts };
+      parts = new Map();
+    }
+    key = split.key;
+    if (parts.has(split.ext)) {
+      throw new UserError(
+        `${path}: member '${printable(member.name)}' appears twice for sample '${printable(key)}'`,
+      );
+    }
+    parts.set(split.ext, member);
+  }
+  if (key !== null) yield { key, parts };
+}
+
+/** The image extension and labels member of a sample; a `UserError` when one is missing. */
+function sampleMembers<T>(path: string, key: string, parts: Parts<T>): { ext: string; pyd: T } {
   const ext = IMAGE_EXTS.find((e) => parts.has(e));
   if (!ext) {
-    throw new UserError(`${path}: sample '${key}' has no image member (${key}.png)`);
+    throw new UserError(
+      `${path}: sample '${printable(key)}' has no image member (${printable(key)}.png); ${REPAIR}`,
+    );
   }
   const pyd = parts.get("pyd");
-  if (!pyd) throw new UserError(`${path}: sample '${key}' has no labels member (${key}.pyd)`);
-  return {
-    key,
-    png: parts.get(ext)!,
-    labels: decodeLabelsPyd(pyd, `${path}:${key}.pyd`),
-    source: `${path}:${key}.${ext}`,
-  };
+  if (!pyd) {
+    throw new UserError(
+      `${path}: sample '${printable(key)}' has no labels member (${printable(key)}.pyd); ${REPAIR}`,
+    );
+  }
+  return { ext, pyd };
 }
+
+const REPAIR = "re-create or re-download the shard";
+/** A `.pyd` of 14 labels is 259 bytes; one far larger is not a label array. */
+const MAX_PYD = 64 * 1024;
 
 /**
  * Streams the samples of one shard in archive order, grouping consecutive members by key as
  * webdataset does. Damage gives a `UserError` naming the shard and member.
  */
 export async function* readShard(path: string): AsyncGenerator<Sample> {
-  let key: string | null = null;
-  let parts = new Map<string, Uint8Array>();
-  for await (const member of readTar(path)) {
-    const split = splitMemberName(member.name);
-    if (!split) continue; // names without an extension carry no sample data
-    if (key !== null && split.key !== key) {
-      yield toSample(path, key, parts);
-      parts = new Map();
-    }
-    key = split.key;
-    if (parts.has(split.ext)) {
-      throw new UserError(`${path}: member '${member.name}' appears twice for sample '${key}'`);
-    }
-    parts.set(split.ext, member.data);
+  for await (const { key, parts } of groupSamples(path, readTar(path))) {
+    const { ext, pyd } = sampleMembers(path, key, parts);
+    yield {
+      key,
+      png: parts.get(ext)!.data,
+      labels: decodeLabelsPyd(pyd.data, `${path}:${printable(key)}.pyd`),
+      source: `${path}:${printable(key)}.${ext}`,
+    };
   }
-  if (key !== null) yield toSample(path, key, parts);
 }
 
 /** Options of `readShards`. */
@@ -165,16 +223,29 @@ export async function* readShards(
   }
 }
 
-/** Counts the samples (distinct keys) of shards from their tar headers, without reading data. */
-export async function countSamples(paths: string[]): Promise<number> {
+/**
+ * Checks shards without decoding an image: every tar header (fields, sizes, truncation), that
+ * each sample has an image and a `.pyd` member, and that the labels are 14 values of 0/1 (the
+ * small `.pyd` members are read, images are skipped). Returns the number of samples. Run before
+ * training or validation starts, so a damaged shard is found before the first batch.
+ */
+export async function checkShards(paths: string[]): Promise<number> {
   let total = 0;
   for (const path of paths) {
-    let last: string | null = null;
-    for (const m of await listTar(path)) {
-      const split = splitMemberName(m.name);
-      if (!split || !IMAGE_EXTS.includes(split.ext)) continue;
-      if (split.key !== last) total++;
-      last = split.key;
+    const wantLabels = (name: string, size: number) => {
+      if (splitMemberName(name)?.ext !== "pyd") return false;
+      if (size > MAX_PYD) {
+        throw new UserError(
+          `${path}: labels member '${printable(name)}' holds ${size} bytes; ${REPAIR}`,
+        );
+      }
+      return true;
+    };
+    const members = scanTar(path, wantLabels, 4096);
+    for await (const { key, parts } of groupSamples(path, members)) {
+      const { pyd } = sampleMembers(path, key, parts);
+      decodeLabelsPyd(pyd.data!, `${path}:${printable(key)}.pyd`);
+      total++;
     }
   }
   return total;

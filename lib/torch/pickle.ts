@@ -10,8 +10,8 @@
  * @module
  */
 
-import { NUM_CLASSES } from "../../config.ts";
-import { UserError } from "../util/errors.ts";
+import { LABELS, NUM_CLASSES } from "../../config.ts";
+import { printable, UserError } from "../util/errors.ts";
 import type { DType, HostTensor } from "./state_dict.ts";
 
 /** A Python callable made available to REDUCE/NEWOBJ by the allow-list. */
@@ -65,7 +65,9 @@ export class TorchStorage {
     const root = this.parent ?? this;
     if (this.views.length === 0) return;
     if (root.bytes === null) {
-      throw new UserError(`storage ${this.key} has no data in ${source}: file is corrupt`);
+      throw new UserError(
+        `storage ${printable(this.key)} has no data in ${source}: file is corrupt`,
+      );
     }
     const size = dtypeSize(this.dtype);
     const start = this.baseOffset * size;
@@ -192,6 +194,9 @@ function isContiguous(v: { shape: number[]; stride: number[] }): boolean {
   return true;
 }
 
+/** Elements a view may expand its storage to (through zero strides). */
+const MAX_EXPANDED = 1 << 24;
+
 /** Copies a strided view of `all` into a contiguous row-major array. */
 function gather(
   all: HostTensor["data"],
@@ -203,6 +208,12 @@ function gather(
 ): HostTensor["data"] {
   const n = shape.reduce((a, b) => a * b, 1);
   if (n === 0) return all.slice(0, 0);
+  if (n > storageNumel && n > MAX_EXPANDED) {
+    // Zero strides can describe any size over a tiny storage: refuse rather than allocate it.
+    throw new UserError(
+      `tensor view of ${n} elements over a storage of ${storageNumel} in ${source}: refused`,
+    );
+  }
   let last = offset;
   for (let d = 0; d < shape.length; d++) last += (shape[d] - 1) * stride[d];
   if (offset < 0 || last >= storageNumel) {
@@ -251,7 +262,7 @@ class NumpyDType {
 const pendingArrays = new WeakSet<object>();
 
 function toShape(v: unknown, what: string): number[] {
-  if (!Array.isArray(v) || !v.every((d) => typeof d === "number" && d >= 0)) {
+  if (!Array.isArray(v) || !v.every((d) => Number.isSafeInteger(d) && (d as number) >= 0)) {
     throw new Error(`${what}: expected a tuple of sizes`);
   }
   return v as number[];
@@ -265,7 +276,7 @@ function buildNumpyArray(arr: HostTensor, state: unknown, source: string): void 
   const shape = toShape(shapeV, "numpy array shape");
   if (!(dt instanceof NumpyDType) || dt.dtype === null) {
     const code = dt instanceof NumpyDType ? dt.code : String(dt);
-    throw new UserError(`unsupported numpy dtype '${code}' in ${source}`);
+    throw new UserError(`unsupported numpy dtype '${printable(code)}' in ${source}`);
   }
   let bytes: Uint8Array;
   if (raw instanceof Uint8Array) bytes = raw;
@@ -354,11 +365,11 @@ function rebuildTensor(args: unknown[], source: string): HostTensor {
   }
   const shape = toShape(size, "tensor size");
   const strides = toShape(stride, "tensor stride");
-  if (typeof offset !== "number" || strides.length !== shape.length) {
+  if (!Number.isSafeInteger(offset) || (offset as number) < 0 || strides.length !== shape.length) {
     throw new UserError(`malformed tensor in ${source}`);
   }
   const tensor: HostTensor = { dtype: storage.dtype, shape, data: new Float32Array(0) };
-  storage.views.push({ tensor, offset, shape, stride: strides });
+  storage.views.push({ tensor, offset: offset as number, shape, stride: strides });
   return tensor;
 }
 
@@ -412,7 +423,7 @@ function defaultGlobals(source: string): Map<string, unknown> {
     const e = String(enc ?? "utf-8").toLowerCase().replace(/[-_]/g, "");
     if (e === "latin1" || e === "iso88591") return latin1Bytes(s);
     if (e === "utf8") return new TextEncoder().encode(s);
-    throw new UserError(`unsupported encoding '${enc}' in ${source}`);
+    throw new UserError(`unsupported encoding '${printable(String(enc))}' in ${source}`);
   });
   fn("collections.OrderedDict", (args) => {
     const m = new Map<unknown, unknown>();
@@ -466,15 +477,22 @@ export function unpickleAt(
   opts: UnpickleOptions = {},
 ): { value: unknown; end: number } {
   const source = opts.source ?? "<pickle>";
+  const at = { op: offset };
   try {
-    return runVm(bytes, offset, opts, source);
+    return runVm(bytes, offset, opts, source, at);
   } catch (e) {
     if (e instanceof UserError) throw e;
     if (e instanceof Truncated) {
-      throw new UserError(`${source} is truncated: pickle data ends early`);
+      throw new UserError(
+        `${source} is truncated: pickle data ends early (opcode at byte ${at.op}); ` +
+          `the file is incomplete or corrupt`,
+      );
     }
     const msg = e instanceof Error ? e.message : String(e);
-    throw new UserError(`corrupt pickle data in ${source}: ${msg}`);
+    throw new UserError(
+      `corrupt pickle data in ${source} at byte ${at.op}: ${printable(msg)}; ` +
+        `the file is damaged or not what it claims to be`,
+    );
   }
 }
 
@@ -483,6 +501,8 @@ function runVm(
   start: number,
   opts: UnpickleOptions,
   source: string,
+  /** The offset of the opcode being run, for error messages. */
+  at: { op: number },
 ): { value: unknown; end: number } {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const allowed = defaultGlobals(source);
@@ -559,7 +579,9 @@ function runVm(
     const full = `${module}.${name}`;
     const g = allowed.get(full);
     if (g === undefined) {
-      throw new UserError(`refusing to load ${full}: not an allowed global in ${source}`);
+      throw new UserError(
+        `refusing to load ${printable(full)}: not an allowed global in ${source}`,
+      );
     }
     return g;
   };
@@ -600,6 +622,7 @@ function runVm(
   };
 
   for (;;) {
+    at.op = pos;
     const op = u8();
     switch (op) {
       case 0x80: // PROTO
@@ -885,7 +908,7 @@ function runVm(
       case 0x84: // EXT1/2/4: the extension registry is code we do not run
         throw new UserError(`refusing pickle extension codes in ${source}`);
       default:
-        throw new Error(`unknown opcode 0x${op.toString(16)} at byte ${pos - 1}`);
+        throw new Error(`unknown opcode 0x${op.toString(16)}`);
     }
   }
 }
@@ -909,16 +932,35 @@ function latin1(b: Uint8Array): string {
   return s;
 }
 
-/** Little-endian two's-complement integer (LONG1/LONG4). */
+/** ASCII hex digit of each nibble. */
+const HEX_DIGITS = new TextEncoder().encode("0123456789abcdef");
+const latin1Decoder = new TextDecoder("latin1");
+
+/**
+ * Little-endian two's-complement integer (LONG1/LONG4), through one hex string: linear in the
+ * length (byte-wise shifting is quadratic, minutes for a 1 MB LONG4).
+ */
 function decodeLong(b: Uint8Array): number | bigint {
   if (b.length === 0) return 0;
-  let v = 0n;
-  for (let i = b.length - 1; i >= 0; i--) v = (v << 8n) | BigInt(b[i]);
+  const hex = new Uint8Array(2 + 2 * b.length);
+  hex[0] = 0x30; // "0x", then the bytes most significant first
+  hex[1] = 0x78;
+  for (let i = 0, j = hex.length - 2; i < b.length; i++, j -= 2) {
+    hex[j] = HEX_DIGITS[b[i] >> 4];
+    hex[j + 1] = HEX_DIGITS[b[i] & 15];
+  }
+  let v = BigInt(latin1Decoder.decode(hex));
   if (b[b.length - 1] & 0x80) v -= 1n << BigInt(8 * b.length);
   return pyInt(v);
 }
 
+/** Python (3.11+) refuses longer decimal integers: their conversion is quadratic. */
+const MAX_INT_DIGITS = 4300;
+
 function parseBigInt(s: string): bigint {
+  if (s.length > MAX_INT_DIGITS + 1) {
+    throw new Error(`decimal integer of ${s.length} digits (Python's limit is ${MAX_INT_DIGITS})`);
+  }
   if (!/^[+-]?\d+$/.test(s)) throw new Error(`bad integer '${s}'`);
   return s.startsWith("-") ? -BigInt(s.slice(1)) : BigInt(s.replace(/^\+/, ""));
 }
@@ -987,8 +1029,8 @@ export function encodeLabelsPyd(labels: ArrayLike<number>): Uint8Array {
 }
 
 /**
- * Decodes a `.pyd` label member: a pickled 1-D numeric numpy array of NUM_CLASSES values.
- * Throws `UserError` naming `source` for anything else.
+ * Decodes a `.pyd` label member: a pickled 1-D numeric numpy array of NUM_CLASSES values, each
+ * 0 or 1. Throws `UserError` naming `source` (shard and key) for anything else.
  */
 export function decodeLabelsPyd(bytes: Uint8Array, source = "<labels>"): Float32Array {
   const v = unpickle(bytes, { source });
@@ -1001,6 +1043,16 @@ export function decodeLabelsPyd(bytes: Uint8Array, source = "<labels>"): Float32
     );
   }
   const out = new Float32Array(NUM_CLASSES);
-  for (let i = 0; i < NUM_CLASSES; i++) out[i] = Number(t.data[i]);
+  for (let i = 0; i < NUM_CLASSES; i++) {
+    const v = Number(t.data[i]);
+    // As the label CSVs: anything but 0/1 (2, -1, NaN) would train and score silently wrong.
+    if (v !== 0 && v !== 1) {
+      throw new UserError(
+        `${source}: label ${i + 1} (${LABELS[i]}) is ${v}, labels must be 0 or 1; ` +
+          `re-create the shard`,
+      );
+    }
+    out[i] = v;
+  }
   return out;
 }

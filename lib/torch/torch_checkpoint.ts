@@ -7,7 +7,7 @@
  * @module
  */
 
-import { UserError } from "../util/errors.ts";
+import { printable, UserError } from "../util/errors.ts";
 import { writeFileAtomic } from "../util/atomic_file.ts";
 import { dtypeSize, TorchDType, TorchStorage, TorchStorageType, unpickleAt } from "./pickle.ts";
 import type { Checkpoint, DType, HostTensor, StateDict } from "./state_dict.ts";
@@ -27,8 +27,11 @@ function storageFromPid(
   let dtype: DType;
   if (type instanceof TorchStorageType || type instanceof TorchDType) dtype = type.dtype;
   else throw new UserError(`unknown storage type in ${source}`);
-  if (typeof numel !== "number" || (typeof key !== "string" && typeof key !== "number")) {
-    throw new UserError(`malformed storage reference in ${source}`);
+  if (
+    !Number.isSafeInteger(numel) || numel < 0 ||
+    (typeof key !== "string" && typeof key !== "number")
+  ) {
+    throw new UserError(`malformed storage reference in ${source}: the file is corrupt`);
   }
   return { type: dtype, key: String(key), numel, view };
 }
@@ -54,10 +57,12 @@ function readZipFormat(bytes: Uint8Array, source: string): unknown {
       s = new TorchStorage(type, numel, key);
       const data = members.get(`${prefix}data/${key}`);
       if (data === undefined) {
-        throw new UserError(`${source} lacks storage ${prefix}data/${key}: file is corrupt`);
+        throw new UserError(
+          `${source} lacks storage ${printable(`${prefix}data/${key}`)}: file is corrupt`,
+        );
       }
       if (data.length < numel * dtypeSize(type)) {
-        throw new UserError(`storage ${key} of ${source} is shorter than declared`);
+        throw new UserError(`storage ${printable(key)} of ${source} is shorter than declared`);
       }
       s.bytes = data;
       storages.set(key, s);
@@ -85,7 +90,9 @@ function readLegacyFormat(bytes: Uint8Array, source: string): unknown {
   if (magic !== LEGACY_MAGIC) throw notCheckpoint();
   const proto = unpickleAt(bytes, pos, { source });
   if (proto.value !== 1001) {
-    throw new UserError(`${source}: unsupported legacy torch protocol ${String(proto.value)}`);
+    throw new UserError(
+      `${source}: unsupported legacy torch protocol ${printable(String(proto.value))}`,
+    );
   }
   const sys = unpickleAt(bytes, proto.end, { source });
   if (sys.value instanceof Map && sys.value.get("little_endian") === false) {
@@ -105,8 +112,16 @@ function readLegacyFormat(bytes: Uint8Array, source: string): unknown {
     if (!Array.isArray(view) || view.length !== 3) {
       throw new UserError(`malformed storage view in ${source}`);
     }
-    const [viewKey, offset, size] = view as [string, number, number];
-    const v = new TorchStorage(type, size, String(viewKey), offset, root);
+    const [viewKey, offset, size] = view as [string, unknown, unknown];
+    if (
+      !Number.isSafeInteger(offset) || !Number.isSafeInteger(size) || (offset as number) < 0 ||
+      (size as number) < 0 || (offset as number) + (size as number) > numel
+    ) {
+      throw new UserError(
+        `storage view ${printable(String(viewKey))} exceeds its storage in ${source}`,
+      );
+    }
+    const v = new TorchStorage(type, size as number, String(viewKey), offset as number, root);
     all.push(v);
     return v;
   };
@@ -117,13 +132,25 @@ function readLegacyFormat(bytes: Uint8Array, source: string): unknown {
   pos = keysP.end;
   for (const k of keysP.value) {
     const root = roots.get(String(k));
-    if (root === undefined) throw new UserError(`${source}: unknown storage key ${k}`);
-    if (pos + 8 > bytes.length) throw new UserError(`${source} is truncated (storage ${k})`);
+    if (root === undefined) {
+      throw new UserError(`${source}: unknown storage key ${printable(String(k))}`);
+    }
+    if (pos + 8 > bytes.length) {
+      throw new UserError(`${source} is truncated (storage ${printable(String(k))})`);
+    }
     const numel = Number(dv.getBigInt64(pos, true));
     const len = numel * dtypeSize(root.dtype);
     pos += 8;
-    if (numel < root.numel || pos + len > bytes.length) {
-      throw new UserError(`${source} is truncated (storage ${k})`);
+    if (numel < 0 || numel < root.numel) {
+      throw new UserError(
+        `${source}: storage ${printable(String(k))} at byte ${
+          pos - 8
+        } declares ${numel} elements, ` +
+          `${root.numel} expected; the file is corrupt`,
+      );
+    }
+    if (pos + len > bytes.length) {
+      throw new UserError(`${source} is truncated (storage ${printable(String(k))})`);
     }
     root.bytes = bytes.subarray(pos, pos + len);
     pos += len;

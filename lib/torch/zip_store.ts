@@ -7,7 +7,7 @@
  */
 
 import zlib from "node:zlib";
-import { UserError } from "../util/errors.ts";
+import { printable, UserError } from "../util/errors.ts";
 
 /** One member of a zip archive. */
 export interface ZipEntry {
@@ -28,88 +28,114 @@ export function crc32(data: Uint8Array): number {
 
 /**
  * Reads every member of a zip archive (data are views into `bytes` for STORED entries), in
- * central-directory order. Checks CRCs. Throws `UserError` naming `source` when the archive is
- * truncated or corrupt.
+ * central-directory order. Checks CRCs. Every offset, size and count is checked against the
+ * archive's length before use (one bounded field reader), so a damaged or hostile archive gives a
+ * `UserError` naming `source` and the byte offset, never a RangeError or an allocation beyond
+ * what the file can hold.
  */
 export function readZip(bytes: Uint8Array, source: string): Map<string, Uint8Array> {
   const corrupt = (why: string) =>
-    new UserError(`${source} is not a readable zip archive (${why}); the file may be truncated`);
+    new UserError(
+      `${source} is not a readable zip archive (${why}); the file may be truncated or damaged`,
+    );
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const len = bytes.length;
+  const field = (at: number, width: number, what: string) => {
+    if (!(at >= 0 && at + width <= len)) throw corrupt(`${what} at byte ${at} lies past the end`);
+  };
+  const u16 = (at: number, what: string) => (field(at, 2, what), dv.getUint16(at, true));
+  const u32 = (at: number, what: string) => (field(at, 4, what), dv.getUint32(at, true));
+  const u64 = (at: number, what: string) => {
+    field(at, 8, what);
+    const v = dv.getBigUint64(at, true);
+    if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw corrupt(`${what} at byte ${at} is too large`);
+    return Number(v);
+  };
   // The end-of-central-directory record sits in the last 22 + 65535 bytes.
   let eocd = -1;
-  for (let i = bytes.length - 22; i >= Math.max(0, bytes.length - 22 - 0xffff); i--) {
+  for (let i = len - 22; i >= Math.max(0, len - 22 - 0xffff); i--) {
     if (dv.getUint32(i, true) === 0x06054b50) {
       eocd = i;
       break;
     }
   }
   if (eocd < 0) throw corrupt("no end of central directory");
-  let count = dv.getUint16(eocd + 10, true);
-  let cdSize = dv.getUint32(eocd + 12, true);
-  let cdOffset = dv.getUint32(eocd + 16, true);
+  let count = u16(eocd + 10, "entry count");
+  let cdSize = u32(eocd + 12, "central directory size");
+  let cdOffset = u32(eocd + 16, "central directory offset");
   const loc = eocd - 20;
   if (loc >= 0 && dv.getUint32(loc, true) === 0x07064b50) {
-    const rec = Number(dv.getBigUint64(loc + 8, true));
-    if (rec + 56 > bytes.length || dv.getUint32(rec, true) !== 0x06064b50) {
-      throw corrupt("bad zip64 end record");
+    const rec = u64(loc + 8, "zip64 end record offset");
+    if (rec + 56 > len || dv.getUint32(rec, true) !== 0x06064b50) {
+      throw corrupt(`bad zip64 end record at byte ${rec}`);
     }
-    count = Number(dv.getBigUint64(rec + 32, true));
-    cdSize = Number(dv.getBigUint64(rec + 40, true));
-    cdOffset = Number(dv.getBigUint64(rec + 48, true));
+    count = u64(rec + 32, "zip64 entry count");
+    cdSize = u64(rec + 40, "zip64 central directory size");
+    cdOffset = u64(rec + 48, "zip64 central directory offset");
   }
-  if (cdOffset + cdSize > bytes.length) throw corrupt("central directory out of range");
+  if (cdOffset + cdSize > len) throw corrupt("central directory out of range");
+  // Each entry takes at least 46 bytes of the directory.
+  if (count * 46 > cdSize) throw corrupt(`${count} entries cannot fit in ${cdSize} bytes`);
+  const cdEnd = cdOffset + cdSize;
   const out = new Map<string, Uint8Array>();
   const utf8 = new TextDecoder();
   let p = cdOffset;
   for (let n = 0; n < count; n++) {
-    if (p + 46 > bytes.length || dv.getUint32(p, true) !== 0x02014b50) {
-      throw corrupt("bad central directory entry");
+    if (p + 46 > cdEnd || dv.getUint32(p, true) !== 0x02014b50) {
+      throw corrupt(`bad central directory entry at byte ${p}`);
     }
-    const method = dv.getUint16(p + 10, true);
-    const crc = dv.getUint32(p + 16, true);
-    let csize = dv.getUint32(p + 20, true);
-    let usize = dv.getUint32(p + 24, true);
-    const nameLen = dv.getUint16(p + 28, true);
-    const extraLen = dv.getUint16(p + 30, true);
-    const commentLen = dv.getUint16(p + 32, true);
-    let offset = dv.getUint32(p + 42, true);
+    const method = u16(p + 10, "compression method");
+    const crc = u32(p + 16, "CRC");
+    let csize = u32(p + 20, "compressed size");
+    let usize = u32(p + 24, "size");
+    const nameLen = u16(p + 28, "name length");
+    const extraLen = u16(p + 30, "extra length");
+    const commentLen = u16(p + 32, "comment length");
+    let offset = u32(p + 42, "local header offset");
+    const next = p + 46 + nameLen + extraLen + commentLen;
+    if (next > cdEnd) throw corrupt(`central directory entry at byte ${p} overruns the directory`);
     const name = utf8.decode(bytes.subarray(p + 46, p + 46 + nameLen));
+    const shown = printable(name);
     // zip64 extended information: only the fields that overflowed are present, in order.
-    for (let e = p + 46 + nameLen; e + 4 <= p + 46 + nameLen + extraLen;) {
-      const id = dv.getUint16(e, true);
-      const len = dv.getUint16(e + 2, true);
+    const extraEnd = p + 46 + nameLen + extraLen;
+    for (let e = p + 46 + nameLen; e + 4 <= extraEnd;) {
+      const id = u16(e, "extra field id");
+      const size = u16(e + 2, "extra field size");
+      if (e + 4 + size > extraEnd) throw corrupt(`extra field of ${shown} overruns its entry`);
       if (id === 1) {
         let q = e + 4;
-        if (usize === 0xffffffff) {
-          usize = Number(dv.getBigUint64(q, true));
+        const take = (what: string) => {
+          if (q + 8 > e + 4 + size) throw corrupt(`zip64 field of ${shown} is too short`);
+          const v = u64(q, what);
           q += 8;
-        }
-        if (csize === 0xffffffff) {
-          csize = Number(dv.getBigUint64(q, true));
-          q += 8;
-        }
-        if (offset === 0xffffffff) offset = Number(dv.getBigUint64(q, true));
+          return v;
+        };
+        if (usize === 0xffffffff) usize = take("zip64 size");
+        if (csize === 0xffffffff) csize = take("zip64 compressed size");
+        if (offset === 0xffffffff) offset = take("zip64 local header offset");
       }
-      e += 4 + len;
+      e += 4 + size;
     }
-    p += 46 + nameLen + extraLen + commentLen;
-    if (offset + 30 > bytes.length || dv.getUint32(offset, true) !== 0x04034b50) {
-      throw corrupt(`bad local header for ${name}`);
+    p = next;
+    if (offset + 30 > len || dv.getUint32(offset, true) !== 0x04034b50) {
+      throw corrupt(`bad local header for ${shown} at byte ${offset}`);
     }
-    const start = offset + 30 + dv.getUint16(offset + 26, true) + dv.getUint16(offset + 28, true);
-    if (start + csize > bytes.length) throw corrupt(`data of ${name} out of range`);
+    const start = offset + 30 + u16(offset + 26, "name length") + u16(offset + 28, "extra length");
+    if (start + csize > len) throw corrupt(`data of ${shown} out of range`);
     let data = bytes.subarray(start, start + csize);
     if (method === 8) {
+      // Deflate expands at most 1032:1; a larger claim is damage, not data to allocate for.
+      if (usize > 1032 * csize + 64) throw corrupt(`size of ${shown} is impossible`);
       try {
-        data = new Uint8Array(zlib.inflateRawSync(data));
+        data = new Uint8Array(zlib.inflateRawSync(data, { maxOutputLength: Math.max(1, usize) }));
       } catch {
-        throw corrupt(`cannot inflate ${name}`);
+        throw corrupt(`cannot inflate ${shown}`);
       }
     } else if (method !== 0) {
-      throw new UserError(`${source}: zip member ${name} uses unsupported compression ${method}`);
+      throw new UserError(`${source}: zip member ${shown} uses unsupported compression ${method}`);
     }
-    if (data.length !== usize) throw corrupt(`size mismatch for ${name}`);
-    if (crc32(data) !== crc) throw corrupt(`CRC mismatch for ${name}`);
+    if (data.length !== usize) throw corrupt(`size mismatch for ${shown}`);
+    if (crc32(data) !== crc) throw corrupt(`CRC mismatch for ${shown}`);
     out.set(name, data);
   }
   return out;

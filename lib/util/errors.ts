@@ -14,6 +14,15 @@ export class UserError extends Error {
   }
 }
 
+/**
+ * Untrusted text (a name read from a damaged file) made safe for a one-line message: control
+ * and non-ASCII characters become `?`, long text is cut.
+ */
+export function printable(text: string, max = 200): string {
+  const clean = text.replace(/[^\x20-\x7e]/g, "?");
+  return clean.length > max ? `${clean.slice(0, max)}…` : clean;
+}
+
 /** Runs a script's main function; turns errors into one line on stderr and an exit code. */
 export async function runMain(
   main: (args: string[]) => Promise<void> | void,

@@ -23,7 +23,7 @@ export async function runScript(
   script: string,
   args: string[],
   writeDirs: string[],
-  opts: { cwd?: string; permissions?: string[] } = {},
+  opts: { cwd?: string; permissions?: string[]; timeoutMs?: number } = {},
 ): Promise<ScriptResult> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
@@ -39,6 +39,8 @@ export async function runScript(
     stdout: "piped",
     stderr: "piped",
     env: { NO_COLOR: "1" },
+    // A hung script is killed, so the test fails instead of hanging the suite.
+    signal: opts.timeoutMs ? AbortSignal.timeout(opts.timeoutMs) : undefined,
   }).output();
   const dec = new TextDecoder();
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
