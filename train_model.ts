@@ -20,6 +20,7 @@ import {
 import { Adam } from "./lib/train/adam.ts";
 import { writeFileAtomic } from "./lib/util/atomic_file.ts";
 import { RUN_FLAGS, startBackend } from "./lib/run_flags.ts";
+import { checkOutputPaths } from "./lib/util/output_paths.ts";
 import { type FlagSpecs, parseFlags } from "./lib/util/cli.ts";
 import { loadSubset } from "./lib/data/dataset.ts";
 import { runMain, UserError } from "./lib/util/errors.ts";
@@ -165,6 +166,7 @@ export interface EpochRecord {
 async function main(args: string[]): Promise<void> {
   const flags = parseFlags(args, FLAGS, USAGE, DESCRIPTION);
   const startedAt = new Date();
+  await checkOutputPaths([{ flag: "--save_dir", path: flags.save_dir, kind: "dir" }]);
   const backend = await startBackend(flags);
   const train = await loadSubset({
     datasetDir: flags.dataset_dir,

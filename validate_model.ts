@@ -10,6 +10,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { DEBUG_SIZES, LABELS, LABELS_DIR, NUM_CLASSES } from "./config.ts";
 import { writeFileAtomic } from "./lib/util/atomic_file.ts";
 import { RUN_FLAGS, startBackend } from "./lib/run_flags.ts";
+import { checkOutputPaths } from "./lib/util/output_paths.ts";
 import { type FlagSpecs, parseFlags } from "./lib/util/cli.ts";
 import { loadSubset } from "./lib/data/dataset.ts";
 import { runMain, UserError } from "./lib/util/errors.ts";
@@ -134,6 +135,17 @@ function predictionsCsv(p: Predictions): string {
 async function main(args: string[]): Promise<void> {
   const flags = parseFlags(args, FLAGS, USAGE, DESCRIPTION);
   const imagePaths = [...flags.images, ...flags._];
+  const camDir = flags.cam_dir ?? `${flags.save_dir}/cam`;
+  await checkOutputPaths([
+    { flag: "--json", path: flags.json, kind: "file" },
+    { flag: "--predictions", path: flags.predictions, kind: "file" },
+    { flag: "--report", path: flags.report, kind: "file" },
+    {
+      flag: flags.cam_dir ? "--cam_dir" : "--cam",
+      path: flags.cam > 0 ? camDir : null,
+      kind: "dir",
+    },
+  ]);
   const modelPath = flags.saved_model
     ? await resolveSavedModel(flags.saved_model, flags.save_dir)
     : await newestSavedModel(flags.save_dir);
@@ -149,7 +161,7 @@ async function main(args: string[]): Promise<void> {
     : (x, r) => transformsTest(x, r, size);
   const tenCropTransform: BatchTransform = (x, r) => transformsTestTenCrop(x, r, size);
   const camOpts: CamWriteOptions = {
-    dir: flags.cam_dir ?? `${flags.save_dir}/cam`,
+    dir: camDir,
     transform: test,
     centerCrop: flags.center_crop ? resolveParams(size) : undefined,
   };
