@@ -72,9 +72,11 @@ Deno.test("deno task validate: outputs outside data/ fail at start with a comman
   await Deno.remove(dataset, { recursive: true });
 });
 
-Deno.test("deno task train: --save_dir outside data/ fails before loading data", async () => {
+Deno.test("deno task train: --save_dir outside data/ fails before the model is built", async () => {
   const out = await Deno.makeTempDir({ prefix: "cxr_save_" });
-  const r = await task("train", ["--save_dir", `${out}/models`, "--dataset_dir", "/nonexistent"]);
+  const dataset = await fixtureDatasetDir(["train", "val"]);
+  const r = await task("train", ["--save_dir", `${out}/models`, "--dataset_dir", dataset]);
+  assert.doesNotMatch(r.stdout + r.stderr, /Starting from|Epoch 1/, "stopped before the model");
   assert.equal(r.code, 1);
   const line = errorLine(r.stderr);
   assert.match(line, new RegExp(`--save_dir ${out}/models`));
@@ -84,6 +86,7 @@ Deno.test("deno task train: --save_dir outside data/ fails before loading data",
   );
   assert.match(line, /--allow-net=download\.pytorch\.org train_model\.ts --save_dir/);
   await Deno.remove(out, { recursive: true });
+  await Deno.remove(dataset, { recursive: true });
 });
 
 Deno.test("unwritable outputs: one line naming the flag, before any compute", async () => {
