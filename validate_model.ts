@@ -28,7 +28,13 @@ import { Progress } from "./lib/util/progress.ts";
 import { Rng } from "./lib/util/rng.ts";
 import { newestSavedModel, resolveSavedModel } from "./lib/util/saved_models.ts";
 import { writeReportHtml } from "./lib/report/report_html.ts";
-import { type CamWriteOptions, writeImageCams, writeTopCams } from "./lib/eval/cam.ts";
+import {
+  type CamWriteOptions,
+  type CamWritten,
+  writeImageCams,
+  writeTopCams,
+} from "./lib/eval/cam.ts";
+import { writeCamIndex } from "./lib/report/cam_index.ts";
 import { predictImages } from "./lib/eval/single_image.ts";
 import {
   type BatchTransform,
@@ -214,8 +220,16 @@ async function main(args: string[]): Promise<void> {
     transform: test,
     centerCrop: flags.center_crop ? resolveParams(size) : undefined,
   };
-  const reportCams = (paths: string[]) =>
-    console.log(`Class activation maps: ${plural(paths.length, "PNG")} in ${camOpts.dir}`);
+  const reportCams = async (cams: CamWritten[], source: string) => {
+    const index = await writeCamIndex(camOpts.dir, cams, {
+      model: modelPath,
+      source,
+      transform: transformText(imageSize, flags.center_crop),
+    });
+    console.log(
+      `Class activation maps: ${plural(cams.length, "PNG")} in ${camOpts.dir} (${index})`,
+    );
+  };
   const common = {
     model: modelPath,
     image_size: imageSize,
@@ -242,7 +256,9 @@ async function main(args: string[]): Promise<void> {
         );
         console.log(`Predictions: ${flags.predictions}`);
       }
-      if (flags.cam > 0) reportCams(await writeImageCams(model, predictions, flags.cam, camOpts));
+      if (flags.cam > 0) {
+        await reportCams(await writeImageCams(model, predictions, flags.cam, camOpts), "images");
+      }
       return;
     }
     const subset = await loadSubset({
@@ -310,7 +326,8 @@ async function main(args: string[]): Promise<void> {
       console.log(`Report: ${flags.report}`);
     }
     if (flags.cam > 0) {
-      reportCams(await writeTopCams(model, subset.shards, plain, flags.cam, camOpts));
+      const cams = await writeTopCams(model, subset.shards, plain, flags.cam, camOpts);
+      await reportCams(cams, `the ${flags.subset} shards (top ${flags.cam} per class)`);
     }
   } finally {
     disposeModel(model);

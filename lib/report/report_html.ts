@@ -135,6 +135,8 @@ export function fmt4(v: number): string {
   return Number.isFinite(v) ? v.toFixed(4) : "n/a";
 }
 
+const ROC_SIZE = 310;
+
 const CSS = `
 body { font-family: ${FONT_FAMILY}; color: #1a1a1a; margin: 24px 32px; background: #fff; }
 h1 { font-size: 24px; margin: 0 0 4px; }
@@ -148,12 +150,17 @@ td.na { color: #999; }
 tr.mean td { font-weight: bold; background: #fafafa; border-top: 2px solid #bbb; }
 table.meta th { background: none; font-weight: normal; color: #555; }
 table.meta td { font-family: DejaVu Sans Mono, monospace; font-size: 13px; }
+table.meta td { overflow-wrap: anywhere; }
+.scroll-x { max-width: 100%; overflow-x: auto; }
 .layout { display: flex; flex-wrap: wrap; gap: 32px; align-items: flex-start; }
-.roc-grid { display: grid; grid-template-columns: repeat(4, 310px); gap: 8px; }
-.roc-grid svg { border: 1px solid #e4e4e4; background: #fff; }
+/* As many columns as fit (4 at 1400 px, 2 at 800 px); panels scale with their column. */
+.roc-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, ${
+  Math.round(ROC_SIZE * 0.85)
+}px), 1fr)); gap: 8px; max-width: ${4 * ROC_SIZE * 1.3}px; }
+.roc-grid svg { width: 100%; height: auto; box-sizing: border-box; border: 1px solid #e4e4e4; background: #fff; }
+@media (max-width: 700px) { body { margin: 12px; } }
 `;
 
-const ROC_SIZE = 310;
 const ROC_COLOR = "#1f77b4";
 const THRESHOLD_COLOR = "#d62728";
 
@@ -280,7 +287,7 @@ export function renderReportHtml(input: ReportInput): string {
   h.push(`</table>`);
 
   h.push(`<h2>AUROC and F1 per class</h2>`);
-  h.push(`<table class="scores">`);
+  h.push(`<div class="scroll-x"><table class="scores">`);
   h.push(
     `<thead><tr><th>Class</th><th class="num">Positives</th><th class="num">Negatives</th>` +
       `<th class="num">AUROC</th><th class="num">F1</th><th class="num">Threshold</th>` +
@@ -304,7 +311,7 @@ export function renderReportHtml(input: ReportInput): string {
       `with defined AUROC</td><td></td><td></td>${td(s.meanAurocDefined)}` +
       `${td(s.meanF1Defined)}${blank}</tr>`,
   );
-  h.push(`</tbody></table>`);
+  h.push(`</tbody></table></div>`);
   h.push(
     `<p class="note">AUROC is undefined (n/a) for a class whose images are all positive or ` +
       `all negative. Sensitivity and specificity are those of the decision at the threshold.</p>`,
