@@ -47,6 +47,10 @@ import {
 
 export const FLAGS = {
   ...RUN_FLAGS,
+  image_size: {
+    ...RUN_FLAGS.image_size,
+    help: "network input size; without it, the training run's (its _results.json), else",
+  },
   saved_model: {
     kind: "string",
     short: "s",
@@ -75,18 +79,23 @@ export const FLAGS = {
     choices: ["none", "tencrop"],
     help: "test-time augmentation: ten crops of the 256 image, outputs averaged",
   },
-  json: { kind: "string", default: null, metavar: "PATH", help: "write the results as JSON" },
+  json: {
+    kind: "string",
+    default: null,
+    metavar: "PATH",
+    help: "write the results as JSON (with --images: each image's probabilities and findings)",
+  },
   predictions: {
     kind: "string",
     default: null,
     metavar: "PATH",
-    help: "write per-image probabilities as CSV",
+    help: "write per-image probabilities as CSV (test shards or --images)",
   },
   report: {
     kind: "string",
     default: null,
     metavar: "PATH",
-    help: "write a self-contained HTML report (AUROC/F1 table, ROC curves)",
+    help: "write a self-contained HTML report (AUROC/F1 table, ROC curves; not with --images)",
   },
   cam: {
     kind: "int",
@@ -100,7 +109,7 @@ export const FLAGS = {
     kind: "string",
     default: null,
     metavar: "DIR",
-    help: "where --cam writes its PNGs (default: <save_dir>/cam)",
+    help: "where --cam writes its PNGs and index.html (default: <save_dir>/cam)",
   },
   images: {
     kind: "list",

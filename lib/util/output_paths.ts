@@ -74,12 +74,23 @@ export async function commandWithWriteAccess(
   }
   const all = task.split(/\s+/);
   const words = all.slice(0, all.indexOf(script) + 1);
+  const rootPath = decodeURIComponent(root.pathname).replace(/\/$/, "");
+  const cwd = Deno.cwd().replace(/\/$/, "");
+  // The task's own paths (data, the script) are relative to the repository root: run from it
+  // (a task's relative arguments were resolved there too), or, for a script started elsewhere
+  // with deno run, name them absolutely so the user's relative arguments keep their meaning.
+  const fromElsewhere = cwd !== rootPath;
+  const rooted = (p: string) =>
+    fromElsewhere && !p.startsWith("/") && !p.startsWith("$") ? `${rootPath}/${p}` : p;
+  words[words.length - 1] = rooted(script);
   const i = words.findIndex((w) => w.startsWith("--allow-write"));
   if (i < 0) words.splice(2, 0, `--allow-write=${extra}`);
-  else if (words[i] !== "--allow-write") words[i] = `${words[i]},${extra}`;
-  const rootPath = decodeURIComponent(root.pathname).replace(/\/$/, "");
-  const started = Deno.env.get("INIT_CWD") ?? Deno.cwd();
-  const cd = started.replace(/\/$/, "") === rootPath ? "" : `cd ${shellQuote(rootPath)} && `;
+  else if (words[i] !== "--allow-write") {
+    const granted = words[i].slice("--allow-write=".length).split(",").map(rooted);
+    words[i] = `--allow-write=${[...granted, extra].join(",")}`;
+  }
+  const started = (Deno.env.get("INIT_CWD") ?? cwd).replace(/\/$/, "");
+  const cd = !fromElsewhere && started !== rootPath ? `cd ${shellQuote(rootPath)} && ` : "";
   return `${cd}${words.join(" ")}${tail ? " " + tail : ""}`;
 }
 
