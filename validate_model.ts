@@ -192,6 +192,10 @@ async function main(args: string[]): Promise<void> {
       );
     }
   }
+  const modelPath = flags.saved_model
+    ? await resolveSavedModel(flags.saved_model, flags.save_dir)
+    : await newestSavedModel(flags.save_dir);
+  // Inputs first (cheap), then every output, before the backend starts.
   const camDir = flags.cam_dir ?? `${flags.save_dir}/cam`;
   await checkOutputPaths([
     { flag: "--json", path: flags.json, kind: "file" },
@@ -203,9 +207,6 @@ async function main(args: string[]): Promise<void> {
       kind: "dir",
     },
   ]);
-  const modelPath = flags.saved_model
-    ? await resolveSavedModel(flags.saved_model, flags.save_dir)
-    : await newestSavedModel(flags.save_dir);
   const settings = validationSettings(await readTrainingSettings(modelPath), {
     imageSize: flags.image_size,
     imageSizeGiven: flagGiven(args, "image_size"),
