@@ -5,7 +5,7 @@
  * same code paths as real use) and prints the AUROC table, the mean AUROC against the demo's
  * bar and the time taken. The data is not medical data; the model it trains is a toy.
  *
- *   deno task demo                 # defaults tuned for < 5 minutes on a 2-core CPU
+ *   deno task demo                 # about 6½ minutes on a busy 2-core CPU (README)
  *   deno task demo -- --fresh      # regenerate the synthetic images
  * @module
  */
