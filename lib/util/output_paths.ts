@@ -147,9 +147,14 @@ export async function checkOutputPaths(
       opts.args ?? Deno.args,
       dirs,
     );
+    // A `deno compile`d executable has its task's permissions built in.
+    const compiled = !/^deno(\.exe)?$/.test(Deno.execPath().split(/[\\/]/).pop() ?? "");
     throw new UserError(
-      `no write access for ${what} (this run may write only where its task allows, ` +
-        `e.g. data/); run instead: ${command}`,
+      compiled
+        ? `no write access for ${what}: this executable may write only under data/ of the ` +
+          `working directory; write there, or run from source: ${command}`
+        : `no write access for ${what} (this run may write only where its task allows, ` +
+          `e.g. data/); run instead: ${command}`,
     );
   }
   for (const out of wanted) {
