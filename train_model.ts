@@ -45,10 +45,9 @@ import { trainEpoch } from "./lib/train/training.ts";
 import { readLabelsCsv } from "./lib/data/label_csv.ts";
 import { writeTrainingCurves } from "./lib/report/training_curves.ts";
 import {
-  EstimatingProgress,
+  firstEpochProgress,
   formatBestResults,
   formatEpochLine,
-  formatEstimate,
   formatSettings,
   originalResults,
   resultsPtPath,
@@ -299,18 +298,7 @@ async function main(args: string[]): Promise<void> {
   console.log(
     `Training on ${plural(train.size, "image")}, validating on ${val.size}.`,
   );
-  console.log(formatSettings({
-    device: `${backend.name} (${backend.device})`,
-    batchSize: flags.batch_size,
-    workers: flags.workers,
-    learningRate: flags.learning_rate,
-    factor: flags.s_factor,
-    patience: flags.s_patience,
-    augmentation: flags.augmentation,
-    imageSize: flags.image_size,
-    architecture: flags.saved_model ? `from ${flags.saved_model}` : flags.arch,
-    epochs: flags.epochs,
-  }));
+  console.log(formatSettings(flags, backend));
   try {
     for (let epoch = 1; epoch <= flags.epochs && !stopRequested; epoch++) {
       const t0 = performance.now();
@@ -318,17 +306,7 @@ async function main(args: string[]): Promise<void> {
       adam.lr = scheduler.lr;
       const trainBar = epoch > 1
         ? new Progress("train", train.size, { unit: "img" })
-        : new EstimatingProgress(
-          "train",
-          train.size,
-          (s) =>
-            formatEstimate(s, {
-              trainImages: train.size,
-              valImages: val.size,
-              epochs: flags.epochs,
-            }),
-          { unit: "img" },
-        );
+        : firstEpochProgress(train.size, val.size, flags.epochs);
       const trained = await trainEpoch(
         model,
         adam,
@@ -398,18 +376,7 @@ async function main(args: string[]): Promise<void> {
       };
       epochs.push(record);
       await writeResults();
-      console.log(formatEpochLine({
-        trainLoss: record.train_loss,
-        valLoss: valLoss,
-        meanAuroc: metrics.meanAuroc,
-        meanAurocDefined: metrics.meanAurocDefined,
-        definedClasses: metrics.definedClasses,
-        numClasses: NUM_CLASSES,
-        meanF1: metrics.meanF1,
-        imagesPerSecond: trainImagesPerS,
-        seconds: record.seconds,
-        saved: improved ? paths.model : null,
-      }));
+      console.log(formatEpochLine(record, metrics, improved ? paths.model : null));
       if (lowered !== null) console.log(`Reducing learning rate to ${formatDecimal(lowered)}.`);
     }
     status = stopRequested ? "interrupted" : "complete";

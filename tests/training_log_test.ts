@@ -45,33 +45,22 @@ Deno.test("a warning once per key, then a count", () => {
 });
 
 Deno.test("epoch line: both AUROC means labelled when a class is undefined, one otherwise", () => {
-  const base = {
-    trainLoss: 0.2,
-    valLoss: 0.25,
-    meanF1: 0.3,
-    imagesPerSecond: 12.34,
-    seconds: 65,
-    numClasses: 14,
-    saved: null,
-  };
-  const partial = formatEpochLine({
-    ...base,
-    meanAuroc: NaN,
+  const times = { train_loss: 0.2, val_loss: 0.25, train_images_per_s: 12.34, seconds: 65 };
+  const metrics = (auroc: number[]) => ({
+    auroc: Float64Array.from(auroc),
+    f1: new Float64Array(14).fill(0.3),
+    meanAuroc: auroc.some(Number.isNaN) ? NaN : auroc.reduce((a, b) => a + b) / 14,
     meanAurocDefined: 0.65432,
-    definedClasses: 7,
+    definedClasses: auroc.filter((v) => !Number.isNaN(v)).length,
+    meanF1: 0.3,
   });
+  const half = [...Array(7).fill(0.65432), ...Array(7).fill(NaN)];
   assert.equal(
-    partial,
+    formatEpochLine(times, metrics(half), null),
     "train loss 0.2000 | val loss 0.2500 | val mean AUROC NaN | val mean AUROC over 7 defined " +
       "classes 0.6543 | val mean F1 0.3000 | 12.3 img/s | 1:05",
   );
-  const full = formatEpochLine({
-    ...base,
-    meanAuroc: 0.81,
-    meanAurocDefined: 0.81,
-    definedClasses: 14,
-    saved: "m.pt",
-  });
+  const full = formatEpochLine(times, metrics(Array(14).fill(0.81)), "m.pt");
   assert.match(full, /\| val mean AUROC 0\.8100 \| val mean F1 0\.3000 \|.*\| saved m\.pt$/);
   assert.doesNotMatch(full, /defined/);
 });
@@ -110,17 +99,17 @@ Deno.test("curves: every legend entry has its line; the defined-class mean when 
 
 Deno.test("settings block and time estimate", () => {
   const text = formatSettings({
-    device: "wasm (CPU)",
-    batchSize: 16,
+    batch_size: 16,
     workers: 2,
-    learningRate: 0.00030000000000000003,
-    factor: 0.1,
-    patience: 0,
+    learning_rate: 0.00030000000000000003,
+    s_factor: 0.1,
+    s_patience: 0,
     augmentation: true,
-    imageSize: 224,
-    architecture: "densenet121",
+    image_size: 224,
+    arch: "densenet121",
+    saved_model: null,
     epochs: 8,
-  });
+  }, { name: "wasm", device: "CPU" });
   for (
     const line of ["Device:", "Batch size:", "Workers:", "Learning rate:", "Data augmentation:"]
   ) {

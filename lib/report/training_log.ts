@@ -9,34 +9,39 @@ import { Progress, type ProgressOptions } from "../util/progress.ts";
 import { formatDuration } from "../util/progress.ts";
 import { formatDecimal } from "../util/format.ts";
 import { bestEpochIndex } from "./training_curves.ts";
+import type { Evaluation } from "../eval/evaluation.ts";
 
-/** The run settings the original prints before training. */
-export interface TrainingSettings {
-  device: string;
-  batchSize: number;
+/** The training flags the original prints before training (train_model.ts's names). */
+export interface TrainingFlags {
+  batch_size: number;
   workers: number;
-  learningRate: number;
-  factor: number;
-  patience: number;
+  learning_rate: number;
+  s_factor: number;
+  s_patience: number;
   augmentation: boolean;
-  imageSize: number;
-  architecture: string;
+  image_size: number;
+  arch: string;
+  /** When resuming, the network is the checkpoint's. */
+  saved_model: string | null;
   epochs: number;
 }
 
 /** The settings block printed before training. */
-export function formatSettings(s: TrainingSettings): string {
+export function formatSettings(
+  f: TrainingFlags,
+  backend: { name: string; device: string },
+): string {
   const rows: [string, string | number][] = [
-    ["Device", s.device],
-    ["Batch size", s.batchSize],
-    ["Workers", s.workers],
-    ["Learning rate", formatDecimal(s.learningRate)],
-    ["Scheduler factor", formatDecimal(s.factor)],
-    ["Scheduler patience", s.patience],
-    ["Data augmentation", s.augmentation ? "yes" : "no"],
-    ["Image size", s.imageSize],
-    ["Architecture", s.architecture],
-    ["Epochs", s.epochs],
+    ["Device", `${backend.name} (${backend.device})`],
+    ["Batch size", f.batch_size],
+    ["Workers", f.workers],
+    ["Learning rate", formatDecimal(f.learning_rate)],
+    ["Scheduler factor", formatDecimal(f.s_factor)],
+    ["Scheduler patience", f.s_patience],
+    ["Data augmentation", f.augmentation ? "yes" : "no"],
+    ["Image size", f.image_size],
+    ["Architecture", f.saved_model ? `as in ${f.saved_model}` : f.arch],
+    ["Epochs", f.epochs],
   ];
   return rows.map(([k, v]) => `${(k + ":").padEnd(20)}${v}`).join("\n");
 }
@@ -48,36 +53,29 @@ export function aurocMeanLabel(definedClasses: number | null): string {
     : `mean AUROC over ${definedClasses} defined classes`;
 }
 
-/** What one epoch line shows. */
-export interface EpochLine {
-  trainLoss: number;
-  valLoss: number;
-  /** `np.mean` over the 14 classes (NaN when any is undefined). */
-  meanAuroc: number;
-  meanAurocDefined: number;
-  definedClasses: number;
-  numClasses: number;
-  meanF1: number;
-  imagesPerSecond: number;
+/** What one epoch line shows besides the validation metrics (train_model.ts's record). */
+export interface EpochTimes {
+  train_loss: number;
+  val_loss: number;
+  train_images_per_s: number;
   seconds: number;
-  /** The checkpoint path when this epoch was saved. */
-  saved: string | null;
 }
 
 const f4 = (v: number) => (Number.isFinite(v) ? v.toFixed(4) : "NaN");
 
 /**
  * `train loss … | val loss … | val mean AUROC … | …`: the 14-class mean always, and, when a
- * class is undefined, the mean over the defined classes with their count.
+ * class is undefined, the mean over the defined classes with their count. `saved`: the
+ * checkpoint path when this epoch was saved.
  */
-export function formatEpochLine(e: EpochLine): string {
-  const auroc = e.definedClasses === e.numClasses
-    ? `val mean AUROC ${f4(e.meanAuroc)}`
-    : `val mean AUROC ${f4(e.meanAuroc)} | val ${aurocMeanLabel(e.definedClasses)} ` +
-      f4(e.meanAurocDefined);
-  return `train loss ${e.trainLoss.toFixed(4)} | val loss ${e.valLoss.toFixed(4)} | ${auroc} | ` +
-    `val mean F1 ${f4(e.meanF1)} | ${e.imagesPerSecond.toFixed(1)} img/s | ` +
-    formatDuration(e.seconds) + (e.saved ? ` | saved ${e.saved}` : "");
+export function formatEpochLine(e: EpochTimes, m: Evaluation, saved: string | null): string {
+  const auroc = m.definedClasses === m.auroc.length
+    ? `val mean AUROC ${f4(m.meanAuroc)}`
+    : `val mean AUROC ${f4(m.meanAuroc)} | val ${aurocMeanLabel(m.definedClasses)} ` +
+      f4(m.meanAurocDefined);
+  return `train loss ${e.train_loss.toFixed(4)} | val loss ${e.val_loss.toFixed(4)} | ${auroc} | ` +
+    `val mean F1 ${f4(m.meanF1)} | ${e.train_images_per_s.toFixed(1)} img/s | ` +
+    formatDuration(e.seconds) + (saved ? ` | saved ${saved}` : "");
 }
 
 /** What the results files know about each epoch (a subset of train_model.ts's record). */
@@ -202,4 +200,18 @@ export function formatEstimate(
       formatDuration((trainSeconds + val) * o.epochs)
     } ` +
     `for ${o.epochs} epoch${o.epochs === 1 ? "" : "s"}.`;
+}
+
+/** The first epoch's bar: it prints {@link formatEstimate} once the first batches have run. */
+export function firstEpochProgress(
+  trainImages: number,
+  valImages: number,
+  epochs: number,
+): EstimatingProgress {
+  return new EstimatingProgress(
+    "train",
+    trainImages,
+    (s) => formatEstimate(s, { trainImages, valImages, epochs }),
+    { unit: "img" },
+  );
 }
