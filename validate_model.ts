@@ -27,7 +27,7 @@ import { loadModel } from "./lib/model/model_loading.ts";
 import { Progress } from "./lib/util/progress.ts";
 import { Rng } from "./lib/util/rng.ts";
 import { newestSavedModel, resolveSavedModel } from "./lib/util/saved_models.ts";
-import { writeReportHtml } from "./lib/report/report_html.ts";
+import { writeImagesReportHtml, writeReportHtml } from "./lib/report/report_html.ts";
 import {
   type CamWriteOptions,
   type CamWritten,
@@ -95,7 +95,8 @@ export const FLAGS = {
     kind: "string",
     default: null,
     metavar: "PATH",
-    help: "write a self-contained HTML report (AUROC/F1 table, ROC curves; not with --images)",
+    help: "write a self-contained HTML report (AUROC/F1 table, ROC curves; with --images: " +
+      "each image's probabilities)",
   },
   cam: {
     kind: "int",
@@ -179,7 +180,6 @@ async function main(args: string[]): Promise<void> {
   if (imagePaths.length > 0) {
     // Flags that select or evaluate the labelled shards: refused rather than ignored.
     const refused = [
-      flags.report ? "--report" : "",
       flags.tta !== "none" ? "--tta" : "",
       flagGiven(args, "subset") ? "--subset" : "",
       flags.debug ? "--debug" : "",
@@ -187,7 +187,7 @@ async function main(args: string[]): Promise<void> {
     if (refused.length > 0) {
       throw new UserError(
         `${refused.join(", ")} ${refused.length > 1 ? "apply" : "applies"} to the labelled test ` +
-          `shards, not to --images; for images use --json, --predictions or --cam`,
+          `shards, not to --images; for images use --json, --predictions, --report or --cam`,
         2,
       );
     }
@@ -249,6 +249,12 @@ async function main(args: string[]): Promise<void> {
     labels: LABELS,
     thresholds: Array.from(thresholds),
   };
+  const reportMeta = (transformNote = "") => ({
+    backend: `${backend.name} (${backend.device})`,
+    date: new Date().toISOString(),
+    transform: transformText(imageSize, flags.center_crop) + transformNote,
+    thresholds: saved ? "checkpoint" : "0.5 (checkpoint has none)",
+  });
   const writeJson = (value: unknown) =>
     writeFileAtomic(flags.json!, JSON.stringify(value, null, 2) + "\n");
   try {
@@ -265,6 +271,15 @@ async function main(args: string[]): Promise<void> {
           predictionsCsv(predictions.map((p) => p.image), probs),
         );
         console.log(`Predictions: ${flags.predictions}`);
+      }
+      if (flags.report) {
+        await writeImagesReportHtml(flags.report, {
+          modelPath,
+          images: predictions,
+          thresholds,
+          meta: reportMeta(),
+        });
+        console.log(`Report: ${flags.report}`);
       }
       if (flags.cam > 0) {
         await reportCams(await writeImageCams(model, predictions, flags.cam, camOpts), "images");
@@ -325,13 +340,7 @@ async function main(args: string[]): Promise<void> {
         probs: plain.probs,
         n: plain.n,
         thresholds,
-        meta: {
-          backend: `${backend.name} (${backend.device})`,
-          date: new Date().toISOString(),
-          transform: transformText(imageSize, flags.center_crop) +
-            (tenCrop ? "; ten-crop results printed and in --json" : ""),
-          thresholds: saved ? "checkpoint" : "0.5 (checkpoint has none)",
-        },
+        meta: reportMeta(tenCrop ? "; ten-crop results printed and in --json" : ""),
       });
       console.log(`Report: ${flags.report}`);
     }

@@ -1,11 +1,12 @@
 /**
- * Layout in a real browser (issue 15 friction 5): the validation report's ROC grid and the CAM
- * directory's index.html fit windows of 800 and 1400 px (no horizontal scrolling, as many
+ * Layout in a real browser (issue 15 friction 5): the validation report's ROC grid, the
+ * `--images` report and the CAM directory's index.html fit windows of 800 and 1400 px (no horizontal scrolling, as many
  * columns as fit, panels not shrunk below readability), in headless Chromium. With
  * REPORT_SCREENSHOT_DIR set, screenshots of each are written there.
  */
 import assert from "node:assert/strict";
-import { writeReportHtml } from "../lib/report/report_html.ts";
+import { writeImagesReportHtml, writeReportHtml } from "../lib/report/report_html.ts";
+import { LABELS } from "../config.ts";
 import { writeCamIndex } from "../lib/report/cam_index.ts";
 import { type CamWritten, renderCamOverlay } from "../lib/eval/cam.ts";
 import {
@@ -48,6 +49,15 @@ Deno.test({
       labels: Float32Array.from(fixture.labels.flat()),
       probs: Float32Array.from(fixture.plain.predictions.flat()),
       n: fixture.labels.length,
+      thresholds: fixture.thresholds,
+      meta: { backend: "wasm", transform: "resize 224" },
+    });
+    await writeImagesReportHtml(`${dir}/images.html`, {
+      modelPath: "data/saved_models/2025_0101_120000_model.pt",
+      images: Array.from({ length: 5 }, (_, i) => ({
+        image: `/data/xrays/patient_${i}/00000${i}_000.png`,
+        probabilities: Object.fromEntries(LABELS.map((l, c) => [l, ((i + c) % 10) / 10])),
+      })),
       thresholds: fixture.thresholds,
       meta: { backend: "wasm", transform: "resize 224" },
     });
@@ -103,6 +113,15 @@ Deno.test({
           );
           await screenshot(cdp, report.session, `${shots}/report_${width}.png`);
         }
+
+        // The --images report's wide table scrolls inside its box, not the page.
+        const images = await openPage(cdp, `file://${dir}/images.html`, { width, height: 1000 });
+        const t = JSON.parse(
+          await evaluate(cdp, images.session, LAYOUT.replace("SELECTOR", `"tr[data-image]"`)),
+        );
+        assert.ok(t.scrollWidth <= width, `images report at ${width} px scrolls sideways`);
+        assert.equal(t.count, 5);
+        if (shots) await screenshot(cdp, images.session, `${shots}/images_report_${width}.png`);
 
         const index = await openPage(cdp, `file://${dir}/cam/index.html`, { width, height: 1000 });
         const c = JSON.parse(

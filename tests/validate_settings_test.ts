@@ -1,8 +1,8 @@
 /**
  * Validation as users meet it (issue 15 frictions 2, 4, 5, 6): the training run's image size
  * reaches validation (and a user override is said), augmentation without -c gets a note, the
- * report's transform line tells the settings used, `--images` writes real JSON and CSV and
- * refuses what it cannot do at start, and backend notes appear only with --verbose.
+ * report's transform line tells the settings used, `--images` writes real JSON, CSV and a
+ * report and refuses what it cannot do at start, and backend notes appear only with --verbose.
  */
 import assert from "node:assert/strict";
 import { fixtureDatasetDir, runScript } from "./helpers/scripts.ts";
@@ -121,7 +121,7 @@ Deno.test("validationSettings and flagGiven", () => {
   assert.ok(!flagGiven(["--image_sizes", "64"], "image_size"));
 });
 
-Deno.test("--images: real JSON (json.load reads it), a CSV, --report refused at start; notes with --verbose", async () => {
+Deno.test("--images: real JSON (json.load reads it), a CSV, a report; shard-only flags refused; notes with --verbose", async () => {
   const dir = await Deno.makeTempDir({ prefix: "cxr_imgs_" });
   const keys: string[] = [];
   for await (const s of readShard(FIXTURE_SHARD)) {
@@ -140,6 +140,8 @@ Deno.test("--images: real JSON (json.load reads it), a CSV, --report refused at 
     `${dir}/out.json`,
     "--predictions",
     `${dir}/p.csv`,
+    "--report",
+    `${dir}/r.html`,
     "--verbose",
   ], dir);
   assert.match(r.stderr, /^note: tensorflow skipped/m, "--verbose shows the backend notes");
@@ -168,14 +170,26 @@ Deno.test("--images: real JSON (json.load reads it), a CSV, --report refused at 
   assert.equal(first[0], `${dir}/${keys[0]}.png`);
   LABELS.forEach((l, c) => assert.equal(Number(first[c + 1]), json.images[0].probabilities[l]));
 
-  for (const extra of [["--report", `${dir}/r.html`], ["--tta", "tencrop"], ["--subset", "val"]]) {
+  // The report: one row per image, probabilities above the threshold marked, as in the JSON.
+  const html = await Deno.readTextFile(`${dir}/r.html`);
+  assert.match(html, /<h1>Predictions: tiny_zip\.pt on 3 images<\/h1>/);
+  assert.equal(html.match(/<tr data-image=/g)?.length, 3);
+  const above =
+    json.images.flatMap((i: { probabilities: Record<string, number> }) =>
+      LABELS.filter((l, c) => i.probabilities[l] > json.thresholds[c])
+    ).length;
+  assert.equal(html.match(/class="num above"/g)?.length ?? 0, above);
+  assert.match(html, /<td>resize 64<\/td>/);
+
+  for (const extra of [["--tta", "tencrop"], ["--subset", "val"], ["-d"]]) {
     const refused = await runScript("validate_model.ts", ["-s", TINY, "--images", dir, ...extra], [
       dir,
     ]);
     assert.equal(refused.code, 2, extra.join(" "));
     const lines = refused.stderr.trim().split("\n");
     assert.equal(lines.length, 1, refused.stderr);
-    assert.match(lines[0], new RegExp(`^error: ${extra[0]} applies to the labelled test shards`));
+    const flag = extra[0] === "-d" ? "--debug" : extra[0];
+    assert.match(lines[0], new RegExp(`^error: ${flag} applies to the labelled test shards`));
     assert.doesNotMatch(refused.stdout, /Loading from/);
   }
   const quiet = await runScript("validate_model.ts", [
