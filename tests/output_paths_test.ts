@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { fixtureDatasetDir } from "./helpers/scripts.ts";
 import { commandWithWriteAccess, outputDir, shellQuote } from "../lib/util/output_paths.ts";
+import { tempPathFor, writeFileAtomic } from "../lib/util/atomic_file.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const TINY = `${ROOT}tests/fixtures/torch/tiny_zip.pt`;
@@ -133,4 +134,15 @@ Deno.test("output path helpers: directories, quoting, the command from deno.json
     cmd,
     /^(cd \S+ && )?deno run --allow-read .*--allow-write=data,\/o validate_model\.ts --json \/o\/r\.json$/,
   );
+});
+
+Deno.test("a write that fails late names the user's path, not the temp file", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cxr_late_" });
+  const path = `${dir}/r.html`;
+  await Deno.mkdir(tempPathFor(path)); // a directory in the way makes the temp write fail
+  const err = await writeFileAtomic(path, "x").catch((e) => e as Error);
+  assert.ok(err instanceof Error, "the write fails");
+  assert.doesNotMatch(err.message, /\.r\.html\.\d+\.tmp/);
+  assert.ok(err.message.includes(path), err.message);
+  await Deno.remove(dir, { recursive: true });
 });
