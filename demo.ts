@@ -5,7 +5,7 @@
  * same code paths as real use) and prints the AUROC table, the mean AUROC against the demo's
  * bar and the time taken. The data is not medical data; the model it trains is a toy.
  *
- *   deno task demo                 # defaults tuned for < 5 minutes on a 2-core CPU
+ *   deno task demo                 # about 6½ minutes on a busy 2-core CPU (README)
  *   deno task demo -- --fresh      # regenerate the synthetic images
  * @module
  */
@@ -14,6 +14,8 @@ import { LABELS, META_FILE_NAME, NUM_CLASSES } from "./config.ts";
 import { exists, writeFileAtomic } from "./lib/util/atomic_file.ts";
 import { type FlagSpecs, parseFlags } from "./lib/util/cli.ts";
 import { runMain, UserError } from "./lib/util/errors.ts";
+import { checkOutputPaths } from "./lib/util/output_paths.ts";
+import { plural } from "./lib/util/format.ts";
 import { readLabelsCsv } from "./lib/data/label_csv.ts";
 import { IMAGENET_FILE, weightsCacheDir } from "./lib/model/pretrained_weights.ts";
 import { Progress } from "./lib/util/progress.ts";
@@ -122,21 +124,6 @@ function sameSettings(a: SyntheticSettings | null, b: SyntheticSettings): boolea
     a.png_size === b.png_size && a.generator_sha256 === b.generator_sha256;
 }
 
-/** Runs `fn` and turns a denied write into one line that says where the demo may write. */
-async function writing<T>(dir: string, fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (e) {
-    if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) {
-      throw new UserError(
-        `cannot write to ${dir}: the demo task may write only under data/ ` +
-          `(use --out data/..., or run demo.ts with a wider --allow-write)`,
-      );
-    }
-    throw e;
-  }
-}
-
 async function removeIfPresent(path: string): Promise<void> {
   try {
     await Deno.remove(path, { recursive: true });
@@ -159,7 +146,7 @@ async function ensureSyntheticData(
     console.log(`Using the SYNTHETIC dataset in ${dir} (same settings; --fresh regenerates it).`);
     return false;
   }
-  await writing(dir, async () => {
+  {
     await removeIfPresent(dir);
     const progress = new Progress("synthetic images", settings.images, { unit: "img" });
     const summary = await generateSyntheticDataset({
@@ -176,7 +163,7 @@ async function ensureSyntheticData(
       `Wrote ${summary.images} SYNTHETIC images of ${summary.patients} patients ` +
         `(${settings.png_size}×${settings.png_size} grey PNG) to ${dir} — not medical data.`,
     );
-  });
+  }
   return true;
 }
 
@@ -253,6 +240,7 @@ async function main(args: string[]): Promise<void> {
   const saveDir = `${out}/saved_models`;
   const resultsPath = `${out}/demo_results.json`;
   const reportPath = `${out}/demo_report.html`;
+  await checkOutputPaths([{ flag: "--out", path: out, kind: "dir" }]);
   const times: [string, number][] = [];
   const phase = async (name: string, fn: () => Promise<unknown>) => {
     const start = performance.now();
@@ -287,11 +275,9 @@ async function main(args: string[]): Promise<void> {
 
   // 2. The real scripts, as a user runs them. Shards and labels are rebuilt every run so that
   // none is left over from a run with other settings.
-  await writing(out, async () => {
-    await removeIfPresent(datasetDir);
-    await removeIfPresent(labelsDir);
-    await Deno.mkdir(saveDir, { recursive: true });
-  });
+  await removeIfPresent(datasetDir);
+  await removeIfPresent(labelsDir);
+  await Deno.mkdir(saveDir, { recursive: true });
   const writeDir = await Deno.realPath(out);
   // Shards hold the images at the pre-crop size of the network input (256 for 224), so that
   // the transforms see what they see in real use without resizing 256 px images each epoch.
@@ -372,7 +358,9 @@ async function main(args: string[]): Promise<void> {
   const passed = meanAuroc >= DEMO_AUROC_BAR;
 
   console.log(
-    `\nDemo result on the SYNTHETIC test set (${result.n_images} images, not medical data):`,
+    `\nDemo result on the SYNTHETIC test set (${
+      plural(result.n_images, "image")
+    }, not medical data):`,
   );
   console.log(formatDemoTable(result.auroc, positives, result.n_images));
   if (undefinedClasses.length > 0) {

@@ -20,6 +20,7 @@ import {
 import { Adam } from "./lib/train/adam.ts";
 import { writeFileAtomic } from "./lib/util/atomic_file.ts";
 import { RUN_FLAGS, startBackend } from "./lib/run_flags.ts";
+import { checkOutputPaths } from "./lib/util/output_paths.ts";
 import { type FlagSpecs, parseFlags } from "./lib/util/cli.ts";
 import { loadSubset } from "./lib/data/dataset.ts";
 import { runMain, UserError } from "./lib/util/errors.ts";
@@ -35,7 +36,7 @@ import {
 } from "./lib/model/densenet.ts";
 import { initialModel, loadModel } from "./lib/model/model_loading.ts";
 import { stateDictFromModel } from "./lib/model/model_weights.ts";
-import { formatDuration, Progress } from "./lib/util/progress.ts";
+import { Progress } from "./lib/util/progress.ts";
 import { Rng } from "./lib/util/rng.ts";
 import { resolveSavedModel, runPaths, runStamp } from "./lib/util/saved_models.ts";
 import { ReduceLROnPlateau } from "./lib/train/scheduler.ts";
@@ -43,6 +44,17 @@ import { writeCheckpoint } from "./lib/torch/torch_checkpoint.ts";
 import { trainEpoch } from "./lib/train/training.ts";
 import { readLabelsCsv } from "./lib/data/label_csv.ts";
 import { writeTrainingCurves } from "./lib/report/training_curves.ts";
+import {
+  firstEpochProgress,
+  formatBestResults,
+  formatEpochLine,
+  formatSettings,
+  originalResults,
+  resultsPtPath,
+} from "./lib/report/training_log.ts";
+import { writeResultsPt } from "./lib/torch/results_pt.ts";
+import { formatDecimal, plural } from "./lib/util/format.ts";
+import { OnceWarnings } from "./lib/util/warnings.ts";
 import {
   type BatchTransform,
   paramsForImageSize,
@@ -171,7 +183,11 @@ async function main(args: string[]): Promise<void> {
     subset: "train",
     limit: flags.debug ? DEBUG_SIZES.train : undefined,
   });
+  // Outputs are checked once the shards are found, before any image is decoded.
+  const checkOutputs = () =>
+    checkOutputPaths([{ flag: "--save_dir", path: flags.save_dir, kind: "dir" }]);
   if (flags.preview_augmentation > 0) {
+    await checkOutputs();
     await previewAugmentation(train, flags.preview_augmentation, flags.save_dir, flags.seed);
     return;
   }
@@ -182,6 +198,7 @@ async function main(args: string[]): Promise<void> {
   });
   if (train.size === 0) throw new UserError(`no training images in ${flags.dataset_dir}`);
   if (val.size === 0) throw new UserError(`no validation images in ${flags.dataset_dir}`);
+  await checkOutputs();
 
   // Model: resume from a checkpoint, or start from --weights.
   let model, weightsSource;
@@ -274,18 +291,22 @@ async function main(args: string[]): Promise<void> {
       ) + "\n",
     );
     await writeTrainingCurves(paths.curves, epochs);
+    await writeResultsPt(resultsPtPath(paths.results), originalResults(epochs));
   };
+  const thresholdWarnings = new OnceWarnings();
 
   console.log(
-    `Training on ${train.size} images, validating on ${val.size} (${backend.name}, batch ` +
-      `${flags.batch_size}${flags.augmentation ? ", augmentation" : ""}).`,
+    `Training on ${plural(train.size, "image")}, validating on ${val.size}.`,
   );
+  console.log(formatSettings(flags, backend));
   try {
     for (let epoch = 1; epoch <= flags.epochs && !stopRequested; epoch++) {
       const t0 = performance.now();
-      console.log(`\nEpoch ${epoch}/${flags.epochs} (lr ${scheduler.lr})`);
+      console.log(`\nEpoch ${epoch}/${flags.epochs} (lr ${formatDecimal(scheduler.lr)})`);
       adam.lr = scheduler.lr;
-      const trainBar = new Progress("train", train.size, { unit: "img" });
+      const trainBar = epoch > 1
+        ? new Progress("train", train.size, { unit: "img" })
+        : firstEpochProgress(train.size, val.size, flags.epochs);
       const trained = await trainEpoch(
         model,
         adam,
@@ -314,6 +335,8 @@ async function main(args: string[]): Promise<void> {
         youdenThresholds(
           { rows: trained.n, cols: NUM_CLASSES, data: trained.labels },
           { rows: trained.n, cols: NUM_CLASSES, data: trained.probs },
+          LABELS,
+          (m, c) => thresholdWarnings.warn(m, c),
         ),
       );
 
@@ -353,14 +376,8 @@ async function main(args: string[]): Promise<void> {
       };
       epochs.push(record);
       await writeResults();
-      const fmt = (v: number | null) => (v === null ? "NaN" : v.toFixed(4));
-      console.log(
-        `train loss ${record.train_loss.toFixed(4)} | val loss ${valLoss.toFixed(4)} | ` +
-          `val AUROC ${fmt(record.val_mean_auroc_defined)} | val F1 ${fmt(record.val_mean_f1)} | ` +
-          `${trainImagesPerS.toFixed(1)} img/s | ${formatDuration(record.seconds)}` +
-          (improved ? ` | saved ${paths.model}` : ""),
-      );
-      if (lowered !== null) console.log(`Reducing learning rate to ${lowered}.`);
+      console.log(formatEpochLine(record, metrics, improved ? paths.model : null));
+      if (lowered !== null) console.log(`Reducing learning rate to ${formatDecimal(lowered)}.`);
     }
     status = stopRequested ? "interrupted" : "complete";
   } catch (e) {
@@ -372,14 +389,12 @@ async function main(args: string[]): Promise<void> {
     adam.dispose();
     disposeModel(model);
   }
-  console.log(`\nTraining ${status}: ${epochs.length} epoch(s).`);
-  if (best) {
-    console.log(
-      `Best epoch ${best.epoch}: validation loss ${best.val_loss.toFixed(4)}; model saved to ` +
-        `${paths.model}`,
-    );
-  }
-  console.log(`Results: ${paths.results}`);
+  console.log(`\nTraining ${status}: ${plural(epochs.length, "epoch")}.`);
+  const warned = thresholdWarnings.summary("threshold");
+  if (warned) console.warn(warned);
+  const bestResults = formatBestResults(epochs, paths.model);
+  if (bestResults) console.log(bestResults);
+  console.log(`Results: ${paths.results} (and ${resultsPtPath(paths.results)})`);
   if (stopRequested) Deno.exit(130);
 }
 
@@ -404,7 +419,7 @@ async function previewAugmentation(
   await Deno.mkdir(saveDir, { recursive: true });
   const path = `${saveDir}/augmentation_preview.png`;
   await writeAugmentationPreview(images, path, { rng: new Rng(seed) });
-  console.log(`Wrote ${path} (${images.length} images, original + augmented draws).`);
+  console.log(`Wrote ${path} (${plural(images.length, "image")}, original + augmented draws).`);
 }
 
 if (import.meta.main) await runMain(main);

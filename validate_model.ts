@@ -10,18 +10,31 @@ import * as tf from "@tensorflow/tfjs-core";
 import { DEBUG_SIZES, LABELS, LABELS_DIR, NUM_CLASSES } from "./config.ts";
 import { writeFileAtomic } from "./lib/util/atomic_file.ts";
 import { RUN_FLAGS, startBackend } from "./lib/run_flags.ts";
+import { checkOutputPaths } from "./lib/util/output_paths.ts";
 import { type FlagSpecs, parseFlags } from "./lib/util/cli.ts";
 import { loadSubset } from "./lib/data/dataset.ts";
 import { runMain, UserError } from "./lib/util/errors.ts";
 import { evaluate, type Evaluation, jsonNumber } from "./lib/eval/evaluation.ts";
-import { predictBatches, type Predictions } from "./lib/eval/inference.ts";
+import { predictBatches } from "./lib/eval/inference.ts";
+import {
+  flagGiven,
+  readTrainingSettings,
+  validationSettings,
+} from "./lib/eval/training_settings.ts";
+import { plural } from "./lib/util/format.ts";
 import { disposeModel } from "./lib/model/densenet.ts";
 import { loadModel } from "./lib/model/model_loading.ts";
 import { Progress } from "./lib/util/progress.ts";
 import { Rng } from "./lib/util/rng.ts";
 import { newestSavedModel, resolveSavedModel } from "./lib/util/saved_models.ts";
-import { writeReportHtml } from "./lib/report/report_html.ts";
-import { type CamWriteOptions, writeImageCams, writeTopCams } from "./lib/eval/cam.ts";
+import { writeImagesReportHtml, writeReportHtml } from "./lib/report/report_html.ts";
+import {
+  type CamWriteOptions,
+  type CamWritten,
+  writeImageCams,
+  writeTopCams,
+} from "./lib/eval/cam.ts";
+import { writeCamIndex } from "./lib/report/cam_index.ts";
 import { predictImages } from "./lib/eval/single_image.ts";
 import {
   type BatchTransform,
@@ -34,6 +47,10 @@ import {
 
 export const FLAGS = {
   ...RUN_FLAGS,
+  image_size: {
+    ...RUN_FLAGS.image_size,
+    help: "network input size; without it, the training run's (its _results.json), else",
+  },
   saved_model: {
     kind: "string",
     short: "s",
@@ -62,18 +79,24 @@ export const FLAGS = {
     choices: ["none", "tencrop"],
     help: "test-time augmentation: ten crops of the 256 image, outputs averaged",
   },
-  json: { kind: "string", default: null, metavar: "PATH", help: "write the results as JSON" },
+  json: {
+    kind: "string",
+    default: null,
+    metavar: "PATH",
+    help: "write the results as JSON (with --images: each image's probabilities and findings)",
+  },
   predictions: {
     kind: "string",
     default: null,
     metavar: "PATH",
-    help: "write per-image probabilities as CSV",
+    help: "write per-image probabilities as CSV (test shards or --images)",
   },
   report: {
     kind: "string",
     default: null,
     metavar: "PATH",
-    help: "write a self-contained HTML report (AUROC/F1 table, ROC curves)",
+    help: "write a self-contained HTML report (AUROC/F1 table, ROC curves; with --images: " +
+      "each image's probabilities)",
   },
   cam: {
     kind: "int",
@@ -87,7 +110,7 @@ export const FLAGS = {
     kind: "string",
     default: null,
     metavar: "DIR",
-    help: "where --cam writes its PNGs (default: <save_dir>/cam)",
+    help: "where --cam writes its PNGs and index.html (default: <save_dir>/cam)",
   },
   images: {
     kind: "list",
@@ -116,53 +139,151 @@ function printEvaluation(title: string, e: Evaluation, showF1: boolean): void {
   console.log(title);
   console.log(formatTable(e.auroc, showF1 ? e.f1 : null));
   const fmt = (v: number) => (Number.isNaN(v) ? "NaN" : v.toFixed(4));
-  const defined = e.auroc.filter((v) => !Number.isNaN(v)).length;
   console.log(`Mean AUROC: ${fmt(e.meanAuroc)}`);
-  console.log(`Mean AUROC over ${defined} defined classes: ${fmt(e.meanAurocDefined)}`);
+  console.log(`Mean AUROC over ${e.definedClasses} defined classes: ${fmt(e.meanAurocDefined)}`);
   if (showF1) console.log(`Mean F1: ${fmt(e.meanF1)}`);
 }
 
-function predictionsCsv(p: Predictions): string {
+/** Per-image probabilities as CSV: `Image Index` (as given) and the 14 classes. */
+function predictionsCsv(names: readonly string[], probs: ArrayLike<number>): string {
   const lines = [["Image Index", ...LABELS].join(",")];
-  for (let i = 0; i < p.n; i++) {
-    const row = Array.from(p.probs.subarray(i * NUM_CLASSES, (i + 1) * NUM_CLASSES), String);
-    lines.push([`${p.keys[i]}.png`, ...row].join(","));
-  }
+  names.forEach((name, i) => {
+    const row = Array.from({ length: NUM_CLASSES }, (_, c) => String(probs[i * NUM_CLASSES + c]));
+    lines.push([name.includes(",") ? `"${name}"` : name, ...row].join(","));
+  });
   return lines.join("\n") + "\n";
+}
+
+/** The metric fields of the JSON output, named as the console and the report name them. */
+function evaluationJson(e: Evaluation) {
+  return {
+    auroc: Array.from(e.auroc, jsonNumber),
+    mean_auroc: jsonNumber(e.meanAuroc),
+    mean_auroc_defined: jsonNumber(e.meanAurocDefined),
+    auroc_defined_classes: e.definedClasses,
+    f1: Array.from(e.f1, jsonNumber),
+    mean_f1: jsonNumber(e.meanF1),
+  };
+}
+
+/** How the network input was made, from the settings actually used (for the report). */
+function transformText(imageSize: number, centerCrop: boolean): string {
+  const p = resolveParams(paramsForImageSize(imageSize));
+  return centerCrop
+    ? `resize ${p.preCropSize}, center crop ${p.finalSize}`
+    : `resize ${p.finalSize}`;
 }
 
 async function main(args: string[]): Promise<void> {
   const flags = parseFlags(args, FLAGS, USAGE, DESCRIPTION);
   const imagePaths = [...flags.images, ...flags._];
+  if (imagePaths.length > 0) {
+    // Flags that select or evaluate the labelled shards: refused rather than ignored.
+    const refused = [
+      flags.tta !== "none" ? "--tta" : "",
+      flagGiven(args, "subset") ? "--subset" : "",
+      flags.debug ? "--debug" : "",
+    ].filter((f) => f !== "");
+    if (refused.length > 0) {
+      throw new UserError(
+        `${refused.join(", ")} ${refused.length > 1 ? "apply" : "applies"} to the labelled test ` +
+          `shards, not to --images; for images use --json, --predictions, --report or --cam`,
+        2,
+      );
+    }
+  }
   const modelPath = flags.saved_model
     ? await resolveSavedModel(flags.saved_model, flags.save_dir)
     : await newestSavedModel(flags.save_dir);
+  // Inputs first (cheap), then every output, before the backend starts.
+  const camDir = flags.cam_dir ?? `${flags.save_dir}/cam`;
+  await checkOutputPaths([
+    { flag: "--json", path: flags.json, kind: "file" },
+    { flag: "--predictions", path: flags.predictions, kind: "file" },
+    { flag: "--report", path: flags.report, kind: "file" },
+    {
+      flag: flags.cam_dir ? "--cam_dir" : "--cam",
+      path: flags.cam > 0 ? camDir : null,
+      kind: "dir",
+    },
+  ]);
+  const settings = validationSettings(await readTrainingSettings(modelPath), {
+    imageSize: flags.image_size,
+    imageSizeGiven: flagGiven(args, "image_size"),
+    centerCrop: flags.center_crop,
+  });
   const backend = await startBackend(flags);
   console.log(`Loading from ${modelPath.split("/").pop()}.`);
+  for (const line of settings.lines) console.log(line);
   const { model, thresholds: saved } = await loadModel(modelPath);
   const thresholds = saved ?? new Float64Array(NUM_CLASSES).fill(0.5);
   if (!saved) console.error("warning: the checkpoint has no thresholds; F1 uses 0.5");
   const rng = new Rng(flags.seed);
-  const size = paramsForImageSize(flags.image_size);
+  const imageSize = settings.imageSize;
+  const size = paramsForImageSize(imageSize);
   const test: BatchTransform = flags.center_crop
     ? (x, r) => transformsTestCentercrop(x, r, size)
     : (x, r) => transformsTest(x, r, size);
   const tenCropTransform: BatchTransform = (x, r) => transformsTestTenCrop(x, r, size);
   const camOpts: CamWriteOptions = {
-    dir: flags.cam_dir ?? `${flags.save_dir}/cam`,
+    dir: camDir,
     transform: test,
     centerCrop: flags.center_crop ? resolveParams(size) : undefined,
   };
-  const reportCams = (paths: string[]) =>
-    console.log(`Class activation maps: ${paths.length} PNGs in ${camOpts.dir}`);
+  const reportCams = async (cams: CamWritten[], source: string) => {
+    const index = await writeCamIndex(camOpts.dir, cams, {
+      model: modelPath,
+      source,
+      transform: transformText(imageSize, flags.center_crop),
+    });
+    console.log(
+      `Class activation maps: ${plural(cams.length, "PNG")} in ${camOpts.dir} (${index})`,
+    );
+  };
+  const common = {
+    model: modelPath,
+    image_size: imageSize,
+    center_crop: flags.center_crop,
+    transform: transformText(imageSize, flags.center_crop),
+    backend: backend.name,
+    labels: LABELS,
+    thresholds: Array.from(thresholds),
+  };
+  const reportMeta = (transformNote = "") => ({
+    backend: `${backend.name} (${backend.device})`,
+    date: new Date().toISOString(),
+    transform: transformText(imageSize, flags.center_crop) + transformNote,
+    thresholds: saved ? "checkpoint" : "0.5 (checkpoint has none)",
+  });
+  const writeJson = (value: unknown) =>
+    writeFileAtomic(flags.json!, JSON.stringify(value, null, 2) + "\n");
   try {
     if (imagePaths.length > 0) {
-      const predictions = await predictImages(model, imagePaths, {
-        thresholds,
-        transform: test,
-        json: flags.json,
-      });
-      if (flags.cam > 0) reportCams(await writeImageCams(model, predictions, flags.cam, camOpts));
+      const predictions = await predictImages(model, imagePaths, { thresholds, transform: test });
+      if (flags.json) {
+        await writeJson({ ...common, n_images: predictions.length, images: predictions });
+        console.log(`Results: ${flags.json}`);
+      }
+      if (flags.predictions) {
+        const probs = predictions.flatMap((p) => LABELS.map((l) => p.probabilities[l]));
+        await writeFileAtomic(
+          flags.predictions,
+          predictionsCsv(predictions.map((p) => p.image), probs),
+        );
+        console.log(`Predictions: ${flags.predictions}`);
+      }
+      if (flags.report) {
+        await writeImagesReportHtml(flags.report, {
+          modelPath,
+          images: predictions,
+          thresholds,
+          meta: reportMeta(),
+        });
+        console.log(`Report: ${flags.report}`);
+      }
+      if (flags.cam > 0) {
+        await reportCams(await writeImageCams(model, predictions, flags.cam, camOpts), "images");
+      }
       return;
     }
     const subset = await loadSubset({
@@ -193,6 +314,24 @@ async function main(args: string[]): Promise<void> {
       tenCrop = evaluate(p, thresholds);
       printEvaluation("\nTen-crop test-time augmentation:", tenCrop, flags.display_f1);
     }
+    // The JSON first: the cheapest output, and the one scripts read.
+    if (flags.json) {
+      await writeJson({
+        ...common,
+        subset: flags.subset,
+        n_images: plain.n,
+        ...evaluationJson(result),
+        ...(tenCrop ? { tencrop: evaluationJson(tenCrop) } : {}),
+      });
+      console.log(`Results: ${flags.json}`);
+    }
+    if (flags.predictions) {
+      await writeFileAtomic(
+        flags.predictions,
+        predictionsCsv(plain.keys.map((k) => `${k}.png`), plain.probs),
+      );
+      console.log(`Predictions: ${flags.predictions}`);
+    }
     if (flags.report) {
       await writeReportHtml(flags.report, {
         modelPath,
@@ -201,45 +340,13 @@ async function main(args: string[]): Promise<void> {
         probs: plain.probs,
         n: plain.n,
         thresholds,
-        meta: {
-          backend: `${backend.name} (${backend.device})`,
-          date: new Date().toISOString(),
-          transform: flags.center_crop ? "resize 256, center crop 224" : "resize 224",
-          thresholds: saved ? "checkpoint" : "0.5 (checkpoint has none)",
-        },
+        meta: reportMeta(tenCrop ? "; ten-crop results printed and in --json" : ""),
       });
       console.log(`Report: ${flags.report}`);
     }
-    if (flags.predictions) await writeFileAtomic(flags.predictions, predictionsCsv(plain));
     if (flags.cam > 0) {
-      reportCams(await writeTopCams(model, subset.shards, plain, flags.cam, camOpts));
-    }
-    if (flags.json) {
-      const json = {
-        model: modelPath,
-        subset: flags.subset,
-        n_images: plain.n,
-        labels: LABELS,
-        auroc: Array.from(result.auroc, jsonNumber),
-        mean_auroc: jsonNumber(result.meanAuroc),
-        mean_auroc_defined: jsonNumber(result.meanAurocDefined),
-        f1: Array.from(result.f1, jsonNumber),
-        mean_f1: jsonNumber(result.meanF1),
-        thresholds: Array.from(thresholds),
-        center_crop: flags.center_crop,
-        backend: backend.name,
-        ...(tenCrop
-          ? {
-            tencrop: {
-              auroc: Array.from(tenCrop.auroc, jsonNumber),
-              mean_auroc: jsonNumber(tenCrop.meanAuroc),
-              f1: Array.from(tenCrop.f1, jsonNumber),
-              mean_f1: jsonNumber(tenCrop.meanF1),
-            },
-          }
-          : {}),
-      };
-      await writeFileAtomic(flags.json, JSON.stringify(json, null, 2) + "\n");
+      const cams = await writeTopCams(model, subset.shards, plain, flags.cam, camOpts);
+      await reportCams(cams, `the ${flags.subset} shards (top ${flags.cam} per class)`);
     }
   } finally {
     disposeModel(model);

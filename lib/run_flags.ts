@@ -34,10 +34,16 @@ export const RUN_FLAGS = {
   save_dir: { kind: "string", default: SAVE_DIR, metavar: "DIR", help: "saved model directory" },
 } as const satisfies FlagSpecs;
 
-/** Starts the backend named by `--backend` / `--threads`, logging the choice on stderr. */
-export function startBackend(flags: { backend: string; threads: number }): Promise<BackendInfo> {
+/**
+ * Starts the backend named by `--backend` / `--threads`, logging the choice on stderr. The
+ * `note:` lines (why `auto` skipped a backend, …) are for `--verbose` or an explicit backend.
+ */
+export function startBackend(
+  flags: { backend: string; threads: number; verbose?: boolean },
+): Promise<BackendInfo> {
+  const notes = flags.verbose === true || flags.backend !== "auto";
   return initBackend(flags.backend as BackendName, {
     threads: flags.threads || undefined,
-    log: (line) => console.error(line),
+    log: (line) => (notes || !line.startsWith("note: ")) && console.error(line),
   });
 }

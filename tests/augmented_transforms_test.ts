@@ -509,17 +509,29 @@ Deno.test("preview grid shows each original beside its augmented draws", async (
       resolveWithObject: true,
     });
     assert.deepEqual([info.width, info.height], [size.width, size.height]);
-    assert.deepEqual([size.width, size.height], [4 * 224 + 5 * 4, 2 * 224 + 3 * 4]);
+    // A label row (22 px) above the grid.
+    assert.deepEqual([size.width, size.height], [4 * 224 + 5 * 4, 22 + 2 * 224 + 3 * 4]);
     // The first cell of row 1 is image 1 resized to 224 (the plain test transform).
     const want = tf.tidy(() => {
       const x = tf.div(tf.tensor4d(images[1].data, [1, 256, 256, 3], "int32"), 255);
       return tf.image.resizeBilinear(x as tf.Tensor4D, [224, 224], false, true).dataSync();
     });
-    const y0 = 4 + 224 + 4, x0 = 4;
+    const y0 = 22 + 4 + 224 + 4, x0 = 4;
     for (const [y, x] of [[0, 0], [100, 57], [223, 223]]) {
       const got = data[((y0 + y) * info.width + x0 + x) * info.channels];
       assert.ok(Math.abs(got - want[(y * 224 + x) * 3] * 255) <= 1, `pixel (${y}, ${x})`);
     }
+    // The original column is framed in blue (the gap left of it), the others are not; the
+    // label row has text above the original column.
+    const px = (x: number, y: number) =>
+      Array.from(data.subarray((y * info.width + x) * 3, (y * info.width + x) * 3 + 3));
+    assert.deepEqual(px(1, y0 + 100), [31, 119, 180]);
+    assert.deepEqual(px(4 + 224 + 4 + 224 + 1, y0 + 100), [255, 255, 255]);
+    let labelPixels = 0;
+    for (let y = 4; y < 18; y++) {
+      for (let x = 4; x < 100; x++) if (px(x, y)[0] === 31) labelPixels++;
+    }
+    assert.ok(labelPixels > 50, `ORIGINAL label drawn (${labelPixels} px)`);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

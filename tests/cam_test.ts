@@ -207,13 +207,19 @@ Deno.test("writeCams writes one PNG per entry, on the centre-crop region with -c
       centerCrop: resolveParams(params),
     });
     assert.equal(tf.memory().numTensors, before, "writeCams leaks no tensors");
-    assert.deepEqual(plain.map((p) => p.split("/").pop()), [
+    assert.deepEqual(plain.map((p) => p.file), [
       `Infiltration_1_${sample.key}_p0.2500.png`,
       `Pneumothorax_2_${sample.key}_p0.5000.png`,
     ]);
-    assert.deepEqual(await pngSize(await Deno.readFile(plain[0])), { width: 256, height: 256 });
+    assert.deepEqual(await pngSize(await Deno.readFile(plain[0].path)), {
+      width: 256,
+      height: 256,
+    });
     // 64 of 73 (the 224/256 proportion) of a 256 image.
-    assert.deepEqual(await pngSize(await Deno.readFile(crop[0])), { width: 224, height: 224 });
+    assert.deepEqual(await pngSize(await Deno.readFile(crop[0].path)), {
+      width: 224,
+      height: 224,
+    });
   } finally {
     disposeModel(model);
     await Deno.remove(dir, { recursive: true });
@@ -248,6 +254,7 @@ Deno.test("validate_model.ts --cam 2 writes 14×2 overlays of the top-scoring te
     ], [out]);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, new RegExp(`Class activation maps: 28 PNGs in ${out}/cam`));
+    assert.match(r.stderr, /^CAM: .*28\/28 map/m, "a progress bar over the 28 maps");
     // Expected names from the evaluation's own probabilities (the --predictions CSV).
     const { keys, probs } = parseCsv(await Deno.readTextFile(`${out}/p.csv`));
     const expected = LABELS.flatMap((_, c) =>
@@ -258,6 +265,8 @@ Deno.test("validate_model.ts --cam 2 writes 14×2 overlays of the top-scoring te
     ).sort();
     const files: string[] = [];
     for await (const e of Deno.readDir(`${out}/cam`)) files.push(e.name);
+    assert.ok(files.includes("index.html"));
+    files.splice(files.indexOf("index.html"), 1);
     assert.deepEqual(files.sort(), expected);
     for (const f of files) {
       assert.deepEqual(await pngSize(await Deno.readFile(`${out}/cam/${f}`)), {
@@ -286,7 +295,7 @@ Deno.test("validate_model.ts --images X.png --cam 3 writes the image's top-3 cla
       "--image_size",
       String(SIZE),
       "--json",
-      `${out}/p.jsonl`,
+      `${out}/p.json`,
       "--save_dir",
       out, // the default --cam_dir is <save_dir>/cam
       "--cam",
@@ -295,13 +304,15 @@ Deno.test("validate_model.ts --images X.png --cam 3 writes the image's top-3 cla
       `${out}/xray.png`,
     ], [out]);
     assert.equal(r.code, 0, r.stderr);
-    const record = JSON.parse(await Deno.readTextFile(`${out}/p.jsonl`));
+    const record = JSON.parse(await Deno.readTextFile(`${out}/p.json`)).images[0];
     const probs = LABELS.map((l) => record.probabilities[l] as number);
     const expected = topClassEntries(probs, 3).map((e) =>
       camFileName(e.classIndex, e.rank, "xray", e.probability)
     );
     const files: string[] = [];
-    for await (const e of Deno.readDir(`${out}/cam`)) files.push(e.name);
+    for await (const e of Deno.readDir(`${out}/cam`)) {
+      if (e.name.endsWith(".png")) files.push(e.name);
+    }
     assert.deepEqual(files.sort(), expected.sort());
     assert.match(r.stdout, /Class activation maps: 3 PNGs in /);
   } finally {

@@ -81,7 +81,17 @@ Deno.test("demo: bad flags and unwritable outputs are one-line errors", async ()
     try {
       const denied = await runDemo(cwd, [...SMALL, "--out", `${elsewhere}/demo`]);
       assert.equal(denied.code, 1);
-      assert.match(denied.stderr, /^error: cannot write to .*demo.*only under data\//m);
+      const line = denied.stderr.trim();
+      assert.equal(line.split("\n").length, 1, denied.stderr);
+      assert.match(
+        line,
+        /^error: no write access for --out .*cxr_demo_ro_.*\/demo .*run instead: /,
+      );
+      assert.doesNotMatch(denied.stdout, /synthetic images/i, "stopped before any work");
+      // The command works from where the demo was started: script and data/ named absolutely.
+      const command = line.split("run instead: ")[1];
+      assert.match(command, new RegExp(`--allow-write=/\\S+/data,${elsewhere}/demo `));
+      assert.match(command, /--allow-run \/\S+\/demo\.ts /);
     } finally {
       await Deno.remove(elsewhere, { recursive: true });
     }

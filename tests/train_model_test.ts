@@ -91,8 +91,13 @@ Deno.test("train_model.ts writes a reloadable checkpoint, results and curves; re
   ], [save]);
   assert.equal(r.code, 0, r.stderr);
   const files = [...Deno.readDirSync(save)].map((e) => e.name).sort();
-  const stamp = files[0].replace(/_curves\.svg$|_model\.pt$|_results\.json$/, "");
-  assert.deepEqual(files, [`${stamp}_curves.svg`, `${stamp}_model.pt`, `${stamp}_results.json`]);
+  const stamp = files[0].replace(/_curves\.svg$|_model\.pt$|_results\.(json|pt)$/, "");
+  assert.deepEqual(files, [
+    `${stamp}_curves.svg`,
+    `${stamp}_model.pt`,
+    `${stamp}_results.json`,
+    `${stamp}_results.pt`,
+  ]);
   const results = JSON.parse(await Deno.readTextFile(`${save}/${stamp}_results.json`));
   assert.equal(results.status, "complete");
   assert.equal(results.epochs.length, 2);
@@ -108,8 +113,10 @@ Deno.test("train_model.ts writes a reloadable checkpoint, results and curves; re
   const loaded = await loadModel(`${save}/${stamp}_model.pt`);
   assert.deepEqual(loaded.config.blockConfig, [2, 2, 2, 2]);
   disposeModel(loaded.model);
-  assert.match(r.stdout, /Best epoch \d: validation loss/);
-  for (const label of ["train loss", "val loss", "val AUROC"]) assert.ok(r.stdout.includes(label));
+  assert.match(r.stdout, /^Best model results:\n {2}Epoch: +\d$/m);
+  for (const label of ["train loss", "val loss", "val mean AUROC"]) {
+    assert.ok(r.stdout.includes(label));
+  }
 
   const resumed = await runScript("train_model.ts", [
     ...TRAIN_ARGS,

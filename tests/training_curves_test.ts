@@ -67,10 +67,10 @@ Deno.test("30 epochs: well-formed SVG, one polyline per series with one point pe
   assert.equal(points(seriesByName(root, "training loss")).length, 30);
   assert.equal(points(seriesByName(root, "validation loss")).length, 30);
   // Epoch 3 has no AUROC: the line skips it.
-  assert.equal(points(seriesByName(root, "validation mean AUROC")).length, 29);
+  assert.equal(points(seriesByName(root, "mean AUROC")).length, 29);
   // No F1 recorded: no F1 series.
   assert.equal(
-    findAll(root, (e) => e.attrs["data-series"] === "validation mean F1").length,
+    findAll(root, (e) => e.attrs["data-series"] === "mean F1").length,
     0,
   );
   assert.ok(allText(root).includes("Training curves — 20250101-120000"));
@@ -126,7 +126,7 @@ Deno.test("values map to the coordinates of the drawn axes", () => {
       assert.ok(Math.abs(pts[i][1] - y(v)) < 0.02, `${name} y of epoch ${e.epoch}`);
     }
   }
-  const auroc = seriesByName(root, "validation mean AUROC");
+  const auroc = seriesByName(root, "mean AUROC");
   const ay = axisMap(chartOf(auroc), "y");
   // Point 4 of the AUROC line is epoch 6 (epoch 3 was skipped).
   assert.ok(Math.abs(points(auroc)[4][1] - ay(epochs[5].val_mean_auroc!)) < 0.02);
@@ -165,10 +165,10 @@ Deno.test("one epoch, with F1, and zero epochs render sensibly", () => {
   const svg = renderTrainingCurves(one);
   const root = parseXml(svg);
   assert.ok(!svg.includes("NaN"));
-  for (const s of ["training loss", "validation loss", "validation mean AUROC"]) {
+  for (const s of ["training loss", "validation loss", "mean AUROC"]) {
     assert.equal(points(seriesByName(root, s)).length, 1);
   }
-  assert.equal(points(seriesByName(root, "validation mean F1")).length, 1);
+  assert.equal(points(seriesByName(root, "mean F1")).length, 1);
   // The single epoch is tick-labelled, and the point lies strictly inside the axis range.
   const chart = chartOf(seriesByName(root, "validation loss"));
   const xt = findAll(chart, (e) => hasClass(e, "tick-x")).map((e) => Number(e.attrs["data-value"]));

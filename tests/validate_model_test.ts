@@ -108,12 +108,11 @@ Deno.test("--images gives the same probabilities as the image's row in --predict
     "--images",
     dir,
     "--json",
-    `${dir}/single.jsonl`,
+    `${dir}/single.json`,
   ], [dir]);
   assert.equal(r.code, 0, r.stderr);
-  const records = (await Deno.readTextFile(`${dir}/single.jsonl`)).trim().split("\n").map((l) =>
-    JSON.parse(l)
-  );
+  const records: { probabilities: Record<string, number> }[] =
+    JSON.parse(await Deno.readTextFile(`${dir}/single.json`)).images;
   assert.equal(records.length, 2);
   records.forEach((rec, i) => {
     const row = csv.rows[csv.keys.indexOf(keys[i])];

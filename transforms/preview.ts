@@ -7,6 +7,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import sharp from "sharp";
 import { writeFileAtomic } from "../lib/util/atomic_file.ts";
+import { drawText } from "../lib/util/bitmap_text.ts";
 import type { Rng } from "../lib/util/rng.ts";
 import {
   type AugmentationParams,
@@ -37,6 +38,13 @@ export interface PreviewOptions {
 const GAP = 4;
 /** Background of the gaps. */
 const BACKGROUND = 255;
+/** Scale of the column labels' 5×7 font (14 px tall letters). */
+const LABEL_SCALE = 2;
+/** Height of the label row above the grid. */
+const HEADER = 7 * LABEL_SCALE + 2 * GAP;
+/** The frame (in the gaps) and label colour that mark the original column. */
+const ORIGINAL_COLOUR = [31, 119, 180] as const;
+const LABEL_COLOUR = [60, 60, 60] as const;
 
 /** Normalised `[N, 224, 224, 3]` images back to 8-bit RGB. */
 async function toRgb8(normalised: tf.Tensor4D): Promise<Uint8Array> {
@@ -49,9 +57,9 @@ async function toRgb8(normalised: tf.Tensor4D): Promise<Uint8Array> {
 }
 
 /**
- * Writes a PNG grid to `path`: one row per image, its original (resized to 224) first, then
- * `draws` augmented versions from `transformsTrainAugmented`, de-normalised for display.
- * Returns the grid's size.
+ * Writes a PNG grid to `path`: one row per image, its original (resized to 224) first, framed
+ * in blue, then `draws` augmented versions from `transformsTrainAugmented`, de-normalised for
+ * display; a label row above says which column is which. Returns the grid's size.
  */
 export async function writeAugmentationPreview(
   images: readonly Rgb8Image[],
@@ -61,10 +69,19 @@ export async function writeAugmentationPreview(
   if (images.length === 0) throw new Error("writeAugmentationPreview: no images");
   const cols = 1 + draws, cell = FINAL_SIZE;
   const width = cols * cell + (cols + 1) * GAP;
-  const height = images.length * cell + (images.length + 1) * GAP;
+  const height = HEADER + images.length * cell + (images.length + 1) * GAP;
   const grid = new Uint8Array(width * height * 3).fill(BACKGROUND);
+  const cellX = (col: number) => GAP + col * (cell + GAP);
+  // The original column: a frame filling the gaps around it, and the labels above the grid.
+  for (let y = HEADER; y < height; y++) {
+    for (let x = 0; x < cellX(1); x++) grid.set(ORIGINAL_COLOUR, (y * width + x) * 3);
+  }
+  drawText(grid, width, height, "ORIGINAL", cellX(0), GAP, LABEL_SCALE, ORIGINAL_COLOUR);
+  for (let k = 1; k <= draws; k++) {
+    drawText(grid, width, height, `AUGMENTED ${k}`, cellX(k), GAP, LABEL_SCALE, LABEL_COLOUR);
+  }
   const put = (pixels: Uint8Array, row: number, col: number) => {
-    const x0 = GAP + col * (cell + GAP), y0 = GAP + row * (cell + GAP);
+    const x0 = cellX(col), y0 = HEADER + GAP + row * (cell + GAP);
     for (let y = 0; y < cell; y++) {
       const src = pixels.subarray(y * cell * 3, (y + 1) * cell * 3);
       grid.set(src, ((y0 + y) * width + x0) * 3);

@@ -2,8 +2,9 @@
  * Class activation maps as in CheXNet (Rajpurkar et al. 2017, after Zhou et al. 2016): the map
  * of class c is Σ_k w_{k,c} · F_k over the final feature map F (norm5 + ReLU, before global
  * average pooling) and the classifier weights w, upsampled bilinearly to the image and min-max
- * normalised; rendered as a jet heatmap blended over the X-ray with the class and probability
- * burned in, and written as PNGs named `<class>_<rank>_<key>_p<probability>.png`.
+ * normalised; rendered as a jet heatmap blended over the X-ray with the class, probability and
+ * ground truth burned in and a colour bar, and written as PNGs named
+ * `<class>_<rank>_<key>_p<probability>.png`.
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
@@ -14,6 +15,8 @@ import { batchToTensor, type BatchTransform } from "./inference.ts";
 import { type DenseNet, features } from "../model/densenet.ts";
 import { Rng } from "../util/rng.ts";
 import { readShards } from "../data/webdataset.ts";
+import { Progress } from "../util/progress.ts";
+import { darken, drawText, textScale } from "../util/bitmap_text.ts";
 
 /**
  * Unnormalised CAMs at feature-map resolution, `[N, h, w, classes.length]`:
@@ -84,6 +87,10 @@ export interface OverlayOptions {
   alpha?: number;
   /** Text burned into the top-left corner (e.g. `Effusion p=0.8123`); none when absent. */
   caption?: string;
+  /** A second caption line, e.g. the ground truth `truth: Effusion, Mass`. */
+  subcaption?: string;
+  /** The jet colour bar (low → high) in the bottom-left corner (default true). */
+  colourBar?: boolean;
 }
 
 /**
@@ -114,89 +121,56 @@ export async function renderCamOverlay(
       out[i * 3 + ch] = Math.round((1 - alpha) * v + alpha * 255 * heat[ch]);
     }
   }
-  if (opts.caption) burnCaption(out, width, height, opts.caption);
+  const lines = [opts.caption, opts.subcaption].filter((l): l is string => !!l);
+  if (lines.length > 0) burnCaption(out, width, height, lines);
+  if (opts.colourBar ?? true) burnColourBar(out, width, height);
   const { default: sharp } = await import("sharp");
   const png = await sharp(out, { raw: { width, height, channels: 3 } }).png().toBuffer();
   return new Uint8Array(png.buffer, png.byteOffset, png.byteLength);
 }
 
-// 5×7 bitmap font, one byte per column, bit 0 = top row (the classic glcdfont glyphs): no font
-// files or text renderer needed, so captions look the same everywhere, compiled or not.
-const GLYPHS: Record<string, number[]> = {
-  A: [0x7c, 0x12, 0x11, 0x12, 0x7c],
-  B: [0x7f, 0x49, 0x49, 0x49, 0x36],
-  C: [0x3e, 0x41, 0x41, 0x41, 0x22],
-  D: [0x7f, 0x41, 0x41, 0x22, 0x1c],
-  E: [0x7f, 0x49, 0x49, 0x49, 0x41],
-  F: [0x7f, 0x09, 0x09, 0x09, 0x01],
-  G: [0x3e, 0x41, 0x49, 0x49, 0x7a],
-  H: [0x7f, 0x08, 0x08, 0x08, 0x7f],
-  I: [0x00, 0x41, 0x7f, 0x41, 0x00],
-  J: [0x20, 0x40, 0x41, 0x3f, 0x01],
-  K: [0x7f, 0x08, 0x14, 0x22, 0x41],
-  L: [0x7f, 0x40, 0x40, 0x40, 0x40],
-  M: [0x7f, 0x02, 0x0c, 0x02, 0x7f],
-  N: [0x7f, 0x04, 0x08, 0x10, 0x7f],
-  O: [0x3e, 0x41, 0x41, 0x41, 0x3e],
-  P: [0x7f, 0x09, 0x09, 0x09, 0x06],
-  Q: [0x3e, 0x41, 0x51, 0x21, 0x5e],
-  R: [0x7f, 0x09, 0x19, 0x29, 0x46],
-  S: [0x46, 0x49, 0x49, 0x49, 0x31],
-  T: [0x01, 0x01, 0x7f, 0x01, 0x01],
-  U: [0x3f, 0x40, 0x40, 0x40, 0x3f],
-  V: [0x1f, 0x20, 0x40, 0x20, 0x1f],
-  W: [0x3f, 0x40, 0x38, 0x40, 0x3f],
-  X: [0x63, 0x14, 0x08, 0x14, 0x63],
-  Y: [0x07, 0x08, 0x70, 0x08, 0x07],
-  Z: [0x61, 0x51, 0x49, 0x45, 0x43],
-  "0": [0x3e, 0x51, 0x49, 0x45, 0x3e],
-  "1": [0x00, 0x42, 0x7f, 0x40, 0x00],
-  "2": [0x42, 0x61, 0x51, 0x49, 0x46],
-  "3": [0x21, 0x41, 0x45, 0x4b, 0x31],
-  "4": [0x18, 0x14, 0x12, 0x7f, 0x10],
-  "5": [0x27, 0x45, 0x45, 0x45, 0x39],
-  "6": [0x3c, 0x4a, 0x49, 0x49, 0x30],
-  "7": [0x01, 0x71, 0x09, 0x05, 0x03],
-  "8": [0x36, 0x49, 0x49, 0x49, 0x36],
-  "9": [0x06, 0x49, 0x49, 0x29, 0x1e],
-  ".": [0x00, 0x60, 0x60, 0x00, 0x00],
-  "=": [0x14, 0x14, 0x14, 0x14, 0x14],
-  "_": [0x40, 0x40, 0x40, 0x40, 0x40],
-  "-": [0x08, 0x08, 0x08, 0x08, 0x08],
-  ":": [0x00, 0x36, 0x36, 0x00, 0x00],
-  " ": [0x00, 0x00, 0x00, 0x00, 0x00],
-};
+/** Draws `lines` (upper-cased) white on a dark box in the top-left corner of an RGB buffer. */
+function burnCaption(rgb: Uint8Array, width: number, height: number, lines: string[]): void {
+  const scale = textScale(width);
+  const pad = scale, lineH = 8 * scale;
+  const longest = Math.max(...lines.map((l) => [...l].length));
+  darken(
+    rgb,
+    width,
+    height,
+    0,
+    0,
+    longest * 6 * scale + 2 * pad - scale,
+    lines.length * lineH + 2 * pad - scale,
+  );
+  lines.forEach((line, i) => drawText(rgb, width, height, line, pad, pad + i * lineH, scale));
+}
 
-/** Draws `text` (upper-cased) white on a dark box in the top-left corner of an RGB buffer. */
-function burnCaption(rgb: Uint8Array, width: number, height: number, text: string): void {
-  const chars = [...text.toUpperCase()].map((ch) => GLYPHS[ch] ?? GLYPHS[" "]);
-  // ~1/40 of the width per glyph row: 1 px at 256, 4 px at 1024.
-  const scale = Math.max(1, Math.round(width / 256));
-  const pad = scale;
-  const boxW = Math.min(width, chars.length * 6 * scale + 2 * pad - scale);
-  const boxH = Math.min(height, 7 * scale + 2 * pad);
-  const set = (x: number, y: number, v: number) => {
-    if (x >= width || y >= height) return;
-    const i = (y * width + x) * 3;
-    rgb[i] = rgb[i + 1] = rgb[i + 2] = v;
-  };
-  for (let y = 0; y < boxH; y++) {
-    for (let x = 0; x < boxW; x++) {
-      const i = (y * width + x) * 3;
-      for (let ch = 0; ch < 3; ch++) rgb[i + ch] = Math.round(rgb[i + ch] * 0.25);
+/**
+ * The colour scale of the heatmap, bottom-left: `LOW`, the jet gradient from 0 to 1 (the map
+ * is min-max normalised per image), `HIGH`, on a dark box.
+ */
+function burnColourBar(rgb: Uint8Array, width: number, height: number): void {
+  const scale = textScale(width);
+  const pad = scale, textH = 7 * scale;
+  const barW = Math.max(16, Math.round(width / 4));
+  const lowW = 3 * 6 * scale, highW = 4 * 6 * scale - scale;
+  const boxW = Math.min(width, lowW + barW + 2 * scale + highW + 2 * pad);
+  const boxH = Math.min(height, textH + 2 * pad);
+  const y0 = height - boxH;
+  darken(rgb, width, height, 0, y0, boxW, boxH);
+  drawText(rgb, width, height, "LOW", pad, y0 + pad, scale);
+  const bx = pad + lowW + scale;
+  for (let x = 0; x < barW && bx + x < width; x++) {
+    const [r, g, b] = jet(barW > 1 ? x / (barW - 1) : 0);
+    for (let y = y0 + pad; y < y0 + pad + textH; y++) {
+      const i = (y * width + bx + x) * 3;
+      rgb[i] = Math.round(255 * r);
+      rgb[i + 1] = Math.round(255 * g);
+      rgb[i + 2] = Math.round(255 * b);
     }
   }
-  chars.forEach((cols, k) => {
-    cols.forEach((bits, col) => {
-      for (let row = 0; row < 7; row++) {
-        if (!(bits & (1 << row))) continue;
-        const x0 = pad + (k * 6 + col) * scale, y0 = pad + row * scale;
-        for (let dy = 0; dy < scale; dy++) {
-          for (let dx = 0; dx < scale; dx++) set(x0 + dx, y0 + dy, 255);
-        }
-      }
-    });
-  });
+  drawText(rgb, width, height, "HIGH", bx + barW + scale, y0 + pad, scale);
 }
 
 /** One class of one image to map: the rank among its selection and the evaluation's probability. */
@@ -212,6 +186,26 @@ export interface CamRequest {
   key: string;
   image: RgbImage;
   entries: CamEntry[];
+  /** The image's ground-truth findings (empty: No Finding); absent when unknown (--images). */
+  truth?: string[];
+}
+
+/** One overlay written, for the CAM directory's index.html. */
+export interface CamWritten {
+  path: string;
+  /** The file name inside the CAM directory. */
+  file: string;
+  key: string;
+  className: string;
+  rank: number;
+  probability: number;
+  truth?: string[];
+}
+
+/** "truth: Effusion, Mass", "truth: No Finding", or undefined when unknown. */
+export function truthText(truth: string[] | undefined): string | undefined {
+  if (truth === undefined) return undefined;
+  return `truth: ${truth.length > 0 ? truth.join(", ") : "No Finding"}`;
 }
 
 /** How the network input was made from the image, so the map lands on the right pixels. */
@@ -222,6 +216,8 @@ export interface CamWriteOptions {
   /** With a centre-crop transform: its `preCropSize` and `finalSize`; the overlay shows the crop. */
   centerCrop?: { preCropSize: number; finalSize: number };
   alpha?: number;
+  /** Show a progress bar on stderr (default true; the caller's count of maps as its total). */
+  progress?: boolean;
 }
 
 /** `<class>_<rank>_<key>_p<probability, 4 decimals>.png`. */
@@ -247,16 +243,18 @@ function cropRegion(image: RgbImage, crop: { preCropSize: number; finalSize: num
 
 /**
  * Writes one overlay PNG per (image, class) entry into `opts.dir` (atomically), re-running the
- * model on each image once; returns the paths written.
+ * model on each image once, with a progress bar over `total` maps; returns what was written.
  */
 export async function writeCams(
   model: DenseNet,
   requests: Iterable<CamRequest> | AsyncIterable<CamRequest>,
   opts: CamWriteOptions,
-): Promise<string[]> {
+  total = 0,
+): Promise<CamWritten[]> {
   await Deno.mkdir(opts.dir, { recursive: true });
   const rng = new Rng(0);
-  const written: string[] = [];
+  const written: CamWritten[] = [];
+  const progress = new Progress("CAM", total, { unit: "map", silent: opts.progress === false });
   for await (const req of requests) {
     if (req.entries.length === 0) continue;
     const shown = opts.centerCrop ? cropRegion(req.image, opts.centerCrop) : req.image;
@@ -282,12 +280,24 @@ export async function writeCams(
       const png = await renderCamOverlay(shown, data.subarray(k * n, (k + 1) * n), {
         alpha: opts.alpha,
         caption: `${LABELS[e.classIndex]} p=${e.probability.toFixed(4)}`,
+        subcaption: truthText(req.truth),
       });
-      const path = `${opts.dir}/${camFileName(e.classIndex, e.rank, req.key, e.probability)}`;
+      const file = camFileName(e.classIndex, e.rank, req.key, e.probability);
+      const path = `${opts.dir}/${file}`;
       await writeFileAtomic(path, png);
-      written.push(path);
+      written.push({
+        path,
+        file,
+        key: req.key,
+        className: LABELS[e.classIndex],
+        rank: e.rank,
+        probability: e.probability,
+        truth: req.truth,
+      });
+      progress.tick();
     }
   }
+  progress.finish();
   return written;
 }
 
@@ -331,7 +341,7 @@ export async function writeTopCams(
   evaluated: { keys: string[]; probs: ArrayLike<number>; n: number },
   perClass: number,
   opts: CamWriteOptions,
-): Promise<string[]> {
+): Promise<CamWritten[]> {
   const numClasses = model.config.numClasses;
   const selected = selectTopImages(evaluated.probs, evaluated.n, numClasses, perClass);
   const wanted = new Map<string, CamEntry[]>();
@@ -341,11 +351,13 @@ export async function writeTopCams(
       const entries = wanted.get(s.key);
       if (!entries) continue;
       wanted.delete(s.key);
-      yield { key: s.key, image: await decodeImage(s.png, s.source ?? s.key), entries };
+      const truth = LABELS.filter((_, c) => s.labels[c] === 1);
+      yield { key: s.key, image: await decodeImage(s.png, s.source ?? s.key), entries, truth };
       if (wanted.size === 0) return;
     }
   }
-  return await writeCams(model, requests(), opts);
+  const total = [...selected.values()].reduce((sum, e) => sum + e.length, 0);
+  return await writeCams(model, requests(), opts, total);
 }
 
 /** CAMs of each image's `topClasses` most probable classes (`--images` mode). */
@@ -366,7 +378,7 @@ export async function writeImageCams(
   predictions: { image: string; probabilities: Record<string, number> }[],
   topClasses: number,
   opts: CamWriteOptions,
-): Promise<string[]> {
+): Promise<CamWritten[]> {
   async function* requests(): AsyncGenerator<CamRequest> {
     for (const p of predictions) {
       const probs = LABELS.map((l) => p.probabilities[l]);
@@ -378,5 +390,6 @@ export async function writeImageCams(
       };
     }
   }
-  return await writeCams(model, requests(), opts);
+  const total = predictions.length * Math.min(topClasses, LABELS.length);
+  return await writeCams(model, requests(), opts, total);
 }

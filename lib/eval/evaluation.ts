@@ -16,6 +16,8 @@ export interface Evaluation {
   meanAuroc: number;
   /** Mean over the classes whose AUROC is defined. */
   meanAurocDefined: number;
+  /** How many classes have a defined AUROC (both label values present). */
+  definedClasses: number;
   meanF1: number;
 }
 
@@ -30,6 +32,7 @@ export function evaluate(p: Predictions, thresholds: ArrayLike<number>): Evaluat
     f1,
     meanAuroc: mean(auroc),
     meanAurocDefined: nanMean(auroc),
+    definedClasses: auroc.filter((v) => !Number.isNaN(v)).length,
     meanF1: mean(f1),
   };
 }

@@ -477,13 +477,14 @@ export function f1PerClass(
 
 /**
  * The original's `get_thresholds`: {@link youdenThreshold} per class. Each fallback to 0.5 is
- * reported through `warn` (default `console.warn`, i.e. stderr) with the original's wording.
+ * reported through `warn` (default `console.warn`, i.e. stderr) with the original's wording and
+ * the class name (so a caller can say each class's warning once per run).
  */
 export function youdenThresholds(
   labels: Matrix2D,
   scores: Matrix2D,
   classNames: readonly string[] = LABELS,
-  warn: (message: string) => void = (m) => console.warn(m),
+  warn: (message: string, className: string) => void = (m) => console.warn(m),
 ): Float64Array {
   const numClasses = classNames.length;
   const { labels: l, predictions: p } = checkInput(labels, scores, numClasses);
@@ -496,11 +497,13 @@ export function youdenThresholds(
       warn(
         `Warning: Optimal threshold for ${classNames[c]} is undefined (only one label value ` +
           `present). Using ${FALLBACK_THRESHOLD} as threshold instead.`,
+        classNames[c],
       );
     } else {
       warn(
         `Warning: Optimal calculated threshold for ${classNames[c]} is ` +
           `${r.computed.toFixed(4)}. Using ${FALLBACK_THRESHOLD} as threshold instead.`,
+        classNames[c],
       );
     }
   }

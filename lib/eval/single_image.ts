@@ -1,12 +1,11 @@
 /**
  * Single-image use ("how do I run it on one X-ray?"): any PNG/JPEG of any size, grey or colour,
  * 8 or 16 bit, goes through the test transform; prints the 14 probabilities and the findings
- * above the checkpoint's thresholds, optionally one JSON record per image (JSON Lines).
+ * above the checkpoint's thresholds; validate_model.ts writes them with --json / --predictions.
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { LABELS, NUM_CLASSES } from "../../config.ts";
-import { writeFileAtomic } from "../util/atomic_file.ts";
 import { UserError } from "../util/errors.ts";
 import { decodeImagePath, isImageFile } from "../data/images.ts";
 import { batchToTensor, type BatchTransform } from "./inference.ts";
@@ -44,11 +43,11 @@ export interface ImagePrediction {
   findings: string[];
 }
 
-/** Predicts each image with `transform` (a test transform); prints and optionally writes JSONL. */
+/** Predicts each image with `transform` (a test transform) and prints its findings. */
 export async function predictImages(
   model: DenseNet,
   paths: string[],
-  opts: { thresholds: ArrayLike<number>; transform: BatchTransform; json?: string | null },
+  opts: { thresholds: ArrayLike<number>; transform: BatchTransform },
 ): Promise<ImagePrediction[]> {
   const files = await expandImagePaths(paths);
   const rng = new Rng(0);
@@ -76,9 +75,6 @@ export async function predictImages(
         })${mark}`,
       );
     }
-  }
-  if (opts.json) {
-    await writeFileAtomic(opts.json, results.map((r) => JSON.stringify(r)).join("\n") + "\n");
   }
   return results;
 }

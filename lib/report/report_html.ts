@@ -135,6 +135,8 @@ export function fmt4(v: number): string {
   return Number.isFinite(v) ? v.toFixed(4) : "n/a";
 }
 
+const ROC_SIZE = 310;
+
 const CSS = `
 body { font-family: ${FONT_FAMILY}; color: #1a1a1a; margin: 24px 32px; background: #fff; }
 h1 { font-size: 24px; margin: 0 0 4px; }
@@ -146,14 +148,21 @@ th { background: #f3f5f7; text-align: left; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.na { color: #999; }
 tr.mean td { font-weight: bold; background: #fafafa; border-top: 2px solid #bbb; }
+td.above { background: #fdecea; }
+tr.thresholds td { color: #555; font-style: italic; }
 table.meta th { background: none; font-weight: normal; color: #555; }
 table.meta td { font-family: DejaVu Sans Mono, monospace; font-size: 13px; }
+table.meta td { overflow-wrap: anywhere; }
+.scroll-x { max-width: 100%; overflow-x: auto; }
 .layout { display: flex; flex-wrap: wrap; gap: 32px; align-items: flex-start; }
-.roc-grid { display: grid; grid-template-columns: repeat(4, 310px); gap: 8px; }
-.roc-grid svg { border: 1px solid #e4e4e4; background: #fff; }
+/* As many columns as fit (4 at 1400 px, 2 at 800 px); panels scale with their column. */
+.roc-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, ${
+  Math.round(ROC_SIZE * 0.85)
+}px), 1fr)); gap: 8px; max-width: ${4 * ROC_SIZE * 1.3}px; }
+.roc-grid svg { width: 100%; height: auto; box-sizing: border-box; border: 1px solid #e4e4e4; background: #fff; }
+@media (max-width: 700px) { body { margin: 12px; } }
 `;
 
-const ROC_SIZE = 310;
 const ROC_COLOR = "#1f77b4";
 const THRESHOLD_COLOR = "#d62728";
 
@@ -244,6 +253,31 @@ function td(v: number, isCount = false): string {
   return Number.isFinite(v) ? `<td class="num">${fmt4(v)}</td>` : `<td class="num na">n/a</td>`;
 }
 
+/** The document up to and including the run table: title, a note, the run's facts. */
+function pageStart(title: string, note: string, metaRows: Array<[string, string | number]>) {
+  const h: string[] = [
+    `<!DOCTYPE html>`,
+    `<html lang="en">`,
+    `<head>`,
+    `<meta charset="utf-8"/>`,
+    `<meta name="viewport" content="width=device-width, initial-scale=1"/>`,
+    `<title>${escapeXml(title)}</title>`,
+    `<style>${CSS}</style>`,
+    `</head>`,
+    `<body>`,
+    `<h1>${escapeXml(title)}</h1>`,
+    `<p class="note">Self-contained report: everything below is inline, viewing needs no ` +
+    `network. ${note}</p>`,
+    `<h2>Run</h2>`,
+    `<table class="meta">`,
+  ];
+  for (const [k, v] of metaRows) {
+    h.push(`<tr><th>${escapeXml(k)}</th><td>${escapeXml(String(v))}</td></tr>`);
+  }
+  h.push(`</table>`);
+  return h;
+}
+
 /** Renders the report as one self-contained HTML document. */
 export function renderReportHtml(input: ReportInput): string {
   const s = summarizeReport(input);
@@ -255,32 +289,15 @@ export function renderReportHtml(input: ReportInput): string {
     ["images", input.n],
     ...Object.entries(input.meta),
   ];
-  const h: string[] = [];
-  h.push(`<!DOCTYPE html>`);
-  h.push(`<html lang="en">`);
-  h.push(`<head>`);
-  h.push(`<meta charset="utf-8"/>`);
-  h.push(`<meta name="viewport" content="width=device-width, initial-scale=1"/>`);
-  h.push(`<title>${escapeXml(title)}</title>`);
-  h.push(`<style>${CSS}</style>`);
-  h.push(`</head>`);
-  h.push(`<body>`);
-  h.push(`<h1>${escapeXml(title)}</h1>`);
-  h.push(
-    `<p class="note">Self-contained report: everything below is inline, viewing needs no ` +
-      `network. AUROC as scikit-learn 1.2 <code>roc_auc_score</code>; F1 of the decision ` +
-      `probability &gt; threshold.</p>`,
+  const h = pageStart(
+    title,
+    `AUROC as scikit-learn 1.2 <code>roc_auc_score</code>; F1 of the decision probability ` +
+      `&gt; threshold.`,
+    metaRows,
   );
 
-  h.push(`<h2>Run</h2>`);
-  h.push(`<table class="meta">`);
-  for (const [k, v] of metaRows) {
-    h.push(`<tr><th>${escapeXml(k)}</th><td>${escapeXml(String(v))}</td></tr>`);
-  }
-  h.push(`</table>`);
-
   h.push(`<h2>AUROC and F1 per class</h2>`);
-  h.push(`<table class="scores">`);
+  h.push(`<div class="scroll-x"><table class="scores">`);
   h.push(
     `<thead><tr><th>Class</th><th class="num">Positives</th><th class="num">Negatives</th>` +
       `<th class="num">AUROC</th><th class="num">F1</th><th class="num">Threshold</th>` +
@@ -304,7 +321,7 @@ export function renderReportHtml(input: ReportInput): string {
       `with defined AUROC</td><td></td><td></td>${td(s.meanAurocDefined)}` +
       `${td(s.meanF1Defined)}${blank}</tr>`,
   );
-  h.push(`</tbody></table>`);
+  h.push(`</tbody></table></div>`);
   h.push(
     `<p class="note">AUROC is undefined (n/a) for a class whose images are all positive or ` +
       `all negative. Sensitivity and specificity are those of the decision at the threshold.</p>`,
@@ -326,4 +343,61 @@ export function renderReportHtml(input: ReportInput): string {
 /** Writes {@link renderReportHtml} of `input` to `path` atomically (temp file + rename). */
 export async function writeReportHtml(path: string, input: ReportInput): Promise<void> {
   await writeFileAtomic(path, renderReportHtml(input));
+}
+
+/** What the `--images` report is made from: unlabelled images and their probabilities. */
+export interface ImagesReportInput {
+  modelPath: string;
+  images: ReadonlyArray<{ image: string; probabilities: Record<string, number> }>;
+  thresholds: ArrayLike<number>;
+  meta: Record<string, string | number>;
+}
+
+/**
+ * The report of `--images`: no labels, so no AUROC; per image its 14 probabilities, those
+ * above the class's threshold marked, and its findings.
+ */
+export function renderImagesReportHtml(input: ImagesReportInput): string {
+  if (input.thresholds.length !== NUM_CLASSES) {
+    throw new UserError(
+      `report: expected ${NUM_CLASSES} thresholds, got ${input.thresholds.length}`,
+    );
+  }
+  const modelName = input.modelPath.split("/").pop() ?? input.modelPath;
+  const title = `Predictions: ${modelName} on ${input.images.length} image` +
+    (input.images.length === 1 ? "" : "s");
+  const h = pageStart(
+    title,
+    `The images have no labels, so there is no AUROC: each row gives an image's predicted ` +
+      `probabilities; bold ones are above the class's decision threshold (its finding).`,
+    [["model", input.modelPath], ["images", input.images.length], ...Object.entries(input.meta)],
+  );
+  h.push(`<h2>Probabilities per image</h2>`);
+  h.push(`<div class="scroll-x"><table class="scores images">`);
+  h.push(
+    `<thead><tr><th>Image</th><th>Findings</th>` +
+      LABELS.map((l) => `<th class="num">${escapeXml(l)}</th>`).join("") + `</tr></thead>`,
+  );
+  h.push(
+    `<tbody><tr class="thresholds"><td>threshold</td><td></td>` +
+      LABELS.map((_, c) => td(Number(input.thresholds[c]))).join("") + `</tr>`,
+  );
+  for (const img of input.images) {
+    const p = LABELS.map((l) => img.probabilities[l]);
+    const found = LABELS.filter((_, c) => p[c] > input.thresholds[c]);
+    h.push(
+      `<tr data-image="${escapeXml(img.image)}"><td>${escapeXml(img.image)}</td>` +
+        `<td>${escapeXml(found.length ? found.join(", ") : "none above threshold")}</td>` +
+        p.map((v, c) =>
+          v > input.thresholds[c] ? `<td class="num above"><b>${fmt4(v)}</b></td>` : td(v)
+        ).join("") + `</tr>`,
+    );
+  }
+  h.push(`</tbody></table></div>`, `</body>`, `</html>`);
+  return h.join("\n") + "\n";
+}
+
+/** Writes {@link renderImagesReportHtml} of `input` to `path` atomically. */
+export async function writeImagesReportHtml(path: string, input: ImagesReportInput): Promise<void> {
+  await writeFileAtomic(path, renderImagesReportHtml(input));
 }

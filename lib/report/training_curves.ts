@@ -26,8 +26,10 @@ export interface EpochRecord {
   train_loss: number;
   /** Mean validation loss (BCE) after the epoch. */
   val_loss: number;
-  /** Mean validation AUROC over the 14 classes; null when undefined. */
+  /** Mean validation AUROC over the 14 classes (`np.mean`); null when a class is undefined. */
   val_mean_auroc: number | null;
+  /** Mean validation AUROC over the classes where it is defined, when recorded. */
+  val_mean_auroc_defined?: number | null;
   /** Mean validation F1 at the epoch's thresholds, when recorded. */
   val_mean_f1?: number | null;
   /** The learning rate this epoch was trained with. */
@@ -53,6 +55,7 @@ const COLORS = {
   train: "#1f77b4",
   val: "#ff7f0e",
   auroc: "#2ca02c",
+  aurocDefined: "#17becf",
   f1: "#9467bd",
   lr: "#7f7f7f",
   best: "#d62728",
@@ -90,6 +93,10 @@ function paddedDomain(values: number[], lo: number, hi: number): [number, number
   const pad = max > min ? (max - min) * 0.06 : Math.max(Math.abs(min) * 0.05, 0.01);
   const [a, b] = niceDomain(min - pad, max + pad, 5);
   return [min >= lo ? Math.max(lo, a) : a, max <= hi ? Math.min(hi, b) : b];
+}
+
+function isNumber(v: number | null | undefined): v is number {
+  return typeof v === "number" && Number.isFinite(v);
 }
 
 function finite(values: Array<number | null | undefined>): number[] {
@@ -149,6 +156,7 @@ export function renderTrainingCurves(
       labelAt: "bottom",
     }];
   const bestAuroc = best < 0 ? null : epochs[best].val_mean_auroc;
+  const bestAurocDefined = best < 0 ? null : epochs[best].val_mean_auroc_defined;
 
   // Loss panel.
   const lossValues = finite(epochs.flatMap((e) => [e.train_loss, e.val_loss]));
@@ -193,31 +201,41 @@ export function renderTrainingCurves(
     TITLE_H,
   ));
 
-  // Validation metric panel.
-  const hasF1 = epochs.some((e) => typeof e.val_mean_f1 === "number");
-  const metricValues = finite(
-    epochs.flatMap((e) => [e.val_mean_auroc, hasF1 ? e.val_mean_f1 : null]),
-  );
-  const [mMin, mMax] = metricValues.length > 0 ? paddedDomain(metricValues, 0, 1) : [0, 1];
-  const metricSeries: Series[] = [{
-    name: "validation mean AUROC",
-    x: xs,
-    y: epochs.map((e) => e.val_mean_auroc),
-    color: COLORS.auroc,
-    markers: true,
-    cls: "val-auroc",
-  }];
-  if (hasF1) {
-    metricSeries.push({
-      name: "validation mean F1",
+  // Validation metric panel: the 14-class mean AUROC, the mean over the defined classes when
+  // some epoch has an undefined class, and F1; only series with a point get a legend entry.
+  const someUndefined = epochs.some((e) => !isNumber(e.val_mean_auroc));
+  const candidates: Series[] = [
+    {
+      name: "mean AUROC",
+      x: xs,
+      y: epochs.map((e) => e.val_mean_auroc),
+      color: COLORS.auroc,
+      markers: true,
+      cls: "val-auroc",
+    },
+    {
+      name: "mean AUROC over defined classes",
+      x: xs,
+      y: someUndefined ? epochs.map((e) => e.val_mean_auroc_defined ?? null) : [],
+      color: COLORS.aurocDefined,
+      markers: true,
+      dash: "2 2",
+      cls: "val-auroc-defined",
+    },
+    {
+      name: "mean F1",
       x: xs,
       y: epochs.map((e) => e.val_mean_f1 ?? null),
       color: COLORS.f1,
       markers: true,
       dash: "6 3",
       cls: "val-f1",
-    });
-  }
+    },
+  ];
+  const metricSeries = candidates.filter((c) => Array.from(c.y).some(isNumber));
+  const hasF1 = metricSeries.some((c) => c.cls === "val-f1");
+  const metricValues = finite(metricSeries.flatMap((c) => Array.from(c.y)));
+  const [mMin, mMax] = metricValues.length > 0 ? paddedDomain(metricValues, 0, 1) : [0, 1];
   const metricPanel = renderChart(
     {
       width: PANEL_W,
@@ -229,8 +247,10 @@ export function renderTrainingCurves(
       vlines: [
         ...vlines,
         ...bestLine(
-          typeof bestAuroc === "number" && Number.isFinite(bestAuroc)
+          isNumber(bestAuroc)
             ? `, AUROC ${bestAuroc.toFixed(4)}`
+            : isNumber(bestAurocDefined)
+            ? `, AUROC (defined classes) ${bestAurocDefined.toFixed(4)}`
             : "",
         ),
       ],

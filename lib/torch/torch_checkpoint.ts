@@ -237,7 +237,8 @@ const STORAGE_TYPES: [new (...a: never[]) => HostTensor["data"], string][] = [
   [Int8Array, "CharStorage"],
 ];
 
-class Pickler {
+/** The protocol-2 pickler `torch.save` output is made with (also used by results_pt.ts). */
+export class Pickler {
   private out: number[] = [];
   private memo = new Map<string, number>();
   private enc = new TextEncoder();
@@ -426,27 +427,40 @@ class Pickler {
     this.tuple(5, () => {
       this.int(1);
       this.intTuple([v.length]);
-      this.global("numpy", "dtype");
-      this.tuple(3, () => {
-        this.str("f8");
-        this.bool(false);
-        this.bool(true);
-      });
-      this.reduce();
-      this.tuple(8, () => {
-        this.int(3);
-        this.str("<");
-        this.none();
-        this.none();
-        this.none();
-        this.int(-1);
-        this.int(-1);
-        this.int(0);
-      });
-      this.op(0x62); // BUILD
+      this.float64Dtype();
       this.bool(false);
       const copy = Float64Array.from(v);
       this.pyBytes(new Uint8Array(copy.buffer));
+    });
+    this.op(0x62); // BUILD
+  }
+  /** A numpy float64 scalar (`np.float64`), as `numpy.core.multiarray.scalar` pickles it. */
+  float64Scalar(x: number): void {
+    this.global("numpy.core.multiarray", "scalar");
+    this.tuple(2, () => {
+      this.float64Dtype();
+      this.pyBytes(new Uint8Array(Float64Array.of(x).buffer));
+    });
+    this.reduce();
+  }
+  /** `numpy.dtype('f8')` with its little-endian state. */
+  private float64Dtype(): void {
+    this.global("numpy", "dtype");
+    this.tuple(3, () => {
+      this.str("f8");
+      this.bool(false);
+      this.bool(true);
+    });
+    this.reduce();
+    this.tuple(8, () => {
+      this.int(3);
+      this.str("<");
+      this.none();
+      this.none();
+      this.none();
+      this.int(-1);
+      this.int(-1);
+      this.int(0);
     });
     this.op(0x62); // BUILD
   }

@@ -24,6 +24,8 @@ export async function writeFileAtomic(
     await Deno.rename(tmp, path);
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});
+    // Users chose `path`; the temp name would only puzzle them (and cannot be granted ahead).
+    if (e instanceof Error) e.message = e.message.replaceAll(tmp, path);
     throw e;
   }
 }
