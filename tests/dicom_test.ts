@@ -224,7 +224,7 @@ Deno.test("validate_model.ts --images predicts DICOM files as the images they ho
       "--images",
       dir,
       "--json",
-      `${dir}/p.jsonl`,
+      `${dir}/p.json`,
       "--cam",
       "1",
       "--cam_dir",
@@ -232,8 +232,8 @@ Deno.test("validate_model.ts --images predicts DICOM files as the images they ho
     ], [dir]);
     assert.equal(r.code, 0, r.stderr);
     const probs = new Map<string, number[]>();
-    for (const line of (await Deno.readTextFile(`${dir}/p.jsonl`)).trim().split("\n")) {
-      const rec = JSON.parse(line);
+    const doc = JSON.parse(await Deno.readTextFile(`${dir}/p.json`));
+    for (const rec of doc.images) {
       probs.set(rec.image.split("/").pop(), LABELS.map((l) => rec.probabilities[l] as number));
     }
     assert.equal(probs.size, 7);
