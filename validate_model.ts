@@ -115,7 +115,7 @@ export const FLAGS = {
   images: {
     kind: "list",
     metavar: "FILE",
-    help: "predict these PNG/JPEG files or directories instead of the test set",
+    help: "predict these PNG/JPEG/DICOM files or directories instead of the test set",
   },
 } as const satisfies FlagSpecs;
 
