@@ -64,11 +64,14 @@ Deno.test({
     };
     const dataset = await fixtureDatasetDir(["test"]);
     const cwd = await Deno.makeTempDir({ prefix: "cxr_compiled_run_" });
+    // The executable may write under data/ of its working directory only (its task's grant).
+    const outDir = `${cwd}/data`;
+    await Deno.mkdir(outDir);
     try {
       const out = await new Deno.Command(exe, {
         args: [
           ...["-s", SEED!, "--dataset_dir", dataset, "-b", "25", "--backend", "wasm"],
-          ...["--json", `${dataset}/results.json`, "--predictions", `${dataset}/p.csv`],
+          ...["--json", `${outDir}/results.json`, "--predictions", `${outDir}/p.csv`],
         ],
         cwd,
         stdout: "piped",
@@ -77,10 +80,10 @@ Deno.test({
       }).output();
       const stderr = new TextDecoder().decode(out.stderr);
       assert.equal(out.code, 0, stderr);
-      const json = JSON.parse(await Deno.readTextFile(`${dataset}/results.json`));
+      const json = JSON.parse(await Deno.readTextFile(`${outDir}/results.json`));
       assert.equal(json.n_images, 50);
       assert.equal(json.backend, "wasm");
-      const [header, ...rows] = (await Deno.readTextFile(`${dataset}/p.csv`)).trim().split("\n");
+      const [header, ...rows] = (await Deno.readTextFile(`${outDir}/p.csv`)).trim().split("\n");
       assert.ok(header.startsWith("Image Index,"));
       assert.deepEqual(rows.map((r) => r.split(",")[0].replace(/\.png$/, "")), expected.keys);
       const predictions = rows.flatMap((r) => r.split(",").slice(1).map(Number));
