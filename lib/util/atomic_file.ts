@@ -1,65 +1,113 @@
 /**
  * Atomic file writes: write to a temporary name beside the target, then rename,
  * so an interrupted run never leaves a half-written file under the final name. The temporary
- * name carries the writer's pid, so the leftovers of a killed writer (SIGKILL, power loss) are
- * recognised and removed the next time any script writes into that directory.
+ * name carries the writer's pid, and a writer holds a lock on `<dir>/.<pid>.alive` while it
+ * lives (the kernel drops it when the process dies, SIGKILL included), so the leftovers of a
+ * killed writer are recognised, and removed, the next time any script writes into that
+ * directory; a live process's temp files never are. (A lock, not /proc: Deno's scoped
+ * permissions do not reach /proc.)
  * @module
  */
 import { UserError } from "./errors.ts";
 
 /** `.<name>.<pid>.tmp`, the temporary name `tempPathFor` gives. */
 const TEMP_NAME = /^\..+\.(\d+)\.tmp$/;
+/** `.<pid>.alive`, locked by process pid while it may have temp files in the directory. */
+const ALIVE_NAME = /^\.(\d+)\.alive$/;
+/** An unlocked alive file younger than this may be one whose owner is just locking it. */
+const ALIVE_GRACE_MS = 60_000;
 
-const swept = new Set<string>();
+const registered = new Map<string, { file: Deno.FsFile; path: string }>();
 
 /** Temporary name used while `path` is being written; sweeps dead writers' temps from its dir. */
 export function tempPathFor(path: string): string {
   const slash = path.lastIndexOf("/");
   const dir = path.slice(0, slash + 1);
   const base = path.slice(slash + 1);
-  removeDeadTemps(dir || ".");
+  const key = dir.replace(/\/+$/, "") || (dir ? "/" : ".");
+  if (!registered.has(key)) {
+    removeDeadTemps(key);
+    registerAlive(key);
+  }
   return `${dir}.${base}.${Deno.pid}.tmp`;
 }
 
-/**
- * True unless process `pid` is known to be gone. Only Linux's /proc answers this; elsewhere
- * every writer counts as alive, so a live process's temp file is never removed.
- */
-function processAlive(pid: number): boolean {
-  if (pid === Deno.pid) return true;
+/** Takes this process's lock in `dir` (best effort: no lock only means no cleanup later). */
+function registerAlive(dir: string): void {
+  const path = `${dir}/.${Deno.pid}.alive`;
   try {
-    Deno.statSync("/proc/self");
+    // truncate refreshes mtime, so a stale file of an earlier process with this pid looks new.
+    const file = Deno.openSync(path, { write: true, create: true, truncate: true });
+    if (!file.tryLockSync(true)) {
+      file.close();
+      return;
+    }
+    registered.set(dir, { file, path });
   } catch {
+    // Not writable yet (the write itself will say so) or no locks here.
+  }
+}
+
+function removeOwnAliveFiles(): void {
+  for (const { file, path } of registered.values()) {
+    try {
+      file.close();
+      Deno.removeSync(path);
+    } catch {
+      // Already gone.
+    }
+  }
+  registered.clear();
+}
+globalThis.addEventListener("unload", removeOwnAliveFiles);
+
+/** True unless process `pid` left its alive file in `dir` and no longer holds its lock. */
+function writerAlive(dir: string, pid: number): boolean {
+  if (pid === Deno.pid) return true;
+  let file: Deno.FsFile;
+  try {
+    file = Deno.openSync(`${dir}/.${pid}.alive`, { read: true });
+  } catch {
+    // No alive file: a writer that could not lock (or older code); unknown, so kept.
     return true;
   }
   try {
-    Deno.statSync(`/proc/${pid}`);
-    return true;
-  } catch {
+    if (!file.tryLockSync(true)) return true;
+    file.unlockSync();
     return false;
+  } catch {
+    return true;
+  } finally {
+    file.close();
   }
 }
 
 /**
- * Removes, once per directory and process, the temp files in `dir` whose writing process is
- * gone. Returns the names removed. Errors (no permission, no directory) are ignored: cleaning
- * up is never a reason to fail a write.
+ * Removes the temp files in `dir` whose writing process is gone, and that process's stale
+ * alive file. Returns the names removed. Errors (no permission, no directory) are ignored:
+ * cleaning up is never a reason to fail a write.
  */
 export function removeDeadTemps(dir: string): string[] {
-  const key = dir.replace(/\/+$/, "") || "/";
-  if (swept.has(key)) return [];
-  swept.add(key);
   const removed: string[] = [];
+  const remove = (name: string) => {
+    try {
+      Deno.removeSync(`${dir}/${name}`);
+      removed.push(name);
+    } catch {
+      // Gone already, or not ours to remove.
+    }
+  };
   try {
-    for (const entry of Deno.readDirSync(key)) {
+    const entries = [...Deno.readDirSync(dir)];
+    for (const entry of entries) {
       const m = TEMP_NAME.exec(entry.name);
-      if (!m || !entry.isFile || processAlive(Number(m[1]))) continue;
-      try {
-        Deno.removeSync(`${key}/${entry.name}`);
-        removed.push(entry.name);
-      } catch {
-        // Gone already, or not ours to remove.
-      }
+      if (m && entry.isFile && !writerAlive(dir, Number(m[1]))) remove(entry.name);
+    }
+    for (const entry of entries) {
+      const m = ALIVE_NAME.exec(entry.name);
+      if (!m || !entry.isFile || writerAlive(dir, Number(m[1]))) continue;
+      const mtime = Deno.statSync(`${dir}/${entry.name}`).mtime?.getTime() ?? Date.now();
+      if (Date.now() - mtime > ALIVE_GRACE_MS) remove(entry.name);
     }
   } catch {
     // Unreadable or missing directory: nothing to clean.
