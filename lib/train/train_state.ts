@@ -133,7 +133,8 @@ const CHANGEABLE_ON_RESUME = new Set([
 
 /**
  * The flags of a resumed run: the saved run's, with the changeable ones taken from the
- * command line. A numerics flag given with another value than the run's is refused.
+ * command line where given there. A numerics flag given with another value than the run's is
+ * refused.
  */
 export function resumedFlags<F extends Record<string, unknown>>(
   saved: Record<string, unknown>,
@@ -143,7 +144,11 @@ export function resumedFlags<F extends Record<string, unknown>>(
 ): F {
   const out: Record<string, unknown> = { ...current };
   for (const [name, value] of Object.entries(saved)) {
-    if (!(name in current) || CHANGEABLE_ON_RESUME.has(name)) continue;
+    if (!(name in current) || name === "resume") continue;
+    if (CHANGEABLE_ON_RESUME.has(name)) {
+      if (!given.has(name)) out[name] = value;
+      continue;
+    }
     if (given.has(name) && JSON.stringify(current[name]) !== JSON.stringify(value)) {
       throw new UserError(
         `--${name} ${JSON.stringify(current[name])} differs from the run being resumed ` +

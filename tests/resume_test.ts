@@ -1,0 +1,149 @@
+/**
+ * `--resume`: a tiny run killed (SIGKILL) during epoch 2 and resumed ends with the same
+ * weights, thresholds and results as the same run left alone.
+ * @module
+ */
+import assert from "node:assert/strict";
+import { fixtureDatasetDir, runScript } from "./helpers/scripts.ts";
+import { loadCheckpoint } from "../lib/torch/torch_checkpoint.ts";
+import { readTrainState } from "../lib/train/train_state.ts";
+
+// Augmentation, a patience of 0 and factor 0.5 make the RNG and the scheduler matter.
+const ARGS = [
+  "--arch",
+  "densenet_tiny",
+  "--weights",
+  "none",
+  "--image_size",
+  "40",
+  "-b",
+  "10",
+  "-a",
+  "-p",
+  "0",
+  "-f",
+  "0.5",
+];
+
+function runFiles(dir: string): string[] {
+  return [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => !n.startsWith(".")).sort();
+}
+
+/** The results without wall-clock fields. */
+function comparable(results: Record<string, unknown>) {
+  const epochs = (results.epochs as Record<string, unknown>[]).map(
+    ({ seconds: _s, train_images_per_s: _t, ...rest }) => rest,
+  );
+  return { status: results.status, best: results.best, epochs };
+}
+
+async function sameWeights(a: string, b: string): Promise<void> {
+  const [ca, cb] = [await loadCheckpoint(a), await loadCheckpoint(b)];
+  assert.deepEqual([...ca.stateDict.keys()], [...cb.stateDict.keys()]);
+  for (const [key, t] of ca.stateDict) {
+    assert.deepEqual(t.data, cb.stateDict.get(key)!.data, `${key} of ${a} vs ${b}`);
+  }
+  assert.deepEqual(ca.thresholds, cb.thresholds);
+}
+
+Deno.test("--resume last after a SIGKILL in epoch 2 ends as the run left alone", async () => {
+  const dataset = await fixtureDatasetDir(["train", "val"]);
+  const alone = await Deno.makeTempDir({ prefix: "cxr_alone_" });
+  const killed = await Deno.makeTempDir({ prefix: "cxr_killed_" });
+  const common = [...ARGS, "-e", "3", "--dataset_dir", dataset];
+
+  const full = await runScript("train_model.ts", [...common, "--save_dir", alone], [alone]);
+  assert.equal(full.code, 0, full.stderr);
+
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("../train_model.ts", import.meta.url).pathname,
+      ...common,
+      "--save_dir",
+      killed,
+    ],
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let seen = "";
+  while (!/Epoch 2\//.test(seen)) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    seen += value;
+  }
+  child.kill("SIGKILL");
+  await child.status;
+  reader.releaseLock();
+  const [stamp] = runFiles(killed)[0].split(/_(?:curves|last|model|results)\b/);
+  const base = `${killed}/${stamp}`;
+  const interrupted = JSON.parse(await Deno.readTextFile(`${base}_results.json`));
+  assert.equal(interrupted.status, "running");
+  assert.equal(interrupted.epochs.length, 1);
+  assert.equal((await readTrainState(`${base}_last.pt`)).progress.epoch, 1);
+
+  // Settings that decide the numbers cannot change on resume.
+  const changed = await runScript("train_model.ts", [
+    "--resume",
+    "last",
+    "-b",
+    "5",
+    "--save_dir",
+    killed,
+    "--dataset_dir",
+    dataset,
+  ], [killed]);
+  assert.equal(changed.code, 1);
+  assert.match(changed.stderr, /error: --batch_size 5 differs from the run being resumed .*: drop/);
+
+  const resumed = await runScript("train_model.ts", [
+    "--resume",
+    "last",
+    "--save_dir",
+    killed,
+    "--dataset_dir",
+    dataset,
+  ], [killed]);
+  assert.equal(resumed.code, 0, resumed.stderr);
+  assert.match(resumed.stderr, new RegExp(`Resuming run ${stamp} after epoch 1`));
+  assert.match(resumed.stdout, /Epoch 2\/3/);
+  assert.ok(!/Epoch 1\//.test(resumed.stdout));
+
+  // One run, same stamp, same results file, epochs appended; no temp or new files.
+  assert.deepEqual(runFiles(killed), [
+    `${stamp}_curves.svg`,
+    `${stamp}_last.pt`,
+    `${stamp}_model.pt`,
+    `${stamp}_results.json`,
+  ]);
+  assert.ok(!runFiles(killed).some((n) => n.endsWith(".tmp")));
+  const [aloneStamp] = runFiles(alone)[0].split(/_(?:curves|last|model|results)\b/);
+  const a = JSON.parse(await Deno.readTextFile(`${alone}/${aloneStamp}_results.json`));
+  const b = JSON.parse(await Deno.readTextFile(`${base}_results.json`));
+  assert.deepEqual(comparable(b), comparable(a));
+  assert.equal(b.status, "complete");
+  assert.equal(b.started, interrupted.started);
+  assert.equal(b.resumed.length, 1);
+  assert.ok(a.epochs.some((e: { lr_lowered: boolean }) => e.lr_lowered), "scheduler acted");
+  await sameWeights(`${alone}/${aloneStamp}_model.pt`, `${base}_model.pt`);
+  await sameWeights(`${alone}/${aloneStamp}_last.pt`, `${base}_last.pt`);
+  const [sa, sb] = [
+    await readTrainState(`${alone}/${aloneStamp}_last.pt`),
+    await readTrainState(`${base}_last.pt`),
+  ];
+  assert.deepEqual(sb.adam, sa.adam);
+  assert.deepEqual(sb.progress.rng, sa.progress.rng);
+  assert.deepEqual(sb.progress.scheduler, sa.progress.scheduler);
+
+  // A complete run is not "last"; extending it needs a larger -e.
+  const none = await runScript("train_model.ts", ["--resume", "last", "--save_dir", killed], []);
+  assert.equal(none.code, 1);
+  assert.match(none.stderr, /error: no unfinished run in .*: pass --resume PATH/);
+  const done = await runScript("train_model.ts", ["--resume", `${base}_results.json`], []);
+  assert.match(done.stderr, /error: .*_last\.pt: the run already has 3 of 3 epochs; pass -e N/);
+  await Deno.remove(dataset, { recursive: true });
+  await Deno.remove(alone, { recursive: true });
+  await Deno.remove(killed, { recursive: true });
+});
