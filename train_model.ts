@@ -38,6 +38,7 @@ import { stateDictFromModel } from "./lib/model/model_weights.ts";
 import { formatDuration, Progress } from "./lib/util/progress.ts";
 import { Rng } from "./lib/util/rng.ts";
 import {
+  liveRunPid,
   newestUnfinishedRun,
   reserveRunPaths,
   resolveSavedModel,
@@ -188,6 +189,10 @@ async function openResume(flags: ReturnType<typeof parseFlags<typeof FLAGS>>) {
   const path = flags.resume === "last"
     ? await newestUnfinishedRun(flags.save_dir)
     : runPathsOf(await resolveSavedModel(flags.resume!, flags.save_dir)).last;
+  const live = await liveRunPid(path);
+  if (live !== null) {
+    throw new UserError(`${path}: the run is still going on (pid ${live}); stop it first`);
+  }
   const state = await readTrainState<EpochRecord>(path);
   const merged = resumedFlags(state.progress.flags, flags, givenFlags(flags), path);
   if (state.progress.epoch >= merged.epochs) {
@@ -319,6 +324,7 @@ async function main(args: string[]): Promise<void> {
         {
           status,
           ...(stop.signal ? { signal: stop.signal } : {}),
+          pid: Deno.pid,
           model: paths.model,
           resume_state: paths.last,
           started: startedAt.toISOString(),

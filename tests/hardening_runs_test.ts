@@ -221,6 +221,23 @@ Deno.test("class 6: SIGTERM and SIGHUP end training like Ctrl-C; dead runs' temp
       if (done) break;
       seen += value;
     }
+    if (signal === "SIGTERM") {
+      // A run still going on is not resumed by a second process.
+      const last = [...Deno.readDirSync(save)].map((e) => e.name).find((n) =>
+        n.endsWith("_last.pt")
+      );
+      const again = await runScript("train_model.ts", ["--resume", `${save}/${last}`], []);
+      assert.match(
+        errorLine(again, 1),
+        /_last\.pt: the run is still going on \(pid \d+\); stop it first/,
+      );
+      const newest = await runScript(
+        "train_model.ts",
+        ["--resume", "last", "--save_dir", save],
+        [],
+      );
+      assert.match(errorLine(newest, 1), /no unfinished run in/);
+    }
     child.kill(signal);
     while (!(await reader.read()).done);
     assert.equal((await child.status).code, code, signal);

@@ -61,25 +61,33 @@ function removeOwnAliveFiles(): void {
 }
 globalThis.addEventListener("unload", removeOwnAliveFiles);
 
-/** True unless process `pid` left its alive file in `dir` and no longer holds its lock. */
-function writerAlive(dir: string, pid: number): boolean {
-  if (pid === Deno.pid) return true;
+/**
+ * Whether process `pid` still writes into `dir`: "alive" while it holds the lock on its alive
+ * file, "dead" once it left the file unlocked, "unknown" without a file (a writer that could
+ * not lock, or whose stale file was swept).
+ */
+export function writerState(dir: string, pid: number): "alive" | "dead" | "unknown" {
+  if (pid === Deno.pid) return "alive";
   let file: Deno.FsFile;
   try {
     file = Deno.openSync(`${dir}/.${pid}.alive`, { read: true });
   } catch {
-    // No alive file: a writer that could not lock (or older code); unknown, so kept.
-    return true;
+    return "unknown";
   }
   try {
-    if (!file.tryLockSync(true)) return true;
+    if (!file.tryLockSync(true)) return "alive";
     file.unlockSync();
-    return false;
+    return "dead";
   } catch {
-    return true;
+    return "unknown";
   } finally {
     file.close();
   }
+}
+
+/** Temp files are removed only when their writer is certainly dead. */
+function writerAlive(dir: string, pid: number): boolean {
+  return writerState(dir, pid) !== "dead";
 }
 
 /**

@@ -5,6 +5,7 @@
  * @module
  */
 import { UserError } from "./errors.ts";
+import { writerState } from "./atomic_file.ts";
 
 /** The run stamp `YYYY_MMDD_HHMMSS` of the original tool, in local time. */
 export function runStamp(date: Date = new Date()): string {
@@ -125,19 +126,34 @@ export async function newestSavedModel(saveDir: string): Promise<string> {
   return best.path;
 }
 
+/** What a run's results file says: its status, and the pid of the process that runs it. */
+async function runStatus(path: string): Promise<{ status: unknown; pid: unknown }> {
+  try {
+    const json = JSON.parse(await Deno.readTextFile(runPathsOf(path).results));
+    return { status: json.status, pid: json.pid };
+  } catch {
+    // A missing or unreadable results file: the run did not finish writing it.
+    return { status: null, pid: null };
+  }
+}
+
+/** The pid of the live process still running the run of `path`, else null. */
+export async function liveRunPid(path: string): Promise<number | null> {
+  const { status, pid } = await runStatus(path);
+  if (status !== "running" || typeof pid !== "number") return null;
+  const dir = path.slice(0, Math.max(0, path.lastIndexOf("/"))) || ".";
+  return writerState(dir, pid) === "alive" ? pid : null;
+}
+
 /**
  * The `_last.pt` of the newest run in `saveDir` that did not complete (its results file says
- * running, interrupted, stopped or failed, or is missing); a UserError when there is none.
+ * running, interrupted, stopped or failed, or is missing) and that no live process runs; a
+ * UserError when there is none.
  */
 export async function newestUnfinishedRun(saveDir: string): Promise<string> {
   for (const { path } of await filesBySuffix(saveDir, "_last.pt")) {
-    let status: unknown = null;
-    try {
-      status = JSON.parse(await Deno.readTextFile(runPathsOf(path).results)).status;
-    } catch {
-      // A missing or unreadable results file: the run did not finish writing it.
-    }
-    if (status !== "complete") return path;
+    if ((await runStatus(path)).status === "complete") continue;
+    if ((await liveRunPid(path)) === null) return path;
   }
   throw new UserError(
     `no unfinished run in ${saveDir} (no *_last.pt of a run whose results are not complete): ` +
