@@ -194,7 +194,10 @@ async function openResume(flags: ReturnType<typeof parseFlags<typeof FLAGS>>) {
     throw new UserError(`${path}: the run is still going on (pid ${live}); stop it first`);
   }
   const state = await readTrainState<EpochRecord>(path);
-  const merged = resumedFlags(state.progress.flags, flags, givenFlags(flags), path);
+  const merged = {
+    ...resumedFlags(state.progress.flags, flags, givenFlags(flags), path),
+    save_dir: path.slice(0, Math.max(0, path.lastIndexOf("/"))) || ".", // where the run is now
+  };
   if (state.progress.epoch >= merged.epochs) {
     throw new UserError(
       `${path}: the run already has ${state.progress.epoch} of ${merged.epochs} epochs; ` +

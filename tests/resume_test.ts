@@ -46,7 +46,7 @@ async function sameWeights(a: string, b: string): Promise<void> {
   assert.deepEqual(ca.thresholds, cb.thresholds);
 }
 
-Deno.test("--resume last after a SIGKILL in epoch 2 ends as the run left alone", async () => {
+Deno.test("--resume after a SIGKILL in epoch 2 (run directory moved) ends as the run left alone", async () => {
   const dataset = await fixtureDatasetDir(["train", "val"]);
   const alone = await Deno.makeTempDir({ prefix: "cxr_alone_" });
   const killed = await Deno.makeTempDir({ prefix: "cxr_killed_" });
@@ -78,7 +78,7 @@ Deno.test("--resume last after a SIGKILL in epoch 2 ends as the run left alone",
   await child.status;
   reader.releaseLock();
   const [stamp] = runFiles(killed)[0].split(/_(?:curves|last|model|results)\b/);
-  const base = `${killed}/${stamp}`;
+  let base = `${killed}/${stamp}`;
   const interrupted = JSON.parse(await Deno.readTextFile(`${base}_results.json`));
   assert.equal(interrupted.status, "running");
   assert.equal(interrupted.epochs.length, 1);
@@ -98,27 +98,30 @@ Deno.test("--resume last after a SIGKILL in epoch 2 ends as the run left alone",
   assert.equal(changed.code, 1);
   assert.match(changed.stderr, /error: --batch_size 5 differs from the run being resumed .*: drop/);
 
+  // The run's directory may move (a new disk): resumed in place, given any of its files.
+  const moved = `${killed}_moved`;
+  await Deno.rename(killed, moved);
   const resumed = await runScript("train_model.ts", [
     "--resume",
-    "last",
-    "--save_dir",
-    killed,
+    `${moved}/${stamp}_results.json`,
     "--dataset_dir",
     dataset,
-  ], [killed]);
+  ], [moved]);
   assert.equal(resumed.code, 0, resumed.stderr);
   assert.match(resumed.stderr, new RegExp(`Resuming run ${stamp} after epoch 1`));
   assert.match(resumed.stdout, /Epoch 2\/3/);
   assert.ok(!/Epoch 1\//.test(resumed.stdout));
 
+  base = `${moved}/${stamp}`;
   // One run, same stamp, same results file, epochs appended; no temp or new files.
-  assert.deepEqual(runFiles(killed), [
+  assert.deepEqual(runFiles(moved), [
     `${stamp}_curves.svg`,
     `${stamp}_last.pt`,
     `${stamp}_model.pt`,
     `${stamp}_results.json`,
   ]);
-  assert.ok(!runFiles(killed).some((n) => n.endsWith(".tmp")));
+  const hidden = [...Deno.readDirSync(moved)].map((e) => e.name).filter((n) => n.startsWith("."));
+  assert.ok(!hidden.some((n) => n.endsWith(".tmp")), hidden.join(", "));
   const [aloneStamp] = runFiles(alone)[0].split(/_(?:curves|last|model|results)\b/);
   const a = JSON.parse(await Deno.readTextFile(`${alone}/${aloneStamp}_results.json`));
   const b = JSON.parse(await Deno.readTextFile(`${base}_results.json`));
@@ -126,6 +129,8 @@ Deno.test("--resume last after a SIGKILL in epoch 2 ends as the run left alone",
   assert.equal(b.status, "complete");
   assert.equal(b.started, interrupted.started);
   assert.equal(b.resumed.length, 1);
+  assert.equal(b.model, `${base}_model.pt`);
+  assert.equal(b.flags.save_dir, moved);
   assert.ok(a.epochs.some((e: { lr_lowered: boolean }) => e.lr_lowered), "scheduler acted");
   await sameWeights(`${alone}/${aloneStamp}_model.pt`, `${base}_model.pt`);
   await sameWeights(`${alone}/${aloneStamp}_last.pt`, `${base}_last.pt`);
@@ -138,12 +143,12 @@ Deno.test("--resume last after a SIGKILL in epoch 2 ends as the run left alone",
   assert.deepEqual(sb.progress.scheduler, sa.progress.scheduler);
 
   // A complete run is not "last"; extending it needs a larger -e.
-  const none = await runScript("train_model.ts", ["--resume", "last", "--save_dir", killed], []);
+  const none = await runScript("train_model.ts", ["--resume", "last", "--save_dir", moved], []);
   assert.equal(none.code, 1);
   assert.match(none.stderr, /error: no unfinished run in .*: pass --resume PATH/);
   const done = await runScript("train_model.ts", ["--resume", `${base}_results.json`], []);
   assert.match(done.stderr, /error: .*_last\.pt: the run already has 3 of 3 epochs; pass -e N/);
   await Deno.remove(dataset, { recursive: true });
   await Deno.remove(alone, { recursive: true });
-  await Deno.remove(killed, { recursive: true });
+  await Deno.remove(moved, { recursive: true });
 });

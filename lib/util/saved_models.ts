@@ -174,7 +174,7 @@ export async function resolveSavedModel(name: string, saveDir: string): Promise<
     if (info.isDirectory) {
       throw new UserError(
         `${path} is a directory, not a model file: pass a checkpoint in it, such as ` +
-          `${path}/<stamp>_model.pt`,
+          `${path.replace(/\/+$/, "")}/<stamp>_model.pt`,
       );
     }
     return path;
