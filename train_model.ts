@@ -47,6 +47,7 @@ import {
 import { StopSignals } from "./lib/util/stop_signals.ts";
 import {
   type BestRecord,
+  checkAdamFits,
   readTrainState,
   resumedFlags,
   type TrainProgress,
@@ -299,6 +300,7 @@ async function main(args: string[]): Promise<void> {
   if (resumed) {
     // Continue exactly: optimiser moments and step, scheduler, RNG, records.
     const saved = resumed.state.progress;
+    checkAdamFits(resumed.state.adam, model, resumed.path);
     adam.setState(resumed.state.adam);
     scheduler.restore(saved.scheduler);
     rng.setState(saved.rng);

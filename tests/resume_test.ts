@@ -4,9 +4,15 @@
  * @module
  */
 import assert from "node:assert/strict";
+import * as tf from "@tensorflow/tfjs-core";
+import "@tensorflow/tfjs-backend-cpu";
+import { Adam } from "../lib/train/adam.ts";
+import { ReduceLROnPlateau } from "../lib/train/scheduler.ts";
+import { Rng } from "../lib/util/rng.ts";
 import { fixtureDatasetDir, runScript } from "./helpers/scripts.ts";
 import { loadCheckpoint } from "../lib/torch/torch_checkpoint.ts";
-import { readTrainState } from "../lib/train/train_state.ts";
+import { checkAdamFits, readTrainState } from "../lib/train/train_state.ts";
+import { createDenseNet, disposeModel, TINY_DENSENET } from "../lib/model/densenet.ts";
 
 // Augmentation, a patience of 0 and factor 0.5 make the RNG and the scheduler matter.
 const ARGS = [
@@ -45,6 +51,64 @@ async function sameWeights(a: string, b: string): Promise<void> {
   }
   assert.deepEqual(ca.thresholds, cb.thresholds);
 }
+
+Deno.test("Adam, ReduceLROnPlateau and Rng continue exactly from their saved state", async () => {
+  await tf.setBackend("cpu");
+  const grads = [[0.3, -1, 2], [1, 0.5, -0.2], [-0.7, 0.1, 0.9], [0.2, 0.2, -2]];
+  const run = async (split: boolean) => {
+    const w = tf.tidy(() => tf.variable(tf.tensor1d([1, -2, 0.5]), true, `resume_w_${split}`));
+    let adam = new Adam({ lr: 0.01 });
+    for (const [i, g] of grads.entries()) {
+      if (split && i === 2) {
+        const state = await adam.getState();
+        adam.dispose();
+        adam = new Adam({ lr: 0.01 });
+        adam.setState(JSON.parse(JSON.stringify({ ...state, m: null, v: null })));
+        adam.setState(state);
+      }
+      const grad = tf.tensor1d(g);
+      adam.apply([w], { [w.name]: grad });
+      grad.dispose();
+    }
+    const out = Array.from(await w.data());
+    adam.dispose();
+    w.dispose();
+    return out;
+  };
+  const before = tf.memory().numTensors;
+  assert.deepEqual(await run(true), await run(false));
+  assert.equal(tf.memory().numTensors, before, "no tensors leak");
+
+  // A drop at loss 4, then a cooldown epoch that only a restored counter skips.
+  const losses = [1, 0.9, 0.95, 0.97, 0.98, 0.99, 0.8, 0.85, 0.86, 0.87];
+  const whole = new ReduceLROnPlateau(0.1, { factor: 0.5, patience: 1, cooldown: 1 });
+  const first = new ReduceLROnPlateau(0.1, { factor: 0.5, patience: 1, cooldown: 1 });
+  const lrs = losses.map((l) => (whole.step(l), whole.lr));
+  losses.slice(0, 4).forEach((l) => first.step(l));
+  const second = new ReduceLROnPlateau(0.1, { factor: 0.5, patience: 1, cooldown: 1 });
+  second.restore(JSON.parse(JSON.stringify(first.toJSON())));
+  assert.deepEqual(
+    [...lrs.slice(0, 4), ...losses.slice(4).map((l) => (second.step(l), second.lr))],
+    lrs,
+  );
+
+  // Moments of another model are refused with one line, not a tfjs broadcast error later.
+  const model = createDenseNet(TINY_DENSENET, { seed: 1 });
+  const layout = [...model.variables.values()].filter((v) => v.trainable).map((v) => v.name);
+  const m = new Float32Array(10);
+  assert.throws(
+    () => checkAdamFits({ step: 3, layout, m, v: m }, model, "x_last.pt"),
+    /x_last\.pt: Adam's moments \(10 values\) do not fit the model's \d+ parameters/,
+  );
+  disposeModel(model);
+
+  const a = new Rng(7), b = new Rng(7);
+  a.normal(); // leaves a spare normal draw in the state
+  b.normal();
+  const c = new Rng(0);
+  c.setState(JSON.parse(JSON.stringify(a.getState())));
+  assert.deepEqual([c.normal(), c.next(), c.normal()], [b.normal(), b.next(), b.normal()]);
+});
 
 Deno.test("--resume after a SIGKILL in epoch 2 (run directory moved) ends as the run left alone", async () => {
   const dataset = await fixtureDatasetDir(["train", "val"]);

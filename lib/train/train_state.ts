@@ -12,6 +12,7 @@ import { writeFileAtomic } from "../util/atomic_file.ts";
 import { encodeCheckpoint } from "../torch/torch_checkpoint.ts";
 import { readZip, writeZip, type ZipEntry } from "../torch/zip_store.ts";
 import type { StateDict } from "../torch/state_dict.ts";
+import { type DenseNet, trainableVariables } from "../model/densenet.ts";
 import type { AdamState } from "./adam.ts";
 import type { PlateauState } from "./scheduler.ts";
 
@@ -111,6 +112,20 @@ export async function readTrainState<E>(
     throw new UserError(`${path}: Adam's moments are incomplete; the file is corrupt`);
   }
   return { progress, adam };
+}
+
+/** Refuses Adam moments that do not belong to `model`'s variables (a corrupt or foreign file). */
+export function checkAdamFits(adam: AdamState, model: DenseNet, source: string): void {
+  if (adam.m === null) return;
+  const vars = trainableVariables(model);
+  const total = vars.reduce((n, v) => n + v.size, 0);
+  const names = vars.map((v) => v.name).join("\n");
+  if (adam.layout.join("\n") !== names || adam.m.length !== total) {
+    throw new UserError(
+      `${source}: Adam's moments (${adam.m.length} values) do not fit the model's ${total} ` +
+        `parameters; the file is corrupt or from another run`,
+    );
+  }
 }
 
 /**
