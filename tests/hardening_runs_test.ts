@@ -92,14 +92,13 @@ Deno.test("class 3: NaN weights refused at load; NaN thresholds warned once; -s 
       NaN;
   });
   const test = await fixtureDatasetDir(["test", "train", "val"]);
-  for (
-    const [script, args] of [
-      ["validate_model.ts", [...VALIDATE, "-s", nan]],
-      ["validate_model.ts", [...VALIDATE, "-s", nan, "--images", TINY]],
-      ["train_model.ts", [...TRAIN, "-s", nan]],
-      ["train_model.ts", [...TRAIN, "--weights", nan]],
-    ] as const
-  ) {
+  const nanRuns: [string, string[]][] = [
+    ["validate_model.ts", [...VALIDATE, "-s", nan]],
+    ["validate_model.ts", [...VALIDATE, "-s", nan, "--images", TINY]],
+    ["train_model.ts", [...TRAIN, "-s", nan]],
+    ["train_model.ts", [...TRAIN, "--weights", nan]],
+  ];
+  await Promise.all(nanRuns.map(async ([script, args]) => {
     const save = await Deno.makeTempDir();
     const line = errorLine(
       await runScript(script, [...args, "--dataset_dir", test, "--save_dir", save], [save]),
@@ -110,7 +109,7 @@ Deno.test("class 3: NaN weights refused at load; NaN thresholds warned once; -s 
     assert.match(line, /use another checkpoint/);
     assert.deepEqual(await snapshot(save), {}, "nothing written");
     await Deno.remove(save, { recursive: true });
-  }
+  }));
 
   const nanThresholds = await tinyCheckpoint((c) => {
     c.thresholds![2] = NaN;
@@ -129,14 +128,16 @@ Deno.test("class 3: NaN weights refused at load; NaN thresholds warned once; -s 
   assert.equal(warnings.length, 1, r.stderr);
   assert.match(warnings[0], /not finite for Effusion, Nodule; F1 there uses 0\.5/);
 
-  for (const script of ["train_model.ts", "validate_model.ts"]) {
-    const line = errorLine(await runScript(script, ["-s", ""], []), 2);
-    assert.match(line, /empty value for --saved_model: give a PATH or leave the flag out/);
-  }
-  for (const script of ["train_model.ts", "preprocess_data.ts"]) {
-    const line = errorLine(await runScript(script, ["data/x"], []), 2);
-    assert.match(line, /unexpected argument 'data\/x': \S+ takes only options/);
-  }
+  await Promise.all([
+    ...["train_model.ts", "validate_model.ts"].map(async (script) => {
+      const line = errorLine(await runScript(script, ["-s", ""], []), 2);
+      assert.match(line, /empty value for --saved_model: give a PATH or leave the flag out/);
+    }),
+    ...["train_model.ts", "preprocess_data.ts"].map(async (script) => {
+      const line = errorLine(await runScript(script, ["data/x"], []), 2);
+      assert.match(line, /unexpected argument 'data\/x': \S+ takes only options/);
+    }),
+  ]);
   await Deno.remove(test, { recursive: true });
 });
 
@@ -172,13 +173,12 @@ Deno.test("class 4: a head that is not 14 classes is refused before any batch", 
   for (const [what, edit, pattern] of heads) {
     const path = await tinyCheckpoint(edit);
     const save = await Deno.makeTempDir();
-    for (
-      const [script, args] of [
-        ["validate_model.ts", [...VALIDATE, "-s", path]],
-        ["validate_model.ts", [...VALIDATE, "-s", path, "--images", `${dataset}`]],
-        ["train_model.ts", [...TRAIN, "-s", path]],
-      ] as const
-    ) {
+    const runs: [string, string[]][] = [
+      ["validate_model.ts", [...VALIDATE, "-s", path]],
+      ["validate_model.ts", [...VALIDATE, "-s", path, "--images", dataset]],
+      ["train_model.ts", [...TRAIN, "-s", path]],
+    ];
+    await Promise.all(runs.map(async ([script, args]) => {
       const r = await runScript(script, [...args, "--dataset_dir", dataset, "--save_dir", save], [
         save,
       ]);
@@ -186,7 +186,7 @@ Deno.test("class 4: a head that is not 14 classes is refused before any batch", 
       assert.ok(line.includes(path), `${what}: ${line}`);
       assert.match(line, pattern, what);
       assert.ok(!/Validation complete|Epoch 1/.test(r.stdout), `${what}: ran batches`);
-    }
+    }));
     assert.deepEqual(await snapshot(save), {}, "train wrote nothing");
   }
   await Deno.remove(dataset, { recursive: true });
@@ -309,9 +309,9 @@ Deno.test("classes 7 and 8: bounded --image_size; clear lines for a file as a di
     ["validate_model.ts", ["-b", "-3"], /--batch_size: -3 \(must be ≥ 1\)/],
     ["train_model.ts", ["-l", "-0.5"], /--learning_rate: -0\.5 \(must be ≥ 0\)/],
   ];
-  for (const [script, args, pattern] of cases) {
+  await Promise.all(cases.map(async ([script, args, pattern]) => {
     assert.match(errorLine(await runScript(script, args, []), 2), pattern, args.join(" "));
-  }
+  }));
 
   const dir = await Deno.makeTempDir({ prefix: "cxr_dirs_" });
   await Deno.writeTextFile(`${dir}/file`, "keep me");
