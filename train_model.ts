@@ -18,7 +18,7 @@ import {
   SHUFFLE_BUFFER,
 } from "./config.ts";
 import { Adam } from "./lib/train/adam.ts";
-import { ensureDir, writeFileAtomic } from "./lib/util/atomic_file.ts";
+import { ensureDir, holdDirectory, writeFileAtomic } from "./lib/util/atomic_file.ts";
 import { RUN_FLAGS, startBackend } from "./lib/run_flags.ts";
 import { type FlagSpecs, givenFlags, parseFlags } from "./lib/util/cli.ts";
 import { loadSubset } from "./lib/data/dataset.ts";
@@ -293,6 +293,7 @@ async function main(args: string[]): Promise<void> {
   });
   await ensureDir(flags.save_dir, "--save_dir");
   const paths = resumed?.paths ?? await reserveRunPaths(flags.save_dir, startedAt, flags.debug);
+  holdDirectory(flags.save_dir); // tells other processes this run is live (see liveRunPid)
   const rng = new Rng(flags.seed);
   const epochs: EpochRecord[] = [];
   let best: BestRecord | null = null;

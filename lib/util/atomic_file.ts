@@ -1,11 +1,11 @@
 /**
  * Atomic file writes: write to a temporary name beside the target, then rename,
  * so an interrupted run never leaves a half-written file under the final name. The temporary
- * name carries the writer's pid, and a writer holds a lock on `<dir>/.<pid>.alive` while it
- * lives (the kernel drops it when the process dies, SIGKILL included), so the leftovers of a
- * killed writer are recognised, and removed, the next time any script writes into that
- * directory; a live process's temp files never are. (A lock, not /proc: Deno's scoped
- * permissions do not reach /proc.)
+ * name carries the writer's pid, and while a temp file may exist its writer holds a lock on
+ * `<dir>/.<pid>.alive` (the kernel drops it when the process dies, SIGKILL included), so the
+ * leftovers of a killed writer are recognised, and removed, the next time any script writes
+ * into that directory; a live process's temp files never are. (A lock, not /proc: Deno's
+ * scoped permissions do not reach /proc.)
  * @module
  */
 import { UserError } from "./errors.ts";
@@ -17,24 +17,56 @@ const ALIVE_NAME = /^\.(\d+)\.alive$/;
 /** An unlocked alive file younger than this may be one whose owner is just locking it. */
 const ALIVE_GRACE_MS = 60_000;
 
-const registered = new Map<string, { file: Deno.FsFile; path: string }>();
+/** This process's locks: per directory, the open alive file and how many temps may be open. */
+const held = new Map<string, { file: Deno.FsFile; path: string; users: number; sticky: boolean }>();
+const swept = new Set<string>();
 
-/** Temporary name used while `path` is being written; sweeps dead writers' temps from its dir. */
+function dirKey(dir: string): string {
+  return dir.replace(/\/+$/, "") || (dir.startsWith("/") ? "/" : ".");
+}
+
+/**
+ * Temporary name used while `path` is being written. Sweeps dead writers' temps from its
+ * directory (once per process) and holds this process's lock there: until `releaseTemp`, or
+ * for good when the caller never releases (a writer that keeps its temp files a long time).
+ */
 export function tempPathFor(path: string): string {
   const slash = path.lastIndexOf("/");
   const dir = path.slice(0, slash + 1);
   const base = path.slice(slash + 1);
-  const key = dir.replace(/\/+$/, "") || (dir ? "/" : ".");
-  if (!registered.has(key)) {
-    removeDeadTemps(key);
-    registerAlive(key);
-  }
+  acquire(dirKey(dir), false);
   return `${dir}.${base}.${Deno.pid}.tmp`;
 }
 
-/** Takes this process's lock in `dir` (best effort: no lock only means no cleanup later). */
-function registerAlive(dir: string): void {
-  const path = `${dir}/.${Deno.pid}.alive`;
+/** Marks the temp file of `tempPathFor(path)` as gone (renamed or removed). */
+function releaseTemp(path: string): void {
+  const key = dirKey(path.slice(0, path.lastIndexOf("/") + 1));
+  const entry = held.get(key);
+  if (!entry || --entry.users > 0 || entry.sticky) return;
+  held.delete(key);
+  closeAndRemove(entry);
+}
+
+/**
+ * Holds this process's lock in `dir` until it exits: a training run does, so that another
+ * process can tell the run is still going on (`writerState`).
+ */
+export function holdDirectory(dir: string): void {
+  acquire(dirKey(dir), true);
+}
+
+function acquire(key: string, sticky: boolean): void {
+  if (!swept.has(key)) {
+    swept.add(key);
+    removeDeadTemps(key);
+  }
+  const entry = held.get(key);
+  if (entry) {
+    entry.users++;
+    entry.sticky ||= sticky;
+    return;
+  }
+  const path = `${key}/.${Deno.pid}.alive`;
   try {
     // truncate refreshes mtime, so a stale file of an earlier process with this pid looks new.
     const file = Deno.openSync(path, { write: true, create: true, truncate: true });
@@ -42,24 +74,29 @@ function registerAlive(dir: string): void {
       file.close();
       return;
     }
-    registered.set(dir, { file, path });
+    held.set(key, { file, path, users: 1, sticky });
   } catch {
-    // Not writable yet (the write itself will say so) or no locks here.
+    // Not writable yet (the write itself will say so) or no locks here: no cleanup later.
   }
 }
 
-function removeOwnAliveFiles(): void {
-  for (const { file, path } of registered.values()) {
-    try {
-      file.close();
-      Deno.removeSync(path);
-    } catch {
-      // Already gone.
-    }
+function closeAndRemove(entry: { file: Deno.FsFile; path: string }): void {
+  try {
+    Deno.removeSync(entry.path);
+  } catch {
+    // Already gone.
   }
-  registered.clear();
+  try {
+    entry.file.close();
+  } catch {
+    // Already closed.
+  }
 }
-globalThis.addEventListener("unload", removeOwnAliveFiles);
+
+globalThis.addEventListener("unload", () => {
+  for (const entry of held.values()) closeAndRemove(entry);
+  held.clear();
+});
 
 /**
  * Whether process `pid` still writes into `dir`: "alive" while it holds the lock on its alive
@@ -136,6 +173,8 @@ export async function writeFileAtomic(
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});
     throw e;
+  } finally {
+    releaseTemp(path);
   }
 }
 
