@@ -250,7 +250,9 @@ async function main(args: string[]): Promise<void> {
     const path = await resolveSavedModel(flags.saved_model, flags.save_dir);
     model = (await loadModel(path)).model;
     weightsSource = { kind: "resume", path, sha256: null, notes: [] as string[] };
-    console.error(`Resuming from ${path}.`);
+    console.error(
+      `Starting from the weights of ${path} (optimiser and epochs afresh; --resume continues a run).`,
+    );
   } else {
     const config = ARCHITECTURES[flags.arch];
     if (flags.arch !== "densenet121" && flags.weights === "imagenet") {

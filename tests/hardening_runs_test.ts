@@ -387,6 +387,42 @@ Deno.test("class 9: a symlinked checkpoint loads, as given and as the newest in 
   ], []);
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /Loading from 2026_0101_000000_model\.pt\.[\s\S]*Mean AUROC/);
+  // As given (a relative link name resolved in --save_dir), to validate and to train from.
+  await Deno.symlink(target, `${save}/linked.pt`);
+  await Deno.copyFile(
+    `${dataset}/ChestXray14_test_000.tar`,
+    `${dataset}/ChestXray14_train_000.tar`,
+  );
+  await Deno.copyFile(`${dataset}/ChestXray14_test_000.tar`, `${dataset}/ChestXray14_val_000.tar`);
+  const out = await Deno.makeTempDir({ prefix: "cxr_link_out_" });
+  const [v, t] = await Promise.all([
+    runScript("validate_model.ts", [
+      ...VALIDATE,
+      "-s",
+      "linked.pt",
+      "--save_dir",
+      save,
+      "--dataset_dir",
+      dataset,
+    ], []),
+    runScript("train_model.ts", [
+      ...TRAIN,
+      "-e",
+      "1",
+      "-s",
+      `${save}/linked.pt`,
+      "--dataset_dir",
+      dataset,
+      "--save_dir",
+      out,
+    ], [out]),
+  ]);
+  assert.equal(v.code, 0, v.stderr);
+  assert.match(v.stdout, /Loading from linked\.pt\./);
+  assert.equal(t.code, 0, t.stderr);
+  assert.match(t.stderr, /Starting from the weights of .*linked\.pt/);
+  assert.equal(Deno.lstatSync(`${save}/linked.pt`).isSymlink, true, "the link is kept");
   await Deno.remove(save, { recursive: true });
+  await Deno.remove(out, { recursive: true });
   await Deno.remove(dataset, { recursive: true });
 });

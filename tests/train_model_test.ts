@@ -128,7 +128,7 @@ Deno.test("train_model.ts writes a reloadable checkpoint, results and curves; re
     save,
   ], [save]);
   assert.equal(resumed.code, 0, resumed.stderr);
-  assert.match(resumed.stderr, /Resuming from .*_model\.pt/);
+  assert.match(resumed.stderr, /Starting from the weights of .*_model\.pt/);
   await Deno.remove(dataset, { recursive: true });
   await Deno.remove(save, { recursive: true });
 });
