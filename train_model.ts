@@ -18,7 +18,7 @@ import {
   SHUFFLE_BUFFER,
 } from "./config.ts";
 import { Adam } from "./lib/train/adam.ts";
-import { ensureDir, holdDirectory, writeFileAtomic } from "./lib/util/atomic_file.ts";
+import { ensureDir, writeFileAtomic } from "./lib/util/atomic_file.ts";
 import { RUN_FLAGS, startBackend } from "./lib/run_flags.ts";
 import { type FlagSpecs, givenFlags, parseFlags } from "./lib/util/cli.ts";
 import { loadSubset } from "./lib/data/dataset.ts";
@@ -38,10 +38,11 @@ import { stateDictFromModel } from "./lib/model/model_weights.ts";
 import { formatDuration, Progress } from "./lib/util/progress.ts";
 import { Rng } from "./lib/util/rng.ts";
 import {
-  liveRunPid,
+  lockRun,
   newestUnfinishedRun,
   reserveRunPaths,
   resolveSavedModel,
+  runIsLive,
   runPathsOf,
 } from "./lib/util/saved_models.ts";
 import { StopSignals } from "./lib/util/stop_signals.ts";
@@ -190,9 +191,8 @@ async function openResume(flags: ReturnType<typeof parseFlags<typeof FLAGS>>) {
   const path = flags.resume === "last"
     ? await newestUnfinishedRun(flags.save_dir)
     : runPathsOf(await resolveSavedModel(flags.resume!, flags.save_dir)).last;
-  const live = await liveRunPid(path);
-  if (live !== null) {
-    throw new UserError(`${path}: the run is still going on (pid ${live}); stop it first`);
+  if (runIsLive(runPathsOf(path)) || !lockRun(runPathsOf(path))) {
+    throw new UserError(`${path}: the run is still going on in another process; stop it first`);
   }
   const state = await readTrainState<EpochRecord>(path);
   const merged = {
@@ -295,7 +295,6 @@ async function main(args: string[]): Promise<void> {
   });
   await ensureDir(flags.save_dir, "--save_dir");
   const paths = resumed?.paths ?? await reserveRunPaths(flags.save_dir, startedAt, flags.debug);
-  holdDirectory(flags.save_dir); // tells other processes this run is live (see liveRunPid)
   const rng = new Rng(flags.seed);
   const epochs: EpochRecord[] = [];
   let best: BestRecord | null = null;

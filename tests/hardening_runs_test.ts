@@ -229,7 +229,7 @@ Deno.test("class 6: SIGTERM and SIGHUP end training like Ctrl-C; dead runs' temp
       const again = await runScript("train_model.ts", ["--resume", `${save}/${last}`], []);
       assert.match(
         errorLine(again, 1),
-        /_last\.pt: the run is still going on \(pid \d+\); stop it first/,
+        /_last\.pt: the run is still going on in another process; stop it first/,
       );
       const newest = await runScript(
         "train_model.ts",

@@ -165,13 +165,23 @@ Deno.test("--resume after a SIGKILL in epoch 2 (run directory moved) ends as the
   // The run's directory may move (a new disk): resumed in place, given any of its files.
   const moved = `${killed}_moved`;
   await Deno.rename(killed, moved);
-  const resumed = await runScript("train_model.ts", [
-    "--resume",
-    `${moved}/${stamp}_results.json`,
-    "--dataset_dir",
-    dataset,
-  ], [moved]);
-  assert.equal(resumed.code, 0, resumed.stderr);
+  // Two processes resuming it at once: one continues the run, the other is refused.
+  const resume = () =>
+    runScript("train_model.ts", [
+      "--resume",
+      `${moved}/${stamp}_results.json`,
+      "--dataset_dir",
+      dataset,
+    ], [moved]);
+  const both = await Promise.all([resume(), resume()]);
+  const resumed = both.find((r) => r.code === 0)!;
+  const refused = both.find((r) => r !== resumed)!;
+  assert.ok(resumed, both.map((r) => r.stderr).join("\n"));
+  assert.equal(refused.code, 1, refused.stderr);
+  assert.match(
+    refused.stderr,
+    /error: .*_last\.pt: the run (is still going on in another process|already has 3 of 3)/,
+  );
   assert.match(resumed.stderr, new RegExp(`Resuming run ${stamp} after epoch 1`));
   assert.match(resumed.stdout, /Epoch 2\/3/);
   assert.ok(!/Epoch 1\//.test(resumed.stdout));

@@ -18,7 +18,7 @@ const ALIVE_NAME = /^\.(\d+)\.alive$/;
 const ALIVE_GRACE_MS = 60_000;
 
 /** This process's locks: per directory, the open alive file and how many temps may be open. */
-const held = new Map<string, { file: Deno.FsFile; path: string; users: number; sticky: boolean }>();
+const held = new Map<string, { file: Deno.FsFile; path: string; users: number }>();
 const swept = new Set<string>();
 
 function dirKey(dir: string): string {
@@ -34,7 +34,7 @@ export function tempPathFor(path: string): string {
   const slash = path.lastIndexOf("/");
   const dir = path.slice(0, slash + 1);
   const base = path.slice(slash + 1);
-  acquire(dirKey(dir), false);
+  acquire(dirKey(dir));
   return `${dir}.${base}.${Deno.pid}.tmp`;
 }
 
@@ -42,20 +42,12 @@ export function tempPathFor(path: string): string {
 function releaseTemp(path: string): void {
   const key = dirKey(path.slice(0, path.lastIndexOf("/") + 1));
   const entry = held.get(key);
-  if (!entry || --entry.users > 0 || entry.sticky) return;
+  if (!entry || --entry.users > 0) return;
   held.delete(key);
   closeAndRemove(entry);
 }
 
-/**
- * Holds this process's lock in `dir` until it exits: a training run does, so that another
- * process can tell the run is still going on (`writerState`).
- */
-export function holdDirectory(dir: string): void {
-  acquire(dirKey(dir), true);
-}
-
-function acquire(key: string, sticky: boolean): void {
+function acquire(key: string): void {
   if (!swept.has(key)) {
     swept.add(key);
     removeDeadTemps(key);
@@ -63,7 +55,6 @@ function acquire(key: string, sticky: boolean): void {
   const entry = held.get(key);
   if (entry) {
     entry.users++;
-    entry.sticky ||= sticky;
     return;
   }
   const path = `${key}/.${Deno.pid}.alive`;
@@ -74,7 +65,7 @@ function acquire(key: string, sticky: boolean): void {
       file.close();
       return;
     }
-    held.set(key, { file, path, users: 1, sticky });
+    held.set(key, { file, path, users: 1 });
   } catch {
     // Not writable yet (the write itself will say so) or no locks here: no cleanup later.
   }
@@ -99,22 +90,20 @@ globalThis.addEventListener("unload", () => {
 });
 
 /**
- * Whether process `pid` still writes into `dir`: "alive" while it holds the lock on its alive
- * file, "dead" once it left the file unlocked, "unknown" without a file (a writer that could
- * not lock, or whose stale file was swept).
+ * Whether another process holds the flock of `path`: "locked", "free" (its holder is gone:
+ * the kernel drops a dead process's locks), or "absent"/"unknown" (no file, or no locks here).
  */
-export function writerState(dir: string, pid: number): "alive" | "dead" | "unknown" {
-  if (pid === Deno.pid) return "alive";
+export function probeLock(path: string): "locked" | "free" | "absent" | "unknown" {
   let file: Deno.FsFile;
   try {
-    file = Deno.openSync(`${dir}/.${pid}.alive`, { read: true });
-  } catch {
-    return "unknown";
+    file = Deno.openSync(path, { read: true });
+  } catch (e) {
+    return e instanceof Deno.errors.NotFound ? "absent" : "unknown";
   }
   try {
-    if (!file.tryLockSync(true)) return "alive";
+    if (!file.tryLockSync(true)) return "locked";
     file.unlockSync();
-    return "dead";
+    return "free";
   } catch {
     return "unknown";
   } finally {
@@ -122,9 +111,9 @@ export function writerState(dir: string, pid: number): "alive" | "dead" | "unkno
   }
 }
 
-/** Temp files are removed only when their writer is certainly dead. */
+/** A temp file is removed only when its writer certainly died: its alive file is unlocked. */
 function writerAlive(dir: string, pid: number): boolean {
-  return writerState(dir, pid) !== "dead";
+  return pid === Deno.pid || probeLock(`${dir}/.${pid}.alive`) !== "free";
 }
 
 /**

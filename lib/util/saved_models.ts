@@ -5,7 +5,7 @@
  * @module
  */
 import { UserError } from "./errors.ts";
-import { writerState } from "./atomic_file.ts";
+import { probeLock } from "./atomic_file.ts";
 
 /** The run stamp `YYYY_MMDD_HHMMSS` of the original tool, in local time. */
 export function runStamp(date: Date = new Date()): string {
@@ -22,12 +22,16 @@ export interface RunPaths {
   curves: string;
   /** Everything an exact continuation needs, rewritten after every epoch (`--resume`). */
   last: string;
+  /** Hidden lock file, held (flock) by the process running the run; removed at its exit. */
+  lock: string;
 }
 
 const RUN_SUFFIXES = ["_model.pt", "_results.json", "_curves.svg", "_last.pt"];
 
 function pathsForBase(base: string, stamp: string): RunPaths {
+  const slash = base.lastIndexOf("/");
   return {
+    lock: `${base.slice(0, slash + 1)}.${base.slice(slash + 1)}.lock`,
     stamp,
     model: `${base}_model.pt`,
     results: `${base}_results.json`,
@@ -57,7 +61,7 @@ export function runPathsOf(path: string): RunPaths {
 /**
  * Reserves the names of a run started at `date`: the results file is created exclusively, so
  * two runs started in the same second never share (and overwrite) each other's files; the
- * later one gets the next free `_N` suffix.
+ * later one gets the next free `_N` suffix. The run's lock is taken (`lockRun`).
  */
 export async function reserveRunPaths(
   saveDir: string,
@@ -70,6 +74,7 @@ export async function reserveRunPaths(
     if (await anyExists([paths.model, paths.curves, paths.last])) continue;
     try {
       (await Deno.open(paths.results, { write: true, createNew: true })).close();
+      lockRun(paths);
       return paths;
     } catch (e) {
       if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
@@ -126,23 +131,52 @@ export async function newestSavedModel(saveDir: string): Promise<string> {
   return best.path;
 }
 
-/** What a run's results file says: its status, and the pid of the process that runs it. */
-async function runStatus(path: string): Promise<{ status: unknown; pid: unknown }> {
-  try {
-    const json = JSON.parse(await Deno.readTextFile(runPathsOf(path).results));
-    return { status: json.status, pid: json.pid };
-  } catch {
-    // A missing or unreadable results file: the run did not finish writing it.
-    return { status: null, pid: null };
+const heldRuns = new Map<string, Deno.FsFile>();
+
+globalThis.addEventListener("unload", () => {
+  for (const [path, file] of heldRuns) {
+    try {
+      Deno.removeSync(path);
+      file.close();
+    } catch {
+      // Already gone.
+    }
   }
+  heldRuns.clear();
+});
+
+/**
+ * Takes the lock of a run for this process (the kernel drops it when the process dies, SIGKILL
+ * included); false when another live process holds it, i.e. runs it. Where locks cannot be
+ * taken, true: the run goes on unprotected.
+ */
+export function lockRun(paths: RunPaths): boolean {
+  if (heldRuns.has(paths.lock)) return true;
+  try {
+    const file = Deno.openSync(paths.lock, { write: true, create: true });
+    if (!file.tryLockSync(true)) {
+      file.close();
+      return false;
+    }
+    heldRuns.set(paths.lock, file);
+  } catch {
+    // A directory without locks (or not writable: the run's own writes will say so).
+  }
+  return true;
 }
 
-/** The pid of the live process still running the run of `path`, else null. */
-export async function liveRunPid(path: string): Promise<number | null> {
-  const { status, pid } = await runStatus(path);
-  if (status !== "running" || typeof pid !== "number") return null;
-  const dir = path.slice(0, Math.max(0, path.lastIndexOf("/"))) || ".";
-  return writerState(dir, pid) === "alive" ? pid : null;
+/** True while another process holds the run's lock (the run is still going on). */
+export function runIsLive(paths: RunPaths): boolean {
+  return !heldRuns.has(paths.lock) && probeLock(paths.lock) === "locked";
+}
+
+async function runStatus(path: string): Promise<unknown> {
+  try {
+    return JSON.parse(await Deno.readTextFile(runPathsOf(path).results)).status;
+  } catch {
+    // A missing or unreadable results file: the run did not finish writing it.
+    return null;
+  }
 }
 
 /**
@@ -152,8 +186,7 @@ export async function liveRunPid(path: string): Promise<number | null> {
  */
 export async function newestUnfinishedRun(saveDir: string): Promise<string> {
   for (const { path } of await filesBySuffix(saveDir, "_last.pt")) {
-    if ((await runStatus(path)).status === "complete") continue;
-    if ((await liveRunPid(path)) === null) return path;
+    if ((await runStatus(path)) !== "complete" && !runIsLive(runPathsOf(path))) return path;
   }
   throw new UserError(
     `no unfinished run in ${saveDir} (no *_last.pt of a run whose results are not complete): ` +
