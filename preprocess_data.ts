@@ -25,7 +25,7 @@ import {
   TEST_LIST_NAME,
   TRAIN_VAL_LIST_NAME,
 } from "./config.ts";
-import { exists } from "./lib/util/atomic_file.ts";
+import { ensureDir, exists } from "./lib/util/atomic_file.ts";
 import { parseFlags } from "./lib/util/cli.ts";
 import { runMain, UserError } from "./lib/util/errors.ts";
 import { mapConcurrent, readImageFile, resizeGrayPng } from "./lib/data/images.ts";
@@ -184,8 +184,8 @@ export async function preprocess(
     split[subset] = split[subset].filter((e) => available.has(e.image));
   }
 
-  await Deno.mkdir(opts.datasetDir, { recursive: true });
-  await Deno.mkdir(opts.labelsDir, { recursive: true });
+  await ensureDir(opts.datasetDir, "--dataset_dir");
+  await ensureDir(opts.labelsDir, "--labels_dir");
   const record: SplitRecord = {
     random_seed: opts.seed,
     subset_size: opts.subsetSize,

@@ -18,10 +18,10 @@ import {
   SHUFFLE_BUFFER,
 } from "./config.ts";
 import { Adam } from "./lib/train/adam.ts";
-import { writeFileAtomic } from "./lib/util/atomic_file.ts";
+import { ensureDir, writeFileAtomic } from "./lib/util/atomic_file.ts";
 import { RUN_FLAGS, startBackend } from "./lib/run_flags.ts";
 import { checkOutputPaths } from "./lib/util/output_paths.ts";
-import { type FlagSpecs, parseFlags } from "./lib/util/cli.ts";
+import { type FlagSpecs, givenFlags, parseFlags } from "./lib/util/cli.ts";
 import { loadSubset } from "./lib/data/dataset.ts";
 import { runMain, UserError } from "./lib/util/errors.ts";
 import { evaluate, jsonNumber } from "./lib/eval/evaluation.ts";
@@ -38,7 +38,23 @@ import { initialModel, loadModel } from "./lib/model/model_loading.ts";
 import { stateDictFromModel } from "./lib/model/model_weights.ts";
 import { Progress } from "./lib/util/progress.ts";
 import { Rng } from "./lib/util/rng.ts";
-import { resolveSavedModel, runPaths, runStamp } from "./lib/util/saved_models.ts";
+import {
+  lockRun,
+  newestUnfinishedRun,
+  reserveRunPaths,
+  resolveSavedModel,
+  runIsLive,
+  runPathsOf,
+} from "./lib/util/saved_models.ts";
+import { StopSignals } from "./lib/util/stop_signals.ts";
+import {
+  type BestRecord,
+  checkAdamFits,
+  readTrainState,
+  resumedFlags,
+  type TrainProgress,
+  writeTrainState,
+} from "./lib/train/train_state.ts";
 import { ReduceLROnPlateau } from "./lib/train/scheduler.ts";
 import { writeCheckpoint } from "./lib/torch/torch_checkpoint.ts";
 import { trainEpoch } from "./lib/train/training.ts";
@@ -120,7 +136,15 @@ export const FLAGS = {
     short: "s",
     default: null,
     metavar: "PATH",
-    help: "resume from this checkpoint (ours or the original tool's; as given, else in --save_dir)",
+    help: "start from this checkpoint's weights (ours or the original tool's; as given, else " +
+      "in --save_dir)",
+  },
+  resume: {
+    kind: "string",
+    default: null,
+    metavar: "PATH|last",
+    help: "continue an interrupted run exactly where its last epoch ended (its <stamp>_last.pt, " +
+      "or last: the newest unfinished run in --save_dir); -e may raise the epoch count",
   },
   weights: {
     kind: "string",
@@ -174,9 +198,33 @@ export interface EpochRecord {
   saved: boolean;
 }
 
+/** A run to continue (`--resume`): its files, its saved state, its flags. */
+async function openResume(flags: ReturnType<typeof parseFlags<typeof FLAGS>>) {
+  const path = flags.resume === "last"
+    ? await newestUnfinishedRun(flags.save_dir)
+    : runPathsOf(await resolveSavedModel(flags.resume!, flags.save_dir)).last;
+  if (runIsLive(runPathsOf(path)) || !lockRun(runPathsOf(path))) {
+    throw new UserError(`${path}: the run is still going on in another process; stop it first`);
+  }
+  const state = await readTrainState<EpochRecord>(path);
+  const merged = {
+    ...resumedFlags(state.progress.flags, flags, givenFlags(flags), path),
+    save_dir: path.slice(0, Math.max(0, path.lastIndexOf("/"))) || ".", // where the run is now
+  };
+  if (state.progress.epoch >= merged.epochs) {
+    throw new UserError(
+      `${path}: the run already has ${state.progress.epoch} of ${merged.epochs} epochs; ` +
+        `pass -e N with N above ${state.progress.epoch} to train on`,
+    );
+  }
+  return { path, state, flags: merged, paths: runPathsOf(path) };
+}
+
 async function main(args: string[]): Promise<void> {
-  const flags = parseFlags(args, FLAGS, USAGE, DESCRIPTION);
-  const startedAt = new Date();
+  const parsed = parseFlags(args, FLAGS, USAGE, DESCRIPTION);
+  const resumed = parsed.resume ? await openResume(parsed) : null;
+  const flags = resumed?.flags ?? parsed;
+  const startedAt = resumed ? new Date(resumed.state.progress.started) : new Date();
   const backend = await startBackend(flags);
   const train = await loadSubset({
     datasetDir: flags.dataset_dir,
@@ -198,15 +246,30 @@ async function main(args: string[]): Promise<void> {
   });
   if (train.size === 0) throw new UserError(`no training images in ${flags.dataset_dir}`);
   if (val.size === 0) throw new UserError(`no validation images in ${flags.dataset_dir}`);
+  const ds = resumed?.state.progress.dataset;
+  if (ds && (ds.train !== train.size || ds.val !== val.size)) {
+    throw new UserError(
+      `${flags.dataset_dir} holds ${train.size} training / ${val.size} validation images, the ` +
+        `run being resumed had ${ds.train} / ${ds.val}: pass the run's --dataset_dir`,
+    );
+  }
   await checkOutputs();
 
   // Model: resume from a checkpoint, or start from --weights.
   let model, weightsSource;
-  if (flags.saved_model) {
+  if (resumed) {
+    model = (await loadModel(resumed.path)).model;
+    weightsSource = resumed.state.progress.weights;
+    console.error(
+      `Resuming run ${resumed.paths.stamp} after epoch ${resumed.state.progress.epoch}.`,
+    );
+  } else if (flags.saved_model) {
     const path = await resolveSavedModel(flags.saved_model, flags.save_dir);
     model = (await loadModel(path)).model;
     weightsSource = { kind: "resume", path, sha256: null, notes: [] as string[] };
-    console.error(`Resuming from ${path}.`);
+    console.error(
+      `Starting from the weights of ${path} (optimiser and epochs afresh; --resume continues a run).`,
+    );
   } else {
     const config = ARCHITECTURES[flags.arch];
     if (flags.arch !== "densenet121" && flags.weights === "imagenet") {
@@ -247,22 +310,36 @@ async function main(args: string[]): Promise<void> {
     factor: flags.s_factor,
     patience: flags.s_patience,
   });
-  await Deno.mkdir(flags.save_dir, { recursive: true });
-  const paths = runPaths(flags.save_dir, runStamp(startedAt), flags.debug);
+  await ensureDir(flags.save_dir, "--save_dir");
+  const paths = resumed?.paths ?? await reserveRunPaths(flags.save_dir, startedAt, flags.debug);
   const rng = new Rng(flags.seed);
-
-  let stopRequested = false;
-  const onSigint = () => {
-    if (stopRequested) Deno.exit(130);
-    stopRequested = true;
-    console.error(
-      "\nInterrupted: finishing the current batch and saving results (Ctrl-C again to quit now).",
-    );
-  };
-  Deno.addSignalListener("SIGINT", onSigint);
-
   const epochs: EpochRecord[] = [];
-  let best: { epoch: number; val_loss: number; thresholds: number[] } | null = null;
+  let best: BestRecord | null = null;
+  const resumes: { after_epoch: number; at: string }[] = [];
+  if (resumed) {
+    // Continue exactly: optimiser moments and step, scheduler, RNG, records.
+    const saved = resumed.state.progress;
+    checkAdamFits(resumed.state.adam, model, resumed.path);
+    adam.setState(resumed.state.adam);
+    scheduler.restore(saved.scheduler);
+    rng.setState(saved.rng);
+    epochs.push(...saved.epochs);
+    best = saved.best;
+    resumes.push(...(saved.resumes ?? []), {
+      after_epoch: saved.epoch,
+      at: new Date().toISOString(),
+    });
+  }
+  const runFlags = Object.fromEntries(Object.entries(flags).filter(([k]) => k !== "_"));
+
+  const stop = new StopSignals((signal) =>
+    console.error(
+      `\nInterrupted (${signal}): finishing the current batch and saving results ` +
+        `(again to quit now).`,
+    )
+  );
+  const stopRequested = () => stop.requested;
+
   let status = "running";
   const writeResults = async () => {
     await writeFileAtomic(
@@ -270,9 +347,13 @@ async function main(args: string[]): Promise<void> {
       JSON.stringify(
         {
           status,
+          ...(stop.signal ? { signal: stop.signal } : {}),
+          pid: Deno.pid,
           model: paths.model,
+          resume_state: paths.last,
           started: startedAt.toISOString(),
-          flags: Object.fromEntries(Object.entries(flags).filter(([k]) => k !== "_")),
+          ...(resumes.length ? { resumed: resumes } : {}),
+          flags: runFlags,
           seed: flags.seed,
           labels: LABELS,
           dataset: {
@@ -300,7 +381,8 @@ async function main(args: string[]): Promise<void> {
   );
   console.log(formatSettings(flags, backend));
   try {
-    for (let epoch = 1; epoch <= flags.epochs && !stopRequested; epoch++) {
+    await writeResults();
+    for (let epoch = epochs.length + 1; epoch <= flags.epochs && !stopRequested(); epoch++) {
       const t0 = performance.now();
       console.log(`\nEpoch ${epoch}/${flags.epochs} (lr ${formatDecimal(scheduler.lr)})`);
       adam.lr = scheduler.lr;
@@ -318,7 +400,7 @@ async function main(args: string[]): Promise<void> {
         }),
         trainTransform,
         rng,
-        { memoryEfficient, classWeights, progress: trainBar, stop: () => stopRequested },
+        { memoryEfficient, classWeights, progress: trainBar, stop: stopRequested },
       );
       trainBar.finish(`loss ${trained.loss.toFixed(4)}`);
       if (trained.nonFiniteLoss) {
@@ -329,7 +411,7 @@ async function main(args: string[]): Promise<void> {
             (best ? ` in ${paths.model}` : ""),
         );
       }
-      if (stopRequested) break;
+      if (stopRequested()) break;
       const trainImagesPerS = trained.n / trainBar.elapsed;
       const thresholds = Array.from(
         youdenThresholds(
@@ -346,16 +428,17 @@ async function main(args: string[]): Promise<void> {
         val.batches({ batchSize: flags.batch_size, workers: flags.workers }),
         valTransform,
         rng,
-        { progress: valBar, stop: () => stopRequested },
+        { progress: valBar, stop: stopRequested },
       );
       valBar.finish();
-      if (stopRequested) break;
+      if (stopRequested()) break;
       const valLoss = bceLoss(validated.labels, validated.probs);
       const metrics = evaluate(validated, thresholds);
       const improved = best === null || valLoss < best.val_loss;
+      const stateDict = await stateDictFromModel(model);
       if (improved) {
         await writeCheckpoint(paths.model, {
-          stateDict: await stateDictFromModel(model),
+          stateDict,
           thresholds: Float64Array.from(thresholds),
         });
         best = { epoch, val_loss: valLoss, thresholds };
@@ -375,17 +458,31 @@ async function main(args: string[]): Promise<void> {
         saved: improved,
       };
       epochs.push(record);
+      const progress: Omit<TrainProgress<EpochRecord>, "adam"> = {
+        epoch,
+        flags: runFlags,
+        started: startedAt.toISOString(),
+        dataset: { train: train.size, val: val.size },
+        weights: weightsSource,
+        scheduler: scheduler.toJSON(),
+        rng: rng.getState(),
+        best,
+        thresholds,
+        epochs,
+        resumes,
+      };
+      await writeTrainState(paths.last, { stateDict, adam: await adam.getState(), progress });
       await writeResults();
       console.log(formatEpochLine(record, metrics, improved ? paths.model : null));
       if (lowered !== null) console.log(`Reducing learning rate to ${formatDecimal(lowered)}.`);
     }
-    status = stopRequested ? "interrupted" : "complete";
+    status = stopRequested() ? "interrupted" : "complete";
   } catch (e) {
     if (status === "running") status = `failed: ${(e as Error).message}`;
     throw e;
   } finally {
-    Deno.removeSignalListener("SIGINT", onSigint);
-    if (epochs.length > 0 || status !== "running") await writeResults().catch(() => {});
+    stop.dispose();
+    await writeResults().catch(() => {});
     adam.dispose();
     disposeModel(model);
   }
@@ -395,7 +492,7 @@ async function main(args: string[]): Promise<void> {
   const bestResults = formatBestResults(epochs, paths.model);
   if (bestResults) console.log(bestResults);
   console.log(`Results: ${paths.results} (and ${resultsPtPath(paths.results)})`);
-  if (stopRequested) Deno.exit(130);
+  if (stop.requested) Deno.exit(stop.exitCode);
 }
 
 async function previewAugmentation(
@@ -416,7 +513,7 @@ async function previewAugmentation(
     }
     break;
   }
-  await Deno.mkdir(saveDir, { recursive: true });
+  await ensureDir(saveDir, "--save_dir");
   const path = `${saveDir}/augmentation_preview.png`;
   await writeAugmentationPreview(images, path, { rng: new Rng(seed) });
   console.log(`Wrote ${path} (${plural(images.length, "image")}, original + augmented draws).`);

@@ -115,6 +115,7 @@ export const FLAGS = {
   images: {
     kind: "list",
     metavar: "FILE",
+    rest: true,
     help: "predict these PNG/JPEG/DICOM files or directories instead of the test set",
   },
 } as const satisfies FlagSpecs;

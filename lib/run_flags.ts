@@ -27,7 +27,15 @@ export const RUN_FLAGS = {
   },
   backend: { kind: "string", default: "auto", choices: BACKENDS, help: "compute backend" },
   threads: { kind: "int", default: 0, min: 0, help: "wasm threads (0: all cores)" },
-  image_size: { kind: "int", default: FINAL_IMAGE_SIZE, min: 32, help: "network input size" },
+  // DenseNet halves its input five times (32 → 1×1 features); above 1024 (the NIH originals'
+  // size) a batch's activations exceed what the wasm heap and most GPUs hold.
+  image_size: {
+    kind: "int",
+    default: FINAL_IMAGE_SIZE,
+    min: 32,
+    max: 1024,
+    help: "network input size",
+  },
   seed: { kind: "int", default: RANDOM_SEED, help: "random seed" },
   dataset_dir: { kind: "string", default: DATASET_DIR, metavar: "DIR", help: "shard directory" },
   labels_dir: { kind: "string", default: LABELS_DIR, metavar: "DIR", help: "label CSV directory" },

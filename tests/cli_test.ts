@@ -37,7 +37,7 @@ Deno.test("parseFlags: unknown flags and bad values are usage errors naming the 
     [["--bogus"], /bogus/],
     [["-b", "x"], /--batch_size.*'x'.*integer/],
     [["-b", "1.5"], /--batch_size/],
-    [["-b", "0"], /--batch_size.*must be in 1\.\.inf/],
+    [["-b", "0"], /--batch_size.*must be ≥ 1/],
     [["--backend", "tpu"], /--backend.*'tpu'.*auto, cpu/],
   ];
   for (const [args, pattern] of cases) {

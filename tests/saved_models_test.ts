@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
 import {
   newestSavedModel,
+  newestUnfinishedRun,
   resolveSavedModel,
   runPaths,
+  runPathsOf,
   runStamp,
 } from "../lib/util/saved_models.ts";
 import { UserError } from "../lib/util/errors.ts";
@@ -26,4 +28,29 @@ Deno.test("newestSavedModel picks the newest *_model.pt; resolveSavedModel looks
   assert.equal(await resolveSavedModel("b_model.pt", dir), `${dir}/b_model.pt`);
   await assert.rejects(() => resolveSavedModel("zzz.pt", dir), /saved model not found: zzz.pt/);
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("runPathsOf maps any run file to the run; newestUnfinishedRun skips complete runs", async () => {
+  const p = runPathsOf("/d/2022_0319_090507_2_debug_results.json");
+  assert.equal(p.stamp, "2022_0319_090507_2");
+  assert.equal(p.last, "/d/2022_0319_090507_2_debug_last.pt");
+  assert.equal(p.lock, "/d/.2022_0319_090507_2_debug.lock");
+  assert.throws(() => runPathsOf("/d/model.pth"), /not a training run's file/);
+
+  const dir = await Deno.makeTempDir();
+  const run = (stamp: string, status: string | null, year: number) => {
+    const paths = runPaths(dir, stamp, false);
+    Deno.writeTextFileSync(paths.last, "x");
+    if (status) Deno.writeTextFileSync(paths.results, JSON.stringify({ status }));
+    Deno.utimeSync(paths.last, new Date(year, 0, 1), new Date(year, 0, 1));
+    return paths;
+  };
+  run("a", "interrupted", 2020);
+  const b = run("b", "running", 2021);
+  run("c", "complete", 2022);
+  assert.equal(await newestUnfinishedRun(dir), b.last);
+  run("d", null, 2023); // killed before its results were written
+  assert.equal(await newestUnfinishedRun(dir), `${dir}/d_last.pt`);
+  await Deno.remove(dir, { recursive: true });
+  await assert.rejects(() => newestUnfinishedRun(dir), /no unfinished run in/);
 });

@@ -4,6 +4,7 @@
  * (`imagenet` | `none` | PATH) picks the starting weights for training.
  * @module
  */
+import { LABELS, NUM_CLASSES } from "../../config.ts";
 import { UserError } from "../util/errors.ts";
 import {
   createDenseNet,
@@ -51,9 +52,68 @@ export interface LoadedModel {
   config: DenseNetConfig;
 }
 
-/** Loads a checkpoint (ours or the original tool's) into a DenseNet of the matching shape. */
-export async function loadModel(path: string): Promise<LoadedModel> {
+/**
+ * Refuses, before any model is built, a state dict whose head is not the 14-class
+ * `Linear(features, 14)` the labels need: otherwise the mistake shows only after a whole test
+ * set (a predictions size error) or as a tfjs broadcast error in training.
+ */
+export function checkHead(sd: StateDict, source: string): void {
+  const keys = normalizeStateDictKeys(sd);
+  const head = [...keys].filter(([k]) => k.startsWith("classifier"));
+  const weight = keys.get("classifier.0.weight")?.shape;
+  const bias = keys.get("classifier.0.bias")?.shape;
+  const features = keys.get("features.norm5.weight")?.shape[0];
+  const ok = head.length === 2 && weight?.length === 2 && weight[0] === NUM_CLASSES &&
+    (features === undefined || weight[1] === features) && bias?.length === 1 &&
+    bias[0] === NUM_CLASSES;
+  if (ok) return;
+  const found = head.length === 0
+    ? "has no classifier"
+    : `has the head ${head.map(([k, t]) => `${k} [${t.shape}]`).join(", ")}`;
+  throw new UserError(
+    `${source} ${found}, not a ${NUM_CLASSES}-class Linear(${features ?? "features"}, ` +
+      `${NUM_CLASSES}) for the ChestX-ray14 labels: use a checkpoint trained for them`,
+  );
+}
+
+/**
+ * The checkpoint's thresholds, checked: one per class, or an error; NaN ones become 0.5 with
+ * one warning (they would make every F1 of their class 0 without a word).
+ */
+function checkedThresholds(
+  thresholds: Float64Array | null,
+  source: string,
+  warn: (line: string) => void,
+): Float64Array | null {
+  if (thresholds === null) return null;
+  if (thresholds.length !== NUM_CLASSES) {
+    throw new UserError(
+      `${source} holds ${thresholds.length} thresholds, not ${NUM_CLASSES} (one per label): ` +
+        `the checkpoint is not for ChestX-ray14`,
+    );
+  }
+  const bad = LABELS.filter((_, c) => !Number.isFinite(thresholds[c]));
+  if (bad.length === 0) return thresholds;
+  warn(`warning: thresholds in ${source} are not finite for ${bad.join(", ")}; F1 there uses 0.5`);
+  return thresholds.map((t) => (Number.isFinite(t) ? t : 0.5));
+}
+
+/**
+ * Loads a checkpoint (ours or the original tool's) into a DenseNet of the matching shape. The
+ * head and the weights' values are checked before anything runs; `warn` gets the one line
+ * about non-finite thresholds (default: stderr).
+ */
+export async function loadModel(
+  path: string,
+  opts: { warn?: (line: string) => void } = {},
+): Promise<LoadedModel> {
   const ckpt = await loadCheckpoint(path);
+  checkHead(ckpt.stateDict, path);
+  const thresholds = checkedThresholds(
+    ckpt.thresholds,
+    path,
+    opts.warn ?? ((line) => console.error(line)),
+  );
   const config = inferDenseNetConfig(ckpt.stateDict, path);
   const model = createDenseNet(config);
   try {
@@ -62,7 +122,7 @@ export async function loadModel(path: string): Promise<LoadedModel> {
     disposeModel(model);
     throw e;
   }
-  return { model, thresholds: ckpt.thresholds, config };
+  return { model, thresholds, config };
 }
 
 /** Where training's starting weights came from, for the results file. */

@@ -153,6 +153,18 @@ export function loadStateDict(model: DenseNet, sd: StateDict, opts: LoadOptions 
     throw mismatchError(model, opts.source, missing, unexpected, mismatched);
   }
   if (missingCounters > 0) notes.push("no num_batches_tracked in the state dict; set to 0");
+  // NaN or infinite weights would train to NaN or validate to all-NaN metrics with exit 0.
+  for (const key of model.stateDictKeys) {
+    if (newClassifier && CLASSIFIER_KEYS.includes(key)) continue;
+    const t = src.get(key);
+    const bad = t ? firstNonFinite(t) : null;
+    if (bad !== null) {
+      throw new UserError(
+        `weights${opts.source ? ` in ${opts.source}` : ""} are corrupt: '${key}' holds ${bad} ` +
+          `(first non-finite tensor); use another checkpoint (e.g. an earlier run's _model.pt)`,
+      );
+    }
+  }
 
   let loaded = 0;
   for (const [prefix, bn] of model.batchNorms) {
@@ -215,7 +227,8 @@ function mismatchError(
   const c = model.config;
   const list = (items: string[]) =>
     items.slice(0, 5).join(", ") + (items.length > 5 ? `, … ${items.length - 5} more` : "");
-  const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`;
+  const plural = (n: number, word: string) =>
+    `${n} ${word}${n === 1 ? "" : /(s|sh|ch|x)$/.test(word) ? "es" : "s"}`;
   const parts: string[] = [];
   if (missing.length) parts.push(`${plural(missing.length, "missing key")} (${list(missing)})`);
   if (unexpected.length) {
@@ -235,6 +248,13 @@ function mismatchError(
     unexpected,
     mismatched,
   );
+}
+
+/** "NaN" or "Infinity"/"-Infinity" for the first non-finite value of a float tensor, else null. */
+function firstNonFinite(t: HostTensor): string | null {
+  if (!(t.data instanceof Float32Array || t.data instanceof Float64Array)) return null;
+  for (const v of t.data) if (!Number.isFinite(v)) return String(v);
+  return null;
 }
 
 function toFloat32(t: HostTensor): Float32Array {

@@ -15,6 +15,14 @@ export interface AdamOptions {
   eps?: number;
 }
 
+/** Adam's state: step count, variable names in moment order, flat first and second moments. */
+export interface AdamState {
+  step: number;
+  layout: string[];
+  m: Float32Array | null;
+  v: Float32Array | null;
+}
+
 /** Adam optimiser over named variables. */
 export class Adam {
   lr: number;
@@ -70,6 +78,28 @@ export class Adam {
       m.assign(newM);
       v.assign(newV);
     });
+  }
+
+  /** Step count and moments, for a resumable state file (null moments before the first step). */
+  async getState(): Promise<AdamState> {
+    const read = async (t: tf.Variable | null) => t && Float32Array.from(await t.data());
+    return {
+      step: this.step,
+      layout: [...this.#layout],
+      m: await read(this.#m),
+      v: await read(this.#v),
+    };
+  }
+
+  /** Restores what `getState` returned; the next `apply` continues exactly from there. */
+  setState(state: AdamState): void {
+    this.dispose();
+    this.step = state.step;
+    this.#layout = [...state.layout];
+    if (state.m && state.v) {
+      this.#m = tf.tidy(() => tf.variable(tf.tensor1d(state.m!), false));
+      this.#v = tf.tidy(() => tf.variable(tf.tensor1d(state.v!), false));
+    }
   }
 
   /** Frees the moment estimates. */

@@ -14,6 +14,14 @@ export interface PlateauOptions {
   eps?: number;
 }
 
+/** What a scheduler needs to continue: torch's `state_dict()` fields that change. */
+export interface PlateauState {
+  lr: number;
+  best: number | null;
+  num_bad_epochs: number;
+  cooldown_counter?: number;
+}
+
 /** Learning-rate scheduler on a plateau of a minimised metric (validation loss). */
 export class ReduceLROnPlateau {
   lr: number;
@@ -53,11 +61,20 @@ export class ReduceLROnPlateau {
   }
 
   /** State for a results file or a resumed run. */
-  toJSON(): { lr: number; best: number | null; num_bad_epochs: number } {
+  toJSON(): PlateauState {
     return {
       lr: this.lr,
       best: Number.isFinite(this.best) ? this.best : null,
       num_bad_epochs: this.numBadEpochs,
+      cooldown_counter: this.#cooldownCounter,
     };
+  }
+
+  /** Continues from a `toJSON()` value (a resumed run). */
+  restore(state: PlateauState): void {
+    this.lr = state.lr;
+    this.best = state.best ?? Infinity;
+    this.numBadEpochs = state.num_bad_epochs;
+    this.#cooldownCounter = state.cooldown_counter ?? 0;
   }
 }

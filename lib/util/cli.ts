@@ -20,6 +20,11 @@ export interface FlagSpec {
   choices?: readonly string[];
   /** Name of the value in help output, e.g. PATH. */
   metavar?: string;
+  /**
+   * Bare arguments are more values of this (list) flag, as `--images *.png` gives them; without
+   * such a flag a script refuses them, so a stray word is never silently ignored.
+   */
+  rest?: boolean;
 }
 
 export type FlagSpecs = Record<string, FlagSpec>;
@@ -36,6 +41,13 @@ export type Flags<S extends FlagSpecs> =
       : ValueOf<S[K]>;
   }
   & { _: string[] };
+
+const GIVEN = new WeakMap<object, ReadonlySet<string>>();
+
+/** The flags given on the command line (not defaulted) of a `parseFlags` result. */
+export function givenFlags(flags: object): ReadonlySet<string> {
+  return GIVEN.get(flags) ?? new Set();
+}
 
 /** Flags every script accepts. */
 export const COMMON_FLAGS = {
@@ -63,8 +75,9 @@ export function helpText(usage: string, description: string, specs: FlagSpecs): 
 
 /**
  * Parses `args` against `specs`. Prints help and exits 0 on `-h`; throws a UserError with
- * exit code 2 on an unknown flag or a bad value. A leading `--` (from `deno task x -- ...`)
- * is ignored.
+ * exit code 2 on an unknown flag, a bad or empty value, or a bare argument no `rest` flag
+ * takes. A leading `--` (from `deno task x -- ...`) is ignored; a negative number after a flag
+ * that takes a value is that value (`-b -3`), not a flag.
  */
 export function parseFlags<S extends FlagSpecs>(
   args: string[],
@@ -73,7 +86,7 @@ export function parseFlags<S extends FlagSpecs>(
   description: string,
 ): Flags<S & typeof COMMON_FLAGS> {
   const all: FlagSpecs = { ...specs, ...COMMON_FLAGS };
-  const argv = args[0] === "--" ? args.slice(1) : args;
+  const argv = joinNegativeValues(args[0] === "--" ? args.slice(1) : args, all);
   const options: Record<
     string,
     { type: "string" | "boolean"; short?: string; multiple?: boolean }
@@ -96,6 +109,15 @@ export function parseFlags<S extends FlagSpecs>(
     console.log(helpText(usage, description, all));
     Deno.exit(0);
   }
+  const rest = Object.entries(all).find(([, s]) => s.rest);
+  if (!rest && parsed.positionals.length > 0) {
+    throw new UserError(
+      `unexpected argument '${parsed.positionals[0]}': ${
+        usage.split(" ")[0]
+      } takes only options (see --help)`,
+      2,
+    );
+  }
   const out: Record<string, unknown> = { _: parsed.positionals };
   for (const [name, s] of Object.entries(all)) {
     const raw = parsed.values[name];
@@ -105,11 +127,43 @@ export function parseFlags<S extends FlagSpecs>(
     }
     out[name] = convert(name, s, raw as string | boolean | string[]);
   }
+  GIVEN.set(out, new Set(Object.keys(parsed.values)));
   return out as Flags<S & typeof COMMON_FLAGS>;
+}
+
+/**
+ * Rewrites `-b -3` as `-b=-3`-style single tokens, so the option parser sees a value, not a
+ * flag; the range check then says what is allowed.
+ */
+function joinNegativeValues(argv: string[], specs: FlagSpecs): string[] {
+  const takesValue = new Map<string, string>();
+  for (const [name, s] of Object.entries(specs)) {
+    if (s.kind === "boolean") continue;
+    takesValue.set(`--${name}`, name);
+    if (s.short) takesValue.set(`-${s.short}`, name);
+  }
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const name = takesValue.get(argv[i]);
+    if (name !== undefined && i + 1 < argv.length && /^-\.?\d/.test(argv[i + 1])) {
+      out.push(`--${name}=${argv[++i]}`);
+    } else {
+      out.push(argv[i]);
+    }
+  }
+  return out;
 }
 
 function convert(name: string, s: FlagSpec, raw: string | boolean | string[]): unknown {
   if (s.kind === "boolean") return raw;
+  const values = Array.isArray(raw) ? raw : [raw as string];
+  // An empty value is almost always an unset shell variable (`-s "$MODEL"`), never a choice.
+  if (values.some((v) => v.trim() === "")) {
+    throw new UserError(
+      `empty value for --${name}: give a ${s.metavar ?? s.kind} or leave the flag out`,
+      2,
+    );
+  }
   if (s.kind === "list") return raw as string[];
   const text = raw as string;
   if (s.kind === "string") {
@@ -122,9 +176,7 @@ function convert(name: string, s: FlagSpec, raw: string | boolean | string[]): u
     return text;
   }
   const value = Number(text);
-  if (
-    text.trim() === "" || !Number.isFinite(value) || (s.kind === "int" && !Number.isInteger(value))
-  ) {
+  if (!Number.isFinite(value) || (s.kind === "int" && !Number.isInteger(value))) {
     throw new UserError(
       `invalid value for --${name}: '${text}' (expected ${
         s.kind === "int" ? "an integer" : "a number"
@@ -133,8 +185,12 @@ function convert(name: string, s: FlagSpec, raw: string | boolean | string[]): u
     );
   }
   if ((s.min !== undefined && value < s.min) || (s.max !== undefined && value > s.max)) {
-    const range = `${s.min ?? "-inf"}..${s.max ?? "inf"}`;
-    throw new UserError(`invalid value for --${name}: ${text} (must be in ${range})`, 2);
+    const range = s.max === undefined
+      ? `≥ ${s.min}`
+      : s.min === undefined
+      ? `≤ ${s.max}`
+      : `in ${s.min}..${s.max}`;
+    throw new UserError(`invalid value for --${name}: ${text} (must be ${range})`, 2);
   }
   return value;
 }

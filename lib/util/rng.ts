@@ -17,6 +17,17 @@ export class Rng {
     this.#state = (z ^ (z >>> 16)) >>> 0;
   }
 
+  /** The generator's state, to continue its sequence exactly in another process. */
+  getState(): { state: number; spare: number | null } {
+    return { state: this.#state, spare: this.#spare };
+  }
+
+  /** Continues from a `getState()` value. */
+  setState(s: { state: number; spare: number | null }): void {
+    this.#state = s.state >>> 0;
+    this.#spare = s.spare;
+  }
+
   /** Uniform in [0, 1). */
   next(): number {
     let t = (this.#state = (this.#state + 0x6d2b79f5) | 0);
