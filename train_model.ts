@@ -253,6 +253,10 @@ async function main(args: string[]): Promise<void> {
         `run being resumed had ${ds.train} / ${ds.val}: pass the run's --dataset_dir`,
     );
   }
+  // Inputs are resolved before outputs are checked, so a wrong -s is named as such.
+  const savedModel = !resumed && flags.saved_model
+    ? await resolveSavedModel(flags.saved_model, flags.save_dir)
+    : null;
   await checkOutputs();
 
   // Model: resume from a checkpoint, or start from --weights.
@@ -263,8 +267,8 @@ async function main(args: string[]): Promise<void> {
     console.error(
       `Resuming run ${resumed.paths.stamp} after epoch ${resumed.state.progress.epoch}.`,
     );
-  } else if (flags.saved_model) {
-    const path = await resolveSavedModel(flags.saved_model, flags.save_dir);
+  } else if (savedModel) {
+    const path = savedModel;
     model = (await loadModel(path)).model;
     weightsSource = { kind: "resume", path, sha256: null, notes: [] as string[] };
     console.error(

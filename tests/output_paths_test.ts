@@ -94,7 +94,10 @@ Deno.test("unwritable outputs: one line naming the flag, before any compute", as
   const out = await Deno.makeTempDir({ prefix: "cxr_bad_" });
   await Deno.writeTextFile(`${out}/a_file`, "x");
   const cases: [string[], RegExp][] = [
-    [["--predictions", `${out}/a_file/p.csv`], /--predictions .*a_file\/p\.csv: .*choose another/],
+    [
+      ["--predictions", `${out}/a_file/p.csv`],
+      /--predictions .*a_file: .*a_file is a file, not a directory/,
+    ],
     [["--report", out], /--report .*: it is a directory; give a file name$/],
   ];
   for (const [extra, pattern] of cases) {

@@ -193,6 +193,7 @@ Deno.test("--resume after a SIGKILL in epoch 2 (run directory moved) ends as the
     `${stamp}_last.pt`,
     `${stamp}_model.pt`,
     `${stamp}_results.json`,
+    `${stamp}_results.pt`,
   ]);
   const hidden = [...Deno.readDirSync(moved)].map((e) => e.name).filter((n) => n.startsWith("."));
   assert.ok(!hidden.some((n) => n.endsWith(".tmp")), hidden.join(", "));

@@ -11,6 +11,7 @@
  * cannot (a read-only disk, a file where a directory should be, OS permissions).
  * @module
  */
+import { ensureDir } from "./atomic_file.ts";
 import { UserError } from "./errors.ts";
 
 /** One output a run will write. */
@@ -105,7 +106,6 @@ async function isDirectory(path: string): Promise<boolean> {
 /** Why a probe write failed, without the probe's own name. */
 function reason(e: unknown): string {
   if (e instanceof Deno.errors.PermissionDenied) return "permission denied";
-  if (e instanceof Deno.errors.NotADirectory) return "a path component is a file";
   if (e instanceof Deno.errors.AlreadyExists) return "a file is in the way";
   const msg = e instanceof Error ? e.message : String(e);
   return msg.replace(/[,:] (open|mkdir|remove|stat)? ?'[^']*'.*$/, "").trim();
@@ -162,9 +162,10 @@ export async function checkOutputPaths(
     const fail = (why: string) =>
       new UserError(`cannot write ${out.flag} ${out.path}: ${why}; choose another path`);
     try {
-      await Deno.mkdir(dir, { recursive: true });
+      // One mechanism for "a file where a directory should be": ensureDir names the file.
+      await ensureDir(dir, out.flag);
     } catch (e) {
-      throw fail(reason(e));
+      throw e instanceof UserError ? e : fail(reason(e));
     }
     const probe = `${dir}/.write-check.${Deno.pid}.${crypto.randomUUID().slice(0, 8)}`;
     try {
