@@ -406,7 +406,6 @@ async function main(args: string[]): Promise<void> {
     "preprocess_data.ts [options]",
     "Split NIH ChestX-ray14 by patient, write label CSVs and 256×256 WebDataset shards.",
   );
-  if (f._.length > 0) throw new UserError(`unexpected argument '${f._[0]}' (see --help)`, 2);
   const report = await preprocess({
     seed: f.random_seed,
     subsetSize: f.subset_size,

@@ -7,7 +7,7 @@
  * @module
  */
 import { SHARD_PREFIX, SHUFFLE_BUFFER, type Subset } from "../../config.ts";
-import { tempPathFor } from "../util/atomic_file.ts";
+import { releaseTemp, tempPathFor } from "../util/atomic_file.ts";
 import { printable, UserError } from "../util/errors.ts";
 import { decodeLabelsPyd, encodeLabelsPyd } from "../torch/pickle.ts";
 import type { Rng } from "../util/rng.ts";
@@ -279,6 +279,8 @@ export class ShardWriter {
   #mtime = Math.floor(Date.now() / 1000);
   /** The first shard, complete but still under its temporary name until `close`. */
   #firstTmp: string | null = null;
+  /** Temp files named by tempPathFor and not yet renamed or removed. */
+  #heldTemps = 0;
 
   constructor(pattern: string, maxPerShard = 1000) {
     if (!/%0?\d*d/.test(pattern)) {
@@ -309,6 +311,7 @@ export class ShardWriter {
     if (this.#writer === null) {
       this.#path = this.#name(this.#index);
       this.#tmp = tempPathFor(this.#path);
+      this.#heldTemps++;
       const file = await Deno.open(this.#tmp, { write: true, create: true, truncate: true });
       this.#writer = new TarWriter(file);
     }
@@ -325,7 +328,10 @@ export class ShardWriter {
     await this.#writer.close();
     this.#writer = null;
     if (this.#index === 0) this.#firstTmp = this.#tmp;
-    else await Deno.rename(this.#tmp, this.#path);
+    else {
+      await Deno.rename(this.#tmp, this.#path);
+      this.#releaseTemp();
+    }
     this.shards.push(this.#path);
     this.#index++;
     this.#count = 0;
@@ -337,6 +343,7 @@ export class ShardWriter {
     if (this.#firstTmp !== null) {
       await Deno.rename(this.#firstTmp, this.shards[0]);
       this.#firstTmp = null;
+      this.#releaseTemp();
     }
     return this.shards;
   }
@@ -349,6 +356,13 @@ export class ShardWriter {
     leftovers.push(...this.shards.slice(1));
     for (const p of leftovers) if (p) await Deno.remove(p).catch(() => {});
     this.#firstTmp = null;
+    while (this.#heldTemps > 0) this.#releaseTemp();
+  }
+
+  /** One temp file is gone: the directory's writer lock is dropped with the last one. */
+  #releaseTemp(): void {
+    this.#heldTemps--;
+    releaseTemp(this.#path);
   }
 }
 

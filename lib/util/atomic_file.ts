@@ -39,7 +39,7 @@ export function tempPathFor(path: string): string {
 }
 
 /** Marks the temp file of `tempPathFor(path)` as gone (renamed or removed). */
-function releaseTemp(path: string): void {
+export function releaseTemp(path: string): void {
   const key = dirKey(path.slice(0, path.lastIndexOf("/") + 1));
   const entry = held.get(key);
   if (!entry || --entry.users > 0) return;
