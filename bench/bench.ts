@@ -2,7 +2,8 @@
  * DenseNet-121 throughput benchmark: training steps (forward + backward + Adam, BCE on the
  * sigmoid outputs; warm-up step excluded) and inference (eval-mode forward) on a tfjs backend,
  * with random weights and images; the data path (PNG decode + batching from the fixture shard,
- * and training augmentation); peak RSS. With `--compare-torch`, the same DenseNet-121 work in
+ * and training augmentation); peak RSS; the tfjs kernels (and, on webgpu, GPU dispatches) of one
+ * training step and one inference batch, counted with `tf.profile`. With `--compare-torch`, the same DenseNet-121 work in
  * Debian's PyTorch (`bench/torch_bench.py`) at the same batch and thread count, and the ratios.
  * Prints one JSON object on stdout; progress goes to stderr.
  *
@@ -53,7 +54,7 @@ const SPECS = {
   tensor_memory: {
     kind: "boolean",
     default: false,
-    help: "also profile one training step for its peak live-tensor bytes (any backend)",
+    help: "also report the profiled training step's peak live-tensor bytes (any backend)",
   },
   wasm_kernels: {
     kind: "string",
@@ -165,6 +166,57 @@ interface ModelRates {
   inferCpu: number | null;
   /** Peak live-tensor MB of one profiled training step above the bytes live before it. */
   stepPeakTensorMb?: number;
+  /** tfjs kernels (engine-level, as `tf.profile` lists them) of one training step. */
+  trainKernels: number;
+  /** GPU compute dispatches of one training step (webgpu only). */
+  trainDispatches?: number;
+  /** tfjs kernels of one inference batch. */
+  inferKernels: number;
+  /** GPU compute dispatches of one inference batch (webgpu only). */
+  inferDispatches?: number;
+}
+
+/** What `profileKernels` counted. */
+interface KernelProfile {
+  kernels: number;
+  /** Compute-shader dispatches recorded (webgpu only; one kernel may issue several). */
+  dispatches?: number;
+  /** Peak live-tensor MB above the bytes live before. */
+  peakMb: number;
+}
+
+/**
+ * Counts the tfjs kernels `f` runs (`tf.profile`; kernels a kernel runs internally through the
+ * backend are not counted) and, on webgpu, the compute dispatches, by counting the backend's
+ * program submissions while `f` runs.
+ */
+async function profileKernels(f: () => Promise<unknown>): Promise<KernelProfile> {
+  // Profiling reads every kernel output back to check it unless told not to: a copy each.
+  const check = tf.env().getBool("CHECK_COMPUTATION_FOR_ERRORS");
+  tf.env().set("CHECK_COMPUTATION_FOR_ERRORS", false);
+  const backend = tf.backend() as unknown as { recordAndSubmit?: (...a: unknown[]) => unknown };
+  const record = tf.getBackend() === "webgpu" ? backend.recordAndSubmit : undefined;
+  let dispatches = 0;
+  if (record) {
+    backend.recordAndSubmit = (...a: unknown[]) => {
+      dispatches++;
+      return record.apply(backend, a);
+    };
+  }
+  try {
+    const before = tf.memory().numBytes;
+    const profile = await tf.profile(async () => {
+      await f();
+    });
+    return {
+      kernels: profile.kernels.length,
+      dispatches: record ? dispatches : undefined,
+      peakMb: (profile.peakBytes - before) / 2 ** 20,
+    };
+  } finally {
+    if (record) delete backend.recordAndSubmit; // back to the prototype's
+    tf.env().set("CHECK_COMPUTATION_FOR_ERRORS", check);
+  }
 }
 
 function accumulate(
@@ -206,33 +258,22 @@ async function benchModel(
       );
       if (s > 0) accumulate(train, t, trainStepS);
     }
-    let stepPeakTensorMb: number | undefined;
-    if (tensorMemory) {
-      // Profiling reads every kernel output back to check it unless told not to: a copy each.
-      const check = tf.env().getBool("CHECK_COMPUTATION_FOR_ERRORS");
-      tf.env().set("CHECK_COMPUTATION_FOR_ERRORS", false);
-      try {
-        const before = tf.memory().numBytes;
-        const profile = await tf.profile(() => {
-          trainStep(model, adam, x as tf.Tensor4D, y, {
-            memoryEfficient,
-          });
-        });
-        stepPeakTensorMb = (profile.peakBytes - before) / 2 ** 20;
-        log(
-          `profiled train step: peak live tensors ${stepPeakTensorMb.toFixed(0)} MB above before`,
-        );
-      } finally {
-        tf.env().set("CHECK_COMPUTATION_FOR_ERRORS", check);
-      }
-    }
+    const trainProfile = await profileKernels(() =>
+      trainStep(model, adam, x as tf.Tensor4D, y, { memoryEfficient })
+    );
+    log(
+      `profiled train step: ${trainProfile.kernels} kernels` +
+        (trainProfile.dispatches != null ? `, ${trainProfile.dispatches} dispatches` : "") +
+        `, peak live tensors ${trainProfile.peakMb.toFixed(0)} MB above before`,
+    );
+    const infer1 = async () => {
+      const out = forward(model, x as tf.Tensor4D, { training: false });
+      await out.data();
+      out.dispose();
+    };
     const infer = { wall: 0, cpu: 0 as number | null };
     for (let s = 0; s <= steps; s++) {
-      const t = await seconds(async () => {
-        const out = forward(model, x as tf.Tensor4D, { training: false });
-        await out.data();
-        out.dispose();
-      });
+      const t = await seconds(infer1);
       log(
         `inference ${s === 0 ? "(warm-up)" : s}: ${t.wall.toFixed(2)} s (cpu ${
           t.cpu?.toFixed(2)
@@ -240,6 +281,11 @@ async function benchModel(
       );
       if (s > 0) accumulate(infer, t);
     }
+    const inferProfile = await profileKernels(infer1);
+    log(
+      `profiled inference batch: ${inferProfile.kernels} kernels` +
+        (inferProfile.dispatches != null ? `, ${inferProfile.dispatches} dispatches` : ""),
+    );
     const images = batch * steps;
     return {
       train: images / train.wall,
@@ -247,7 +293,11 @@ async function benchModel(
       trainStepS,
       infer: images / infer.wall,
       inferCpu: infer.cpu == null ? null : images / infer.cpu,
-      stepPeakTensorMb,
+      stepPeakTensorMb: tensorMemory ? trainProfile.peakMb : undefined,
+      trainKernels: trainProfile.kernels,
+      trainDispatches: trainProfile.dispatches,
+      inferKernels: inferProfile.kernels,
+      inferDispatches: inferProfile.dispatches,
     };
   } finally {
     tf.dispose([x, y]);
@@ -275,23 +325,26 @@ async function benchDecode(shard: string, batch: number): Promise<number> {
   return rate;
 }
 
-/** `transformsTrainAugmented` images/s at batch 16 from 256×256 inputs (warm-up excluded). */
-function benchAugment(): number {
+/**
+ * `transformsTrainAugmented` images/s at batch 16 from 256×256 inputs (warm-up excluded). The
+ * result is read asynchronously: WebGPU under Deno has no synchronous read.
+ */
+async function benchAugment(): Promise<number> {
   const images = tf.tidy(() =>
     tf.randomUniform([AUGMENT_BATCH, AUGMENT_INPUT, AUGMENT_INPUT, 3], 0, 1, "float32", 2)
   ) as tf.Tensor4D;
   const rng = new Rng(3);
-  const once = () => {
+  const once = async () => {
     const out = transformsTrainAugmented(images, rng);
-    out.dataSync();
+    await out.data();
     out.dispose();
   };
   try {
-    once();
+    await once();
     let n = 0;
     const start = performance.now();
     while (n < 3 || performance.now() - start < 2000) {
-      once();
+      await once();
       n++;
     }
     return (n * AUGMENT_BATCH) / ((performance.now() - start) / 1000);
@@ -387,7 +440,7 @@ async function main(args: string[]) {
     const peakRss = await sampler.peak();
     log("measuring the data path");
     const decode = await benchDecode(flags.shard, flags.batch);
-    const augment = benchAugment();
+    const augment = await benchAugment();
     const result: Record<string, unknown> = {
       backend: info.name,
       device: info.device,
@@ -404,6 +457,14 @@ async function main(args: string[]) {
       decode_images_per_s: round(decode, 1),
       augment_images_per_s: round(augment, 1),
       peak_rss_mb: Math.round(peakRss / 2 ** 20),
+      kernels_per_train_step: model.trainKernels,
+      kernels_per_inference_batch: model.inferKernels,
+      ...(model.trainDispatches != null
+        ? {
+          dispatches_per_train_step: model.trainDispatches,
+          dispatches_per_inference_batch: model.inferDispatches,
+        }
+        : {}),
       ...(model.stepPeakTensorMb != null
         ? { step_peak_tensor_mb: Math.round(model.stepPeakTensorMb) }
         : {}),
