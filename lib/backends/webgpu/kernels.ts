@@ -6,6 +6,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { registerWebgpuAdamStep } from "./adam_step.ts";
+import { registerWebgpuBatchNorm } from "./batchnorm.ts";
 import { conv2DBackpropFilterGemm } from "./conv_backprop_filter.ts";
 
 type Args = { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap };
@@ -22,6 +23,7 @@ const OWN: Record<string, OwnKernel> = {
 /** Registers every kernel of lib/backends/webgpu/ (idempotent); returns the names replaced. */
 export function registerWebgpuKernels(): string[] {
   registerWebgpuAdamStep();
+  registerWebgpuBatchNorm();
   const replaced: string[] = [];
   for (const [name, own] of Object.entries(OWN)) {
     const current = tf.getKernel(name, "webgpu");
@@ -49,7 +51,7 @@ export function registerWebgpuKernels(): string[] {
 
 /**
  * Puts tfjs-backend-webgpu's own kernels back in place of the ones replaced (before/after
- * measurements; `AdamStep`, which tfjs lacks, stays). Returns their names.
+ * measurements; `AdamStep` and the BatchNorm kernels, which tfjs lacks, stay). Returns their names.
  */
 export function restoreTfjsWebgpuKernels(): string[] {
   const restored = [...tfjsKernels.keys()];
