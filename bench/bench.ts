@@ -9,7 +9,7 @@
  *
  *     deno run --allow-read --allow-env --allow-ffi --allow-run --allow-sys bench/bench.ts \
  *       [--backend wasm] [--batch 16] [--image_size 224] [--steps 3] [--compare-torch] \
- *       [--threads N] [--memory_efficient on|off|bottleneck|block|layer] [--tensor_memory]
+ *       [--threads N] [--memory_efficient on|off|auto|bottleneck|block|layer] [--tensor_memory]
  *       [--wasm_kernels ours|tfjs]
  * @module
  */
@@ -18,6 +18,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { fileURLToPath } from "node:url";
 import { Adam } from "../lib/train/adam.ts";
 import { BACKENDS, initBackend } from "../lib/backends/backend.ts";
+import { resolveMemoryEfficient } from "../lib/backends/memory_efficient.ts";
 import { parseFlags } from "../lib/util/cli.ts";
 import { batches } from "../lib/data/dataset.ts";
 import { runMain, UserError } from "../lib/util/errors.ts";
@@ -48,8 +49,9 @@ const SPECS = {
   memory_efficient: {
     kind: "string",
     default: "on",
-    choices: ["on", "off", "bottleneck", "block", "layer"],
-    help: "what the training forward keeps (lib/model/densenet.ts MemoryEfficiency; on = layer)",
+    choices: ["on", "off", "auto", "bottleneck", "block", "layer"],
+    help: "what the training forward keeps (lib/model/densenet.ts MemoryEfficiency; on = layer; " +
+      "auto as train_model.ts resolves it)",
   },
   tensor_memory: {
     kind: "boolean",
@@ -417,6 +419,12 @@ async function main(args: string[]) {
     if (info.name === "wasm" && flags.wasm_kernels === "tfjs") {
       log(`wasm: tfjs's own ${restoreTfjsWasmKernels().join(", ")} kernels`);
     }
+    let memoryEfficient = memoryLevel(flags.memory_efficient);
+    if (flags.memory_efficient === "auto") {
+      const choice = await resolveMemoryEfficient("auto", info.name, flags.batch, flags.image_size);
+      log(`note: ${choice.note}`);
+      memoryEfficient = choice.on;
+    }
     const loadBefore = loadAverage();
     let model: ModelRates;
     try {
@@ -424,7 +432,7 @@ async function main(args: string[]) {
         flags.batch,
         flags.image_size,
         flags.steps,
-        memoryLevel(flags.memory_efficient),
+        memoryEfficient,
         flags.tensor_memory,
       );
     } catch (err) {
@@ -447,7 +455,7 @@ async function main(args: string[]) {
       threads,
       image_size: flags.image_size,
       batch: flags.batch,
-      memory_efficient: memoryLevel(flags.memory_efficient),
+      memory_efficient: memoryEfficient,
       ...(info.name === "wasm" ? { wasm_kernels: flags.wasm_kernels } : {}),
       train_images_per_s: round(model.train),
       train_step_s: model.trainStepS.map((s) => round(s, 2)),
