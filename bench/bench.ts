@@ -10,7 +10,7 @@
  *     deno run --allow-read --allow-env --allow-ffi --allow-run --allow-sys bench/bench.ts \
  *       [--backend wasm] [--batch 16] [--image_size 224] [--steps 3] [--compare-torch] \
  *       [--threads N] [--memory_efficient on|off|auto|bottleneck|block|layer] [--tensor_memory]
- *       [--wasm_kernels ours|tfjs]
+ *       [--wasm_kernels ours|tfjs] [--model_only]
  * @module
  */
 
@@ -64,6 +64,11 @@ const SPECS = {
     choices: ["ours", "tfjs"],
     help:
       "wasm: this project's training kernels (lib/backends/wasm_kernels.ts) or tfjs's own (before/after)",
+  },
+  model_only: {
+    kind: "boolean",
+    default: false,
+    help: "only the model measurements, no data path (needs no sharp: bench/gpu_check.sh)",
   },
   shard: {
     kind: "string",
@@ -446,9 +451,9 @@ async function main(args: string[]) {
       throw err;
     }
     const peakRss = await sampler.peak();
-    log("measuring the data path");
-    const decode = await benchDecode(flags.shard, flags.batch);
-    const augment = await benchAugment();
+    if (!flags.model_only) log("measuring the data path");
+    const decode = flags.model_only ? null : await benchDecode(flags.shard, flags.batch);
+    const augment = flags.model_only ? null : await benchAugment();
     const result: Record<string, unknown> = {
       backend: info.name,
       device: info.device,
@@ -462,8 +467,8 @@ async function main(args: string[]) {
       infer_images_per_s: round(model.infer),
       train_images_per_cpu_s: model.trainCpu == null ? null : round(model.trainCpu),
       infer_images_per_cpu_s: model.inferCpu == null ? null : round(model.inferCpu),
-      decode_images_per_s: round(decode, 1),
-      augment_images_per_s: round(augment, 1),
+      decode_images_per_s: decode == null ? null : round(decode, 1),
+      augment_images_per_s: augment == null ? null : round(augment, 1),
       peak_rss_mb: Math.round(peakRss / 2 ** 20),
       kernels_per_train_step: model.trainKernels,
       kernels_per_inference_batch: model.inferKernels,
