@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # DenseNet-121 training and inference on WebGPU on a real GPU, beside PyTorch/CUDA on the same
-# GPU when the machine has it, with the ratios (issue #13). One prepared run, ~5 minutes.
+# GPU when the machine has it, with the ratios (issue #13). One prepared run, at most ~9 minutes.
 #
 # 1. HERE, on a machine with deno and the project's node_modules, in the repository root:
 #        bash bench/gpu_check.sh prepare
@@ -8,11 +8,13 @@
 #      .device/deno.xz   this machine's deno, xz-compressed (the device machine has no deno, and
 #                        what travels there is limited to 64 MiB; deno is ~96 MB, ~31 MB packed)
 #      .device/bench.js  bench/bench.ts bundled with its npm packages (no node_modules travel)
+#      .device/webgpu_kernels.js  bench/webgpu_kernels.ts likewise
 #      .gl/*.deb         the Vulkan loader (libvulkan1), for an image that lacks it
 #    Re-run it after changing the code: the bundle is what runs there.
 # 2. ON THE DEVICE, with the `run` tool, from the repository root:
-#        run(command="bash bench/gpu_check.sh", carry=[".device", ".gl"], timeout_s=540)
-#    It unpacks those, runs bench.js on webgpu at batch 64, 224² (training with
+#        run(command="bash bench/gpu_check.sh", carry=[".device", ".gl"], timeout_s=590)
+#    It unpacks those, times this project's WebGPU kernels against tfjs's on DenseNet-121 shapes
+#    (webgpu_kernels.js), runs bench.js on webgpu at batch 64, 224² (training with
 #    --memory_efficient auto, whose decision it prints, then inference; kernel and dispatch
 #    counts of one step), then bench/torch_cuda_bench.py when python3 has torch with CUDA, and
 #    prints the JSON lines and the ratios; all of it is also written under $OUT.
@@ -31,6 +33,8 @@ if [ "${1:-}" = "prepare" ]; then
   set -e
   mkdir -p .device .gl
   deno bundle --quiet --platform deno --external sharp -o .device/bench.js bench/bench.ts
+  deno bundle --quiet --platform deno --external sharp -o .device/webgpu_kernels.js \
+    bench/webgpu_kernels.ts
   deno_bin=$(readlink -f "$(command -v deno)")
   if [ ! -f .device/deno.xz ] || [ "$deno_bin" -nt .device/deno.xz ]; then
     xz -T0 -6 -c "$deno_bin" >.device/deno.xz.tmp && mv .device/deno.xz.tmp .device/deno.xz
@@ -72,10 +76,18 @@ fi
 export DENO_DIR=/tmp/gpu_check_deno_dir NO_COLOR=1
 log "$("$DENO" --version | head -1); $(nvidia-smi -L 2>/dev/null | head -1)"
 
-stale=$(find lib bench transforms config.ts -name '*.ts' -newer .device/bench.js 2>/dev/null | head -1)
-if [ -n "$stale" ]; then log "warning: $stale is newer than .device/bench.js (run prepare again)"; fi
+stale=$(find lib bench transforms config.ts -name '*.ts' -newer .device/bench.js 2>/dev/null |
+  head -1)
+if [ -n "$stale" ]; then log "note: $stale is newer than .device/bench.js (if the code changed, run prepare again)"; fi
+DENO_RUN=("$DENO" run -A --no-config --no-lock --node-modules-dir=none)
+log "webgpu kernels against tfjs's: batch $BATCH, ${SIZE}²"
+timeout 90 "${DENO_RUN[@]}" .device/webgpu_kernels.js --batch "$BATCH" --image_size "$SIZE" \
+  >"$OUT/webgpu_kernels.json" 2> >(tee -a "$OUT/gpu_check.log" >&2)
+log "webgpu kernels exit $?"
+cat "$OUT/webgpu_kernels.json"
+
 log "webgpu: batch $BATCH, ${SIZE}², $STEPS timed steps, --memory_efficient $MEMORY_EFFICIENT"
-timeout 330 "$DENO" run -A --no-config --no-lock --node-modules-dir=none .device/bench.js \
+timeout 300 "${DENO_RUN[@]}" .device/bench.js \
   --backend webgpu --model_only --batch "$BATCH" --image_size "$SIZE" --steps "$STEPS" \
   --memory_efficient "$MEMORY_EFFICIENT" >"$OUT/webgpu.json" 2> >(tee -a "$OUT/gpu_check.log" >&2)
 log "webgpu exit $?"
@@ -83,7 +95,7 @@ cat "$OUT/webgpu.json"
 
 if python3 -c 'import torch, torchvision, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
   log "PyTorch/CUDA: batch $BATCH, ${SIZE}²"
-  timeout 150 python3 bench/torch_cuda_bench.py --batch "$BATCH" --image_size "$SIZE" \
+  timeout 120 python3 bench/torch_cuda_bench.py --batch "$BATCH" --image_size "$SIZE" \
     >"$OUT/torch.json" 2> >(tee -a "$OUT/gpu_check.log" >&2)
   log "torch exit $?"
   cat "$OUT/torch.json"
