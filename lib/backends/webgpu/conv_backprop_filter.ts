@@ -41,25 +41,6 @@ class FilterGemmProgram implements Program {
       var<workgroup> As : array<array<f32, ${TK}>, ${RT}>;
       var<workgroup> Bs : array<array<f32, ${TC}>, ${RT}>;
 
-      // A[r, k] = x at the input pixel that output row r reads through filter tap k.
-      fn loadA(r : i32, k : i32, rEnd : i32) -> f32 {
-        if (r >= rEnd || k >= uniforms.K) { return 0.0; }
-        let ohw = uniforms.OH * uniforms.OW;
-        let b = r / ohw;
-        let rem = r - b * ohw;
-        let oy = rem / uniforms.OW;
-        let ox = rem - oy * uniforms.OW;
-        let kwci = uniforms.KW * uniforms.Ci;
-        let kh = k / kwci;
-        let rem2 = k - kh * kwci;
-        let kw = rem2 / uniforms.Ci;
-        let ci = rem2 - kw * uniforms.Ci;
-        let iy = oy * uniforms.stride.x + kh - uniforms.pad.x;
-        let ix = ox * uniforms.stride.y + kw - uniforms.pad.y;
-        if (iy < 0 || iy >= uniforms.H || ix < 0 || ix >= uniforms.W) { return 0.0; }
-        return x[((b * uniforms.H + iy) * uniforms.W + ix) * uniforms.Ci + ci];
-      }
-
       fn main() {
         let tc = i32(localId.x);
         let tk = i32(localId.y);
@@ -69,22 +50,48 @@ class FilterGemmProgram implements Program {
         let split = i32(workgroupId.z);
         let rBegin = split * uniforms.chunk;
         let rEnd = min(rBegin + uniforms.chunk, uniforms.M);
+        // Each thread loads one column of the A tile (a fixed filter tap k: its kh, kw, ci are
+        // decoded once) and one column of the B tile, on every ${THREADS / TK}th / ${
+      THREADS / TC
+    }th row.
+        let kk = t % ${TK};
+        let ka = k0 + kk;
+        let kwci = uniforms.KW * uniforms.Ci;
+        let kh = ka / kwci;
+        let kw = (ka - kh * kwci) / uniforms.Ci;
+        let ci = ka - kh * kwci - kw * uniforms.Ci;
+        let kIn = ka < uniforms.K;
+        let offY = kh - uniforms.pad.x;
+        let offX = kw - uniforms.pad.y;
+        let rA = t / ${TK};
+        let cc = t % ${TC};
+        let cb = c0 + cc;
+        let rB = t / ${TC};
+        let ohw = uniforms.OH * uniforms.OW;
         var acc : array<vec4<f32>, 4>;
         for (var r0 = rBegin; r0 < rEnd; r0 = r0 + ${RT}) {
           for (var q = 0; q < ${(RT * TK) / THREADS}; q = q + 1) {
-            let e = t + q * ${THREADS};
-            let rr = e / ${TK};
-            let kk = e - rr * ${TK};
-            As[rr][kk] = loadA(r0 + rr, k0 + kk, rEnd);
+            // A[r, k] = x at the input pixel that output row r reads through filter tap k.
+            let rr = rA + q * ${THREADS / TK};
+            let r = r0 + rr;
+            var a = 0.0;
+            if (kIn && r < rEnd) {
+              let b = r / ohw;
+              let oy = (r - b * ohw) / uniforms.OW;
+              let ox = r - b * ohw - oy * uniforms.OW;
+              let iy = oy * uniforms.stride.x + offY;
+              let ix = ox * uniforms.stride.y + offX;
+              if (iy >= 0 && iy < uniforms.H && ix >= 0 && ix < uniforms.W) {
+                a = x[((b * uniforms.H + iy) * uniforms.W + ix) * uniforms.Ci + ci];
+              }
+            }
+            As[rr][kk] = a;
           }
           for (var q = 0; q < ${(RT * TC) / THREADS}; q = q + 1) {
-            let e = t + q * ${THREADS};
-            let rr = e / ${TC};
-            let cc = e - rr * ${TC};
+            let rr = rB + q * ${THREADS / TC};
             let r = r0 + rr;
-            let c = c0 + cc;
             var v = 0.0;
-            if (r < rEnd && c < uniforms.Co) { v = dy[r * uniforms.Co + c]; }
+            if (r < rEnd && cb < uniforms.Co) { v = dy[r * uniforms.Co + cb]; }
             Bs[rr][cc] = v;
           }
           workgroupBarrier();
