@@ -125,7 +125,7 @@ Deno.test({
     const before = [tf.memory().numTensors, usedGpuBuffers()];
     for (let i = 0; i < 20; i++) await backpropFilter(c, xv, dyv);
     assert.deepEqual([tf.memory().numTensors, usedGpuBuffers()], before);
-    assert.deepEqual(restoreTfjsWebgpuKernels(), ["Conv2DBackpropFilter"]);
+    assert.ok(restoreTfjsWebgpuKernels().includes("Conv2DBackpropFilter"));
     try {
       assertClose(await backpropFilter(c, xv, dyv), ours, 1e-6 * 6400, "tfjs's kernel");
     } finally {

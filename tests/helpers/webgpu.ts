@@ -43,8 +43,16 @@ export async function countKernels(
   }
 }
 
-/** GPU buffers tfjs's webgpu buffer manager holds for live tensors. */
+/**
+ * GPU buffers tfjs's webgpu buffer manager holds, after submitting the pending commands (tfjs
+ * frees the buffers of tensors disposed while commands using them were pending only then).
+ */
 export function usedGpuBuffers(): number {
-  return (tf.backend() as unknown as { bufferManager: { numUsedBuffers: number } }).bufferManager
-    .numUsedBuffers;
+  const backend = tf.backend() as unknown as {
+    commandEncoder: unknown;
+    submitQueue(): void;
+    bufferManager: { numUsedBuffers: number };
+  };
+  if (backend.commandEncoder != null) backend.submitQueue();
+  return backend.bufferManager.numUsedBuffers;
 }

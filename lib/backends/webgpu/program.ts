@@ -49,7 +49,7 @@ export interface WebGPUBackendInternals extends tf.KernelBackend {
     uniforms?: Uniform[],
     output?: tf.TensorInfo,
   ): tf.TensorInfo;
-  makeTensorInfo(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  makeTensorInfo(shape: number[], dtype: tf.DataType, values?: tf.TypedArray): tf.TensorInfo;
   uploadToGPU(dataId: tf.DataId): void;
   ensureCommandEncoderReady(): void;
   endComputePassEncoder(): void;
@@ -68,10 +68,10 @@ export function bufferOf(backend: WebGPUBackendInternals, t: tf.TensorInfo): GPU
 }
 
 /**
- * Records copies of whole float32 tensors into `dst` at element offsets, or (`toParts`) of
- * ranges of `src` into whole tensors, in tfjs's command encoder: copies cost no dispatch, bind
- * group or uniform buffer. Every tensor is marked as used by the pending commands, so tfjs defers
- * freeing it until they are submitted.
+ * Records copies of `n` float32 elements from `src` at `srcOffset` to `dst` at `dstOffset`
+ * (element offsets) in tfjs's command encoder: copies cost no dispatch, bind group or uniform
+ * buffer. Every tensor is marked as used by the pending commands, so tfjs defers freeing it
+ * until they are submitted.
  */
 export function copyRanges(
   backend: WebGPUBackendInternals,
@@ -83,11 +83,11 @@ export function copyRanges(
     n: number;
   }[],
 ): void {
-  const buffers = copies.map((c) => [bufferOf(backend, c.src), bufferOf(backend, c.dst)]);
+  const nonEmpty = copies.filter((c) => c.n > 0);
+  const buffers = nonEmpty.map((c) => [bufferOf(backend, c.src), bufferOf(backend, c.dst)]);
   backend.ensureCommandEncoderReady();
   backend.endComputePassEncoder();
-  copies.forEach((c, i) => {
-    if (c.n === 0) return;
+  nonEmpty.forEach((c, i) => {
     backend.commandEncoder!.copyBufferToBuffer(
       buffers[i][0],
       c.srcOffset * 4,
