@@ -50,9 +50,13 @@ export async function countKernels(
 export function usedGpuBuffers(): number {
   const backend = tf.backend() as unknown as {
     commandEncoder: unknown;
+    endComputePassEncoder(): void;
     submitQueue(): void;
     bufferManager: { numUsedBuffers: number };
   };
-  if (backend.commandEncoder != null) backend.submitQueue();
+  if (backend.commandEncoder != null) {
+    backend.endComputePassEncoder(); // as tfjs does before every submit
+    backend.submitQueue();
+  }
   return backend.bufferManager.numUsedBuffers;
 }

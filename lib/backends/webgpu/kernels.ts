@@ -8,7 +8,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { registerWebgpuAdamStep } from "./adam_step.ts";
 import { registerWebgpuBatchNorm } from "./batchnorm.ts";
 import { conv2DBackpropFilterGemm } from "./conv_backprop_filter.ts";
-import { splitVContiguous } from "./split.ts";
+import { concatBlocked, splitVContiguous } from "./concat_split.ts";
 
 type Args = { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap };
 /** A kernel that returns null where it does not apply. */
@@ -20,6 +20,7 @@ const tfjsKernels = new Map<string, tf.KernelConfig>();
 const OWN: Record<string, OwnKernel> = {
   Conv2DBackpropFilter: conv2DBackpropFilterGemm,
   SplitV: splitVContiguous,
+  Concat: concatBlocked,
 };
 
 /** Registers every kernel of lib/backends/webgpu/ (idempotent); returns the names replaced. */

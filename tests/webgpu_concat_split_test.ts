@@ -23,6 +23,63 @@ async function splitOn(shape: number[], sizes: number[] | number, axis: number, 
   return out;
 }
 
+/** Concatenates parts of `shapes` (values from `v`, in order) along `axis` on the active backend. */
+async function concatOn(shapes: number[][], axis: number, v: Float32Array) {
+  let at = 0;
+  const parts = shapes.map((s) => {
+    const n = tf.util.sizeFromShape(s);
+    at += n;
+    return tf.tensor(v.subarray(at - n, at), s);
+  });
+  const out = tf.concat(parts, axis);
+  const result = { shape: out.shape, v: await out.data() };
+  tf.dispose([out, ...parts]);
+  return result;
+}
+
+// More inputs than one tfjs concat program binds (7), DenseNet's channel concatenations among
+// them; 7 or fewer fall back to tfjs's single pass.
+const CONCATS: [number[][], number][] = [
+  [[[1, 3, 3, 64], ...Array(24).fill([1, 3, 3, 32])], 3],
+  [Array.from({ length: 9 }, (_, i) => [2, 2, 3, 1 + 2 * i]), -1],
+  [Array.from({ length: 9 }, (_, i) => [1 + (i % 3), 2, 2]), 0],
+  [Array.from({ length: 8 }, (_, i) => [2, 1 + i, 3]), 1],
+  [[[2, 2, 5], [2, 2, 3]], 2],
+];
+
+Deno.test({
+  name: "WebGPU Concat (one dispatch for many inputs) equals the cpu backend; no leaks",
+  ignore: NO_WEBGPU != null,
+  async fn() {
+    const rng = new Rng(32);
+    for (const [shapes, axis] of CONCATS) {
+      const total = shapes.reduce((n, s) => n + tf.util.sizeFromShape(s), 0);
+      const v = Float32Array.from({ length: total }, () => rng.next());
+      await tf.setBackend("cpu");
+      const expected = await concatOn(shapes, axis, v);
+      await useWebgpu();
+      const got = await concatOn(shapes, axis, v);
+      assert.deepEqual(got.shape, expected.shape);
+      assert.deepEqual(got.v, expected.v, `${shapes.length} inputs, axis ${axis}`);
+    }
+    await useWebgpu();
+    const parts = [
+      tf.randomNormal([1, 4, 4, 64]),
+      ...Array.from({ length: 24 }, () => tf.randomNormal([1, 4, 4, 32])),
+    ];
+    const count = await countKernels(async () => {
+      const out = tf.concat(parts, 3);
+      await out.data();
+      out.dispose();
+    });
+    assert.equal(count.dispatches, 1); // tfjs's own: a tree of 5 concatenations
+    const before = [tf.memory().numTensors, usedGpuBuffers()];
+    for (let i = 0; i < 20; i++) tf.concat(parts, 3).dispose();
+    assert.deepEqual([tf.memory().numTensors, usedGpuBuffers()], before);
+    tf.dispose(parts);
+  },
+});
+
 Deno.test({
   name: "WebGPU SplitV (one dispatch) equals the cpu backend; no leaks",
   ignore: NO_WEBGPU != null,
