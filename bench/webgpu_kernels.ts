@@ -1,8 +1,9 @@
 /**
  * This project's WebGPU kernels against what tfjs does without them, on DenseNet-121's shapes:
- * `Conv2DBackpropFilter` (ours: tiled GEMM; tfjs 4.22: one thread per weight) and the fused
- * BatchNorm+ReLU forward/backward (ours: three dispatches each; tfjs: the op composition the
- * model uses without them). Milliseconds per call (mean of `--reps` after a warm-up call), one
+ * `Conv2DBackpropFilter` (ours: tiled GEMM; tfjs 4.22: one thread per weight),
+ * `Conv2DBackpropInput` (tfjs's tiled GEMM program, which we select, against its default naive
+ * one) and the fused BatchNorm+ReLU forward/backward (ours: three dispatches each; tfjs: the op
+ * composition the model uses without them). Milliseconds per call (mean of `--reps` after a warm-up call), one
  * JSON object on stdout.
  *
  *     deno run -A bench/webgpu_kernels.ts [--batch 16] [--image_size 224] [--reps 5]
@@ -92,6 +93,7 @@ async function main(args: string[]) {
     image_size: flags.image_size,
   };
   const conv: Record<string, unknown> = {};
+  const input: Record<string, unknown> = {};
   for (const [what, xs, fs, stride, pad] of convs) {
     const x = tf.randomNormal(xs, 0, 1, "float32", 1);
     const ci = tf.backend_util.computeConv2DInfo(xs as never, fs as never, stride, 1, pad);
@@ -116,9 +118,35 @@ async function main(args: string[]) {
     console.error(
       `Conv2DBackpropFilter ${what}: ours ${ours.toFixed(2)} ms, tfjs ${theirs.toFixed(2)} ms`,
     );
+    if (stride === 1) {
+      // The input gradient: tfjs's tiled GEMM program (selected with our kernels) vs its naive one.
+      const w = tf.randomNormal(fs, 0, 1, "float32", 3);
+      const runInput = () => [
+        tf.engine().runKernel("Conv2DBackpropInput", { dy, filter: w }, {
+          strides: stride,
+          pad,
+          dataFormat: "NHWC",
+          inputShape: xs,
+        } as unknown as tf.NamedAttrMap) as tf.Tensor,
+      ];
+      const gemm = await time(runInput, flags.reps);
+      restoreTfjsWebgpuKernels();
+      const naive = await time(runInput, flags.reps);
+      registerWebgpuKernels();
+      input[what] = {
+        gemm_ms: +gemm.toFixed(2),
+        naive_ms: +naive.toFixed(2),
+        speedup: +(naive / gemm).toFixed(1),
+      };
+      console.error(
+        `Conv2DBackpropInput ${what}: GEMM ${gemm.toFixed(2)} ms, naive ${naive.toFixed(2)} ms`,
+      );
+      w.dispose();
+    }
     tf.dispose([x, dy]);
   }
   result.conv2d_backprop_filter = conv;
+  result.conv2d_backprop_input = input;
   const bn: Record<string, unknown> = {};
   for (
     const [what, shape] of [["@112 ×64", [b, side(112), side(112), 64]], ["@56 ×256", [

@@ -79,6 +79,23 @@ async function backpropFilter(c: Case, xv: Float32Array, dyv: Float32Array): Pro
   return out;
 }
 
+/** Conv2DBackpropInput of `c` on the active backend. */
+async function backpropInput(c: Case, dyv: Float32Array, wv: Float32Array): Promise<Float32Array> {
+  const info = tf.backend_util.computeConv2DInfo(c.x, c.filter, c.stride, 1, c.pad);
+  const dy = tf.tensor4d(dyv, info.outShape);
+  const filter = tf.tensor4d(wv, c.filter);
+  const dx = tf.engine().runKernel("Conv2DBackpropInput", { dy, filter }, {
+    strides: c.stride,
+    pad: c.pad,
+    dataFormat: "NHWC",
+    inputShape: c.x,
+  } as unknown as tf.NamedAttrMap) as tf.Tensor;
+  assert.deepEqual(dx.shape, c.x);
+  const out = await dx.data() as Float32Array;
+  tf.dispose([dy, filter, dx]);
+  return out;
+}
+
 Deno.test("splitPlan covers M exactly and splits long reductions", () => {
   for (const [m, k, co] of [[802816, 147, 64], [100, 9, 9], [200704, 256, 128], [513, 1024, 512]]) {
     const { splits, chunk } = splitPlan(m, k, co);
@@ -104,6 +121,27 @@ Deno.test({
       const m = info.batchSize * info.outHeight * info.outWidth;
       // float32 sums of M products of values in [-1, 1], in different orders.
       assertClose(got, expected, 1e-6 * m, c.what);
+    }
+  },
+});
+
+Deno.test({
+  name: "WebGPU Conv2DBackpropInput (tfjs's tiled GEMM program, which we select) equals the cpu",
+  ignore: NO_WEBGPU != null,
+  async fn() {
+    await useWebgpu();
+    assert.equal(tf.env().getBool("WEBGPU_USE_NAIVE_CONV2D_TRANSPOSE"), false);
+    const rng = new Rng(9);
+    for (const c of CASES) {
+      const info = tf.backend_util.computeConv2DInfo(c.x, c.filter, c.stride, 1, c.pad);
+      const dyv = randoms(tf.util.sizeFromShape(info.outShape), rng);
+      const wv = randoms(tf.util.sizeFromShape(c.filter), rng);
+      await tf.setBackend("cpu");
+      const expected = await backpropInput(c, dyv, wv);
+      await useWebgpu();
+      const got = await backpropInput(c, dyv, wv);
+      // float32 sums of KH·KW·Co products of values in [-1, 1], in different orders.
+      assertClose(got, expected, 1e-6 * c.filter[0] * c.filter[1] * c.filter[3], c.what);
     }
   },
 });

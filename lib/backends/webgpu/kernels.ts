@@ -23,8 +23,16 @@ const OWN: Record<string, OwnKernel> = {
   Concat: concatBlocked,
 };
 
+/**
+ * tfjs-backend-webgpu's flag choosing its naive `Conv2DBackpropInput` (one thread per input
+ * gradient, looping over KH·KW·Co with no reuse; its default) over its tiled implicit-GEMM
+ * program (`Conv2DDerInputMMProgram`), which we use.
+ */
+const NAIVE_BACKPROP_INPUT = "WEBGPU_USE_NAIVE_CONV2D_TRANSPOSE";
+
 /** Registers every kernel of lib/backends/webgpu/ (idempotent); returns the names replaced. */
 export function registerWebgpuKernels(): string[] {
+  tf.env().set(NAIVE_BACKPROP_INPUT, false);
   registerWebgpuAdamStep();
   registerWebgpuBatchNorm();
   const replaced: string[] = [];
@@ -54,7 +62,8 @@ export function registerWebgpuKernels(): string[] {
 
 /**
  * Puts tfjs-backend-webgpu's own kernels back in place of the ones replaced (before/after
- * measurements; `AdamStep` and the BatchNorm kernels, which tfjs lacks, stay). Returns their names.
+ * measurements; `AdamStep` and the BatchNorm kernels, which tfjs lacks, stay), and its naive
+ * `Conv2DBackpropInput`. Returns the names of the kernels put back.
  */
 export function restoreTfjsWebgpuKernels(): string[] {
   const restored = [...tfjsKernels.keys()];
@@ -63,5 +72,6 @@ export function restoreTfjsWebgpuKernels(): string[] {
     tf.registerKernel(config);
   }
   tfjsKernels.clear();
+  tf.env().set(NAIVE_BACKPROP_INPUT, true);
   return restored;
 }
