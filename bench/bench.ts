@@ -201,10 +201,20 @@ async function profileKernels(f: () => Promise<unknown>): Promise<KernelProfile>
   // Profiling reads every kernel output back to check it unless told not to: a copy each.
   const check = tf.env().getBool("CHECK_COMPUTATION_FOR_ERRORS");
   tf.env().set("CHECK_COMPUTATION_FOR_ERRORS", false);
-  const backend = tf.backend() as unknown as { recordAndSubmit?: (...a: unknown[]) => unknown };
+  const backend = tf.backend() as unknown as {
+    recordAndSubmit?: (...a: unknown[]) => unknown;
+    supportTimestampQuery?: boolean;
+    hasTimestampQueryWarned?: boolean;
+  };
   const record = tf.getBackend() === "webgpu" ? backend.recordAndSubmit : undefined;
+  // Profiling times each kernel; with timestamp queries webgpu then submits and maps a buffer
+  // per dispatch. The counts need no timings, so the queries are off while counting.
+  const timestamps = backend.supportTimestampQuery;
+  const warned = backend.hasTimestampQueryWarned;
   let dispatches = 0;
   if (record) {
+    backend.supportTimestampQuery = false;
+    backend.hasTimestampQueryWarned = true;
     backend.recordAndSubmit = (...a: unknown[]) => {
       dispatches++;
       return record.apply(backend, a);
@@ -221,7 +231,11 @@ async function profileKernels(f: () => Promise<unknown>): Promise<KernelProfile>
       peakMb: (profile.peakBytes - before) / 2 ** 20,
     };
   } finally {
-    if (record) delete backend.recordAndSubmit; // back to the prototype's
+    if (record) {
+      delete backend.recordAndSubmit; // back to the prototype's
+      backend.supportTimestampQuery = timestamps;
+      backend.hasTimestampQueryWarned = warned;
+    }
     tf.env().set("CHECK_COMPUTATION_FOR_ERRORS", check);
   }
 }
