@@ -154,42 +154,53 @@ class StatsCombineProgram implements Program {
   }
 }
 
-/** y = (x − mean)·γ/√(var+ε) + β, then ReLU when `relu`. */
+/**
+ * y = (x − mean)·γ/√(var+ε) + β, then ReLU when `relu`. With `vec4` (C a multiple of 4) every
+ * array is read as vec4<f32> and a thread does 4 channels; `n` and `C` count vec4s then.
+ */
 class NormalizeProgram implements Program {
   variableNames = ["x", "stats", "gamma", "beta"];
   outputShape: number[];
-  shaderKey = "cxrBnNormalize";
+  shaderKey: string;
   dispatchLayout: { x: number[] };
   dispatch: [number, number, number];
   workgroupSize: [number, number, number] = [256, 1, 1];
   uniforms = "n : i32, C : i32, eps : f32, relu : i32,";
+  outputComponent: number;
 
-  constructor(shape: number[]) {
+  constructor(shape: number[], readonly vec4: boolean) {
     this.outputShape = shape;
+    this.outputComponent = vec4 ? 4 : 1;
+    this.shaderKey = `cxrBnNormalize_${vec4}`;
     this.dispatchLayout = { x: shape.map((_, i) => i) };
-    this.dispatch = [Math.ceil(tf.util.sizeFromShape(shape) / 256), 1, 1];
+    this.dispatch = [Math.ceil(tf.util.sizeFromShape(shape) / this.outputComponent / 256), 1, 1];
   }
 
   getUserCode(): string {
+    const T = this.vec4 ? "vec4<f32>" : "f32";
     return `
       fn main(index : i32) {
         if (index >= uniforms.n) { return; }
         let C = uniforms.C;
         let c = index % C;
-        let rstd = 1.0 / sqrt(stats[C + c] + uniforms.eps);
+        let rstd = 1.0 / sqrt(stats[C + c] + ${T}(uniforms.eps));
         var y = (x[index] - stats[c]) * (gamma[c] * rstd) + beta[c];
-        if (uniforms.relu != 0) { y = max(y, 0.0); }
+        if (uniforms.relu != 0) { y = max(y, ${T}(0.0)); }
         result[index] = y;
       }`;
   }
 }
 
-/** The (masked) output gradient g, and x̂, at element r·C + c. */
-const GRAD_TERMS = `
-        let rstd = 1.0 / sqrt(variance[c] + uniforms.eps);
+/** The (masked) output gradient g, and x̂, at element i of channel c, in type T. */
+function gradTerms(T: string): string {
+  return `
+        let rstd = 1.0 / sqrt(variance[c] + ${T}(uniforms.eps));
         let xhat = (x[i] - mean[c]) * rstd;
         var g = dy[i];
-        if (uniforms.relu != 0 && xhat * gamma[c] + beta[c] <= 0.0) { g = 0.0; }`;
+        if (uniforms.relu != 0) {
+          g = select(g, ${T}(0.0), xhat * gamma[c] + beta[c] <= ${T}(0.0));
+        }`;
+}
 
 /** Partial (Σg, Σg·x̂) per (split, channel). */
 class GradPartialProgram implements Program {
@@ -218,7 +229,7 @@ class GradPartialProgram implements Program {
         if (c < C) {
           for (var r = rBegin + ry; r < rEnd; r = r + ${ROWS}) {
             let i = r * C + c;
-            ${GRAD_TERMS}
+            ${gradTerms("f32")}
             a = a + g;
             b = b + g * xhat;
           }
@@ -271,20 +282,23 @@ class GradCombineProgram implements Program {
   }
 }
 
-/** dx = γ·rstd/M · (M·g − dbeta − x̂·dgamma). */
+/** dx = γ·rstd/M · (M·g − dbeta − x̂·dgamma); `vec4` as in `NormalizeProgram`. */
 class GradInputProgram implements Program {
   variableNames = ["dy", "x", "gamma", "beta", "mean", "variance", "sums"];
   outputShape: number[];
-  shaderKey = "cxrBnGradInput";
+  shaderKey: string;
   dispatchLayout: { x: number[] };
   dispatch: [number, number, number];
   workgroupSize: [number, number, number] = [256, 1, 1];
   uniforms = "n : i32, C : i32, eps : f32, relu : i32, M : f32,";
+  outputComponent: number;
 
-  constructor(shape: number[]) {
+  constructor(shape: number[], readonly vec4: boolean) {
     this.outputShape = shape;
+    this.outputComponent = vec4 ? 4 : 1;
+    this.shaderKey = `cxrBnGradInput_${vec4}`;
     this.dispatchLayout = { x: shape.map((_, i) => i) };
-    this.dispatch = [Math.ceil(tf.util.sizeFromShape(shape) / 256), 1, 1];
+    this.dispatch = [Math.ceil(tf.util.sizeFromShape(shape) / this.outputComponent / 256), 1, 1];
   }
 
   getUserCode(): string {
@@ -294,7 +308,7 @@ class GradInputProgram implements Program {
         let C = uniforms.C;
         let c = index % C;
         let i = index;
-        ${GRAD_TERMS}
+        ${gradTerms(this.vec4 ? "vec4<f32>" : "f32")}
         let dbeta = sums[c];
         let dgamma = sums[C + c];
         result[index] = gamma[c] * rstd / uniforms.M *
@@ -332,6 +346,7 @@ function batchNormReluTrain(args: Args): tf.TensorInfo[] {
   const c = x.shape[x.shape.length - 1];
   const m = tf.util.sizeFromShape(x.shape) / c;
   const { splits, chunk } = bnSplitPlan(m, c);
+  const vec4 = c % 4 === 0, lanes = vec4 ? 4 : 1;
   const partials = backend.runWebGPUProgram(
     new StatsPartialProgram(splits, c),
     [x],
@@ -344,12 +359,12 @@ function batchNormReluTrain(args: Args): tf.TensorInfo[] {
     { type: "int32", data: [m] },
   ]);
   const y = backend.runWebGPUProgram(
-    new NormalizeProgram(x.shape),
+    new NormalizeProgram(x.shape, vec4),
     [x, stats, gamma, beta],
     "float32",
     [
-      { type: "int32", data: [m * c] },
-      { type: "int32", data: [c] },
+      { type: "int32", data: [(m * c) / lanes] },
+      { type: "int32", data: [c / lanes] },
       { type: "float32", data: [a.epsilon] },
       { type: "int32", data: [a.relu ? 1 : 0] },
     ],
@@ -367,6 +382,7 @@ function batchNormReluGrad(args: Args): tf.TensorInfo[] {
   const c = x.shape[x.shape.length - 1];
   const m = tf.util.sizeFromShape(x.shape) / c;
   const { splits, chunk } = bnSplitPlan(m, c);
+  const vec4 = c % 4 === 0, lanes = vec4 ? 4 : 1;
   const terms = [dy, x, gamma, beta, mean, variance];
   const partials = backend.runWebGPUProgram(
     new GradPartialProgram(splits, c),
@@ -378,13 +394,18 @@ function batchNormReluGrad(args: Args): tf.TensorInfo[] {
     { type: "int32", data: [c] },
     { type: "int32", data: [splits] },
   ]);
-  const dx = backend.runWebGPUProgram(new GradInputProgram(x.shape), [...terms, sums], "float32", [
-    { type: "int32", data: [m * c] },
-    { type: "int32", data: [c] },
-    { type: "float32", data: [a.epsilon] },
-    { type: "int32", data: [a.relu ? 1 : 0] },
-    { type: "float32", data: [m] },
-  ]);
+  const dx = backend.runWebGPUProgram(
+    new GradInputProgram(x.shape, vec4),
+    [...terms, sums],
+    "float32",
+    [
+      { type: "int32", data: [(m * c) / lanes] },
+      { type: "int32", data: [c / lanes] },
+      { type: "float32", data: [a.epsilon] },
+      { type: "int32", data: [a.relu ? 1 : 0] },
+      { type: "float32", data: [m] },
+    ],
+  );
   const [dbeta, dgamma] = splitRows(backend, sums, c);
   backend.disposeData(partials.dataId);
   backend.disposeData(sums.dataId);
