@@ -1,5 +1,6 @@
 /**
- * `Conv2DBackpropFilter` for WebGPU as a tiled implicit GEMM. In NHWC the filter gradient is
+ * `Conv2DBackpropFilter` for WebGPU as a tiled implicit GEMM (1×1 unpadded stride-1 filters,
+ * plain matrix products, go to tfjs's matrix product instead). In NHWC the filter gradient is
  * dW[K, Co] = Aᵀ·dY with A the im2col matrix of x ([M, K], M = N·OH·OW, K = KH·KW·Ci, formed on
  * the fly while loading tiles, never stored) and dY the output gradient as [M, Co]. tfjs 4.22's
  * kernel gives each weight one thread that loops serially over all of M with strided reads;
@@ -158,6 +159,37 @@ export function splitPlan(m: number, k: number, co: number): { splits: number; c
   return { splits: Math.ceil(m / chunk), chunk };
 }
 
+/**
+ * A 1×1, stride-1, unpadded filter gradient is exactly xᵀ·dy with x as [M, Ci] and dy as
+ * [M, Co]: tfjs's own matrix product (tuned, split-K for this long inner dimension) runs it,
+ * on views of x and dy (no copies).
+ */
+function pointwiseAsMatMul(
+  backend: WebGPUBackendInternals,
+  x: tf.TensorInfo,
+  dy: tf.TensorInfo,
+  m: number,
+  filterShape: number[],
+): tf.TensorInfo {
+  const [reshape, matMul] = ["Reshape", "BatchMatMul"].map((name) => {
+    const kernel = tf.getKernel(name, "webgpu");
+    if (kernel == null) throw new Error(`webgpu has no ${name} kernel`);
+    return kernel.kernelFunc as unknown as (args: unknown) => tf.TensorInfo;
+  });
+  const view = (t: tf.TensorInfo, shape: number[]) =>
+    reshape({ inputs: { x: t }, backend, attrs: { shape } });
+  const a = view(x, [1, m, x.shape[3]]);
+  const b = view(dy, [1, m, dy.shape[3]]);
+  const product = matMul({
+    inputs: { a, b },
+    backend,
+    attrs: { transposeA: true, transposeB: false },
+  });
+  const out = view(product, filterShape);
+  for (const t of [a, b, product]) backend.disposeData(t.dataId);
+  return out;
+}
+
 interface BackpropFilterAttrs {
   strides: number | [number, number];
   pad: "valid" | "same" | number | [
@@ -190,6 +222,13 @@ export function conv2DBackpropFilterGemm(
   const m = info.batchSize * info.outHeight * info.outWidth;
   const k = info.filterHeight * info.filterWidth * info.inChannels;
   const co = info.outChannels;
+  const p = info.padInfo;
+  if (
+    info.filterHeight === 1 && info.filterWidth === 1 && info.strideHeight === 1 &&
+    info.strideWidth === 1 && p.top === 0 && p.left === 0 && p.bottom === 0 && p.right === 0
+  ) {
+    return pointwiseAsMatMul(backend, x, dy, m, a.filterShape);
+  }
   const { splits, chunk } = splitPlan(m, k, co);
   const uniforms: Uniform[] = [
     ...[m, k, co, info.inChannels, info.filterWidth, info.inHeight, info.inWidth].map((v) => ({
