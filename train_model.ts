@@ -20,6 +20,7 @@ import {
 import { Adam } from "./lib/train/adam.ts";
 import { ensureDir, writeFileAtomic } from "./lib/util/atomic_file.ts";
 import { RUN_FLAGS, startBackend } from "./lib/run_flags.ts";
+import { resolveMemoryEfficient } from "./lib/backends/memory_efficient.ts";
 import { checkOutputPaths } from "./lib/util/output_paths.ts";
 import { type FlagSpecs, givenFlags, parseFlags } from "./lib/util/cli.ts";
 import { loadSubset } from "./lib/data/dataset.ts";
@@ -168,7 +169,9 @@ export const FLAGS = {
     kind: "string",
     default: "auto",
     choices: ["auto", "on", "off"],
-    help: "recompute dense-layer bottlenecks in the backward pass (auto: on except tensorflow)",
+    help:
+      "recompute dense-layer bottlenecks in the backward pass (auto: on for wasm/cpu, off for " +
+      "tensorflow and for a WebGPU adapter that holds the plain path)",
   },
   preview_augmentation: {
     kind: "int",
@@ -291,8 +294,14 @@ async function main(args: string[]): Promise<void> {
     }
     for (const note of init.source.notes) console.error(`  ${note}`);
   }
-  const memoryEfficient = flags.memory_efficient === "on" ||
-    (flags.memory_efficient === "auto" && backend.name !== "tensorflow");
+  const memory = await resolveMemoryEfficient(
+    flags.memory_efficient,
+    backend.name,
+    flags.batch_size,
+    flags.image_size,
+  );
+  const memoryEfficient = memory.on;
+  if (memory.note) console.error(`note: ${memory.note}`);
   const classWeights = flags.loss === "weighted_bce"
     ? classBalanceWeights(
       (await readLabelsCsv(`${flags.labels_dir}/train_labels.csv`)).flatMap((r) =>

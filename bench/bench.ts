@@ -2,14 +2,15 @@
  * DenseNet-121 throughput benchmark: training steps (forward + backward + Adam, BCE on the
  * sigmoid outputs; warm-up step excluded) and inference (eval-mode forward) on a tfjs backend,
  * with random weights and images; the data path (PNG decode + batching from the fixture shard,
- * and training augmentation); peak RSS. With `--compare-torch`, the same DenseNet-121 work in
+ * and training augmentation); peak RSS; the tfjs kernels (and, on webgpu, GPU dispatches) of one
+ * training step and one inference batch, counted with `tf.profile`. With `--compare-torch`, the same DenseNet-121 work in
  * Debian's PyTorch (`bench/torch_bench.py`) at the same batch and thread count, and the ratios.
  * Prints one JSON object on stdout; progress goes to stderr.
  *
  *     deno run --allow-read --allow-env --allow-ffi --allow-run --allow-sys bench/bench.ts \
  *       [--backend wasm] [--batch 16] [--image_size 224] [--steps 3] [--compare-torch] \
- *       [--threads N] [--memory_efficient on|off|bottleneck|block|layer] [--tensor_memory]
- *       [--wasm_kernels ours|tfjs]
+ *       [--threads N] [--memory_efficient on|off|auto|bottleneck|block|layer] [--tensor_memory]
+ *       [--wasm_kernels ours|tfjs] [--model_only]
  * @module
  */
 
@@ -17,6 +18,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { fileURLToPath } from "node:url";
 import { Adam } from "../lib/train/adam.ts";
 import { BACKENDS, initBackend } from "../lib/backends/backend.ts";
+import { resolveMemoryEfficient } from "../lib/backends/memory_efficient.ts";
 import { parseFlags } from "../lib/util/cli.ts";
 import { batches } from "../lib/data/dataset.ts";
 import { runMain, UserError } from "../lib/util/errors.ts";
@@ -47,13 +49,14 @@ const SPECS = {
   memory_efficient: {
     kind: "string",
     default: "on",
-    choices: ["on", "off", "bottleneck", "block", "layer"],
-    help: "what the training forward keeps (lib/model/densenet.ts MemoryEfficiency; on = layer)",
+    choices: ["on", "off", "auto", "bottleneck", "block", "layer"],
+    help: "what the training forward keeps (lib/model/densenet.ts MemoryEfficiency; on = layer; " +
+      "auto as train_model.ts resolves it)",
   },
   tensor_memory: {
     kind: "boolean",
     default: false,
-    help: "also profile one training step for its peak live-tensor bytes (any backend)",
+    help: "also report the profiled training step's peak live-tensor bytes (any backend)",
   },
   wasm_kernels: {
     kind: "string",
@@ -61,6 +64,11 @@ const SPECS = {
     choices: ["ours", "tfjs"],
     help:
       "wasm: this project's training kernels (lib/backends/wasm_kernels.ts) or tfjs's own (before/after)",
+  },
+  model_only: {
+    kind: "boolean",
+    default: false,
+    help: "only the model measurements, no data path (needs no sharp: bench/gpu_check.sh)",
   },
   shard: {
     kind: "string",
@@ -165,6 +173,71 @@ interface ModelRates {
   inferCpu: number | null;
   /** Peak live-tensor MB of one profiled training step above the bytes live before it. */
   stepPeakTensorMb?: number;
+  /** tfjs kernels (engine-level, as `tf.profile` lists them) of one training step. */
+  trainKernels: number;
+  /** GPU compute dispatches of one training step (webgpu only). */
+  trainDispatches?: number;
+  /** tfjs kernels of one inference batch. */
+  inferKernels: number;
+  /** GPU compute dispatches of one inference batch (webgpu only). */
+  inferDispatches?: number;
+}
+
+/** What `profileKernels` counted. */
+interface KernelProfile {
+  kernels: number;
+  /** Compute-shader dispatches recorded (webgpu only; one kernel may issue several). */
+  dispatches?: number;
+  /** Peak live-tensor MB above the bytes live before. */
+  peakMb: number;
+}
+
+/**
+ * Counts the tfjs kernels `f` runs (`tf.profile`; kernels a kernel runs internally through the
+ * backend are not counted) and, on webgpu, the compute dispatches, by counting the backend's
+ * program submissions while `f` runs.
+ */
+async function profileKernels(f: () => Promise<unknown>): Promise<KernelProfile> {
+  // Profiling reads every kernel output back to check it unless told not to: a copy each.
+  const check = tf.env().getBool("CHECK_COMPUTATION_FOR_ERRORS");
+  tf.env().set("CHECK_COMPUTATION_FOR_ERRORS", false);
+  const backend = tf.backend() as unknown as {
+    recordAndSubmit?: (...a: unknown[]) => unknown;
+    supportTimestampQuery?: boolean;
+    hasTimestampQueryWarned?: boolean;
+  };
+  const record = tf.getBackend() === "webgpu" ? backend.recordAndSubmit : undefined;
+  // Profiling times each kernel; with timestamp queries webgpu then submits and maps a buffer
+  // per dispatch. The counts need no timings, so the queries are off while counting.
+  const timestamps = backend.supportTimestampQuery;
+  const warned = backend.hasTimestampQueryWarned;
+  let dispatches = 0;
+  if (record) {
+    backend.supportTimestampQuery = false;
+    backend.hasTimestampQueryWarned = true;
+    backend.recordAndSubmit = (...a: unknown[]) => {
+      dispatches++;
+      return record.apply(backend, a);
+    };
+  }
+  try {
+    const before = tf.memory().numBytes;
+    const profile = await tf.profile(async () => {
+      await f();
+    });
+    return {
+      kernels: profile.kernels.length,
+      dispatches: record ? dispatches : undefined,
+      peakMb: (profile.peakBytes - before) / 2 ** 20,
+    };
+  } finally {
+    if (record) {
+      delete backend.recordAndSubmit; // back to the prototype's
+      backend.supportTimestampQuery = timestamps;
+      backend.hasTimestampQueryWarned = warned;
+    }
+    tf.env().set("CHECK_COMPUTATION_FOR_ERRORS", check);
+  }
 }
 
 function accumulate(
@@ -206,33 +279,22 @@ async function benchModel(
       );
       if (s > 0) accumulate(train, t, trainStepS);
     }
-    let stepPeakTensorMb: number | undefined;
-    if (tensorMemory) {
-      // Profiling reads every kernel output back to check it unless told not to: a copy each.
-      const check = tf.env().getBool("CHECK_COMPUTATION_FOR_ERRORS");
-      tf.env().set("CHECK_COMPUTATION_FOR_ERRORS", false);
-      try {
-        const before = tf.memory().numBytes;
-        const profile = await tf.profile(() => {
-          trainStep(model, adam, x as tf.Tensor4D, y, {
-            memoryEfficient,
-          });
-        });
-        stepPeakTensorMb = (profile.peakBytes - before) / 2 ** 20;
-        log(
-          `profiled train step: peak live tensors ${stepPeakTensorMb.toFixed(0)} MB above before`,
-        );
-      } finally {
-        tf.env().set("CHECK_COMPUTATION_FOR_ERRORS", check);
-      }
-    }
+    const trainProfile = await profileKernels(() =>
+      trainStep(model, adam, x as tf.Tensor4D, y, { memoryEfficient })
+    );
+    log(
+      `profiled train step: ${trainProfile.kernels} kernels` +
+        (trainProfile.dispatches != null ? `, ${trainProfile.dispatches} dispatches` : "") +
+        `, peak live tensors ${trainProfile.peakMb.toFixed(0)} MB above before`,
+    );
+    const infer1 = async () => {
+      const out = forward(model, x as tf.Tensor4D, { training: false });
+      await out.data();
+      out.dispose();
+    };
     const infer = { wall: 0, cpu: 0 as number | null };
     for (let s = 0; s <= steps; s++) {
-      const t = await seconds(async () => {
-        const out = forward(model, x as tf.Tensor4D, { training: false });
-        await out.data();
-        out.dispose();
-      });
+      const t = await seconds(infer1);
       log(
         `inference ${s === 0 ? "(warm-up)" : s}: ${t.wall.toFixed(2)} s (cpu ${
           t.cpu?.toFixed(2)
@@ -240,6 +302,11 @@ async function benchModel(
       );
       if (s > 0) accumulate(infer, t);
     }
+    const inferProfile = await profileKernels(infer1);
+    log(
+      `profiled inference batch: ${inferProfile.kernels} kernels` +
+        (inferProfile.dispatches != null ? `, ${inferProfile.dispatches} dispatches` : ""),
+    );
     const images = batch * steps;
     return {
       train: images / train.wall,
@@ -247,7 +314,11 @@ async function benchModel(
       trainStepS,
       infer: images / infer.wall,
       inferCpu: infer.cpu == null ? null : images / infer.cpu,
-      stepPeakTensorMb,
+      stepPeakTensorMb: tensorMemory ? trainProfile.peakMb : undefined,
+      trainKernels: trainProfile.kernels,
+      trainDispatches: trainProfile.dispatches,
+      inferKernels: inferProfile.kernels,
+      inferDispatches: inferProfile.dispatches,
     };
   } finally {
     tf.dispose([x, y]);
@@ -275,23 +346,26 @@ async function benchDecode(shard: string, batch: number): Promise<number> {
   return rate;
 }
 
-/** `transformsTrainAugmented` images/s at batch 16 from 256×256 inputs (warm-up excluded). */
-function benchAugment(): number {
+/**
+ * `transformsTrainAugmented` images/s at batch 16 from 256×256 inputs (warm-up excluded). The
+ * result is read asynchronously: WebGPU under Deno has no synchronous read.
+ */
+async function benchAugment(): Promise<number> {
   const images = tf.tidy(() =>
     tf.randomUniform([AUGMENT_BATCH, AUGMENT_INPUT, AUGMENT_INPUT, 3], 0, 1, "float32", 2)
   ) as tf.Tensor4D;
   const rng = new Rng(3);
-  const once = () => {
+  const once = async () => {
     const out = transformsTrainAugmented(images, rng);
-    out.dataSync();
+    await out.data();
     out.dispose();
   };
   try {
-    once();
+    await once();
     let n = 0;
     const start = performance.now();
     while (n < 3 || performance.now() - start < 2000) {
-      once();
+      await once();
       n++;
     }
     return (n * AUGMENT_BATCH) / ((performance.now() - start) / 1000);
@@ -364,6 +438,12 @@ async function main(args: string[]) {
     if (info.name === "wasm" && flags.wasm_kernels === "tfjs") {
       log(`wasm: tfjs's own ${restoreTfjsWasmKernels().join(", ")} kernels`);
     }
+    let memoryEfficient = memoryLevel(flags.memory_efficient);
+    if (flags.memory_efficient === "auto") {
+      const choice = await resolveMemoryEfficient("auto", info.name, flags.batch, flags.image_size);
+      log(`note: ${choice.note}`);
+      memoryEfficient = choice.on;
+    }
     const loadBefore = loadAverage();
     let model: ModelRates;
     try {
@@ -371,7 +451,7 @@ async function main(args: string[]) {
         flags.batch,
         flags.image_size,
         flags.steps,
-        memoryLevel(flags.memory_efficient),
+        memoryEfficient,
         flags.tensor_memory,
       );
     } catch (err) {
@@ -385,25 +465,33 @@ async function main(args: string[]) {
       throw err;
     }
     const peakRss = await sampler.peak();
-    log("measuring the data path");
-    const decode = await benchDecode(flags.shard, flags.batch);
-    const augment = benchAugment();
+    if (!flags.model_only) log("measuring the data path");
+    const decode = flags.model_only ? null : await benchDecode(flags.shard, flags.batch);
+    const augment = flags.model_only ? null : await benchAugment();
     const result: Record<string, unknown> = {
       backend: info.name,
       device: info.device,
       threads,
       image_size: flags.image_size,
       batch: flags.batch,
-      memory_efficient: memoryLevel(flags.memory_efficient),
+      memory_efficient: memoryEfficient,
       ...(info.name === "wasm" ? { wasm_kernels: flags.wasm_kernels } : {}),
       train_images_per_s: round(model.train),
       train_step_s: model.trainStepS.map((s) => round(s, 2)),
       infer_images_per_s: round(model.infer),
       train_images_per_cpu_s: model.trainCpu == null ? null : round(model.trainCpu),
       infer_images_per_cpu_s: model.inferCpu == null ? null : round(model.inferCpu),
-      decode_images_per_s: round(decode, 1),
-      augment_images_per_s: round(augment, 1),
+      decode_images_per_s: decode == null ? null : round(decode, 1),
+      augment_images_per_s: augment == null ? null : round(augment, 1),
       peak_rss_mb: Math.round(peakRss / 2 ** 20),
+      kernels_per_train_step: model.trainKernels,
+      kernels_per_inference_batch: model.inferKernels,
+      ...(model.trainDispatches != null
+        ? {
+          dispatches_per_train_step: model.trainDispatches,
+          dispatches_per_inference_batch: model.inferDispatches,
+        }
+        : {}),
       ...(model.stepPeakTensorMb != null
         ? { step_peak_tensor_mb: Math.round(model.stepPeakTensorMb) }
         : {}),

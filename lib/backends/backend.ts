@@ -15,6 +15,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { fileURLToPath } from "node:url";
 import { UserError } from "../util/errors.ts";
 import { registerWasmTrainingKernels } from "./wasm_kernels.ts";
+import { registerWebgpuKernels } from "./webgpu/kernels.ts";
 import {
   MAX_WASM_THREADS,
   resolveWasmThreads,
@@ -246,6 +247,7 @@ async function startWebgpu(_opts: InitBackendOptions, explicit: boolean): Promis
     if (!(await activate("webgpu"))) {
       throw new UserError(`backend webgpu cannot start: tfjs could not open ${device}; ${fix}`);
     }
+    registerWebgpuKernels();
     return { name: "webgpu", device: `WebGPU: ${device}`, notes };
   });
 }

@@ -7,6 +7,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { ADAM_STEP, type AdamStepAttrs } from "../backends/webgpu/adam_step.ts";
 
 export interface AdamOptions {
   lr: number;
@@ -30,8 +31,8 @@ export class Adam {
   readonly beta2: number;
   readonly eps: number;
   step = 0;
-  // The moments of all variables live in two flat vectors, so a step is a dozen element-wise
-  // ops on one buffer plus a slice per variable (per-op dispatch dominates on WebGPU).
+  // The moments of all variables live in two flat vectors, and a step costs the same few
+  // kernels whatever the number of variables (per-kernel overhead dominates on WebGPU).
   #m: tf.Variable | null = null;
   #v: tf.Variable | null = null;
   #layout: string[] = [];
@@ -62,19 +63,21 @@ export class Adam {
       throw new Error("Adam: the variables changed between steps");
     }
     this.step++;
-    const bc1 = 1 - this.beta1 ** this.step;
-    const bc2 = 1 - this.beta2 ** this.step;
-    const stepSize = this.lr / bc1;
-    const sqrtBc2 = Math.sqrt(bc2);
+    const attrs: AdamStepAttrs = {
+      beta1: this.beta1,
+      beta2: this.beta2,
+      eps: this.eps,
+      stepSize: this.lr / (1 - this.beta1 ** this.step),
+      sqrtBc2: Math.sqrt(1 - this.beta2 ** this.step),
+    };
     const [m, v] = [this.#m, this.#v];
     tf.tidy(() => {
-      const g = tf.concat(vars.map((x) => tf.reshape(grads[x.name], [-1])));
-      const newM = tf.add(tf.mul(m, this.beta1), tf.mul(g, 1 - this.beta1));
-      const newV = tf.add(tf.mul(v, this.beta2), tf.mul(tf.square(g), 1 - this.beta2));
-      const denom = tf.add(tf.div(tf.sqrt(newV), sqrtBc2), this.eps);
-      const update = tf.mul(tf.div(newM, denom), stepSize);
-      const parts = tf.split(update, vars.map((x) => x.size));
-      vars.forEach((x, i) => x.assign(tf.sub(x, tf.reshape(parts[i], x.shape))));
+      const gs = vars.map((x) => grads[x.name]);
+      const fused = tf.getKernel(ADAM_STEP, tf.getBackend()) != null;
+      const [ps, newM, newV] = fused
+        ? fusedStep(vars, gs, m, v, attrs)
+        : composedStep(vars, gs, m, v, attrs);
+      vars.forEach((x, i) => x.assign(ps[i]));
       m.assign(newM);
       v.assign(newV);
     });
@@ -108,4 +111,59 @@ export class Adam {
     this.#v?.dispose();
     this.#m = this.#v = null;
   }
+}
+
+type StepResult = [tf.Tensor[], tf.Tensor, tf.Tensor];
+
+/** The backend's `AdamStep` kernel: one call for all variables. */
+function fusedStep(
+  vars: tf.Variable[],
+  gs: tf.Tensor[],
+  m: tf.Tensor,
+  v: tf.Tensor,
+  attrs: AdamStepAttrs,
+): StepResult {
+  const inputs: Record<string, tf.Tensor> = { m, v };
+  vars.forEach((x, i) => {
+    inputs[`p${i}`] = x;
+    inputs[`g${i}`] = gs[i];
+  });
+  const out = tf.engine().runKernel(
+    ADAM_STEP,
+    inputs as unknown as tf.NamedTensorMap,
+    attrs as unknown as tf.NamedAttrMap,
+  ) as tf.Tensor[];
+  return [out.slice(0, vars.length), out[vars.length], out[vars.length + 1]];
+}
+
+/**
+ * Any backend: one concatenation of the parameters and one of the gradients (flattened as
+ * views, no kernel each), the update on the flat vectors, one split back; ~15 kernels.
+ */
+function composedStep(
+  vars: tf.Variable[],
+  gs: tf.Tensor[],
+  m: tf.Tensor,
+  v: tf.Tensor,
+  a: AdamStepAttrs,
+): StepResult {
+  const g = tf.concat(gs.map((t) => view(t, [t.size])));
+  const p = tf.concat(vars.map((t) => view(t, [t.size])));
+  const newM = tf.add(tf.mul(m, a.beta1), tf.mul(g, 1 - a.beta1));
+  const newV = tf.add(tf.mul(v, a.beta2), tf.mul(tf.square(g), 1 - a.beta2));
+  const denom = tf.add(tf.div(tf.sqrt(newV), a.sqrtBc2), a.eps);
+  const newP = tf.sub(p, tf.mul(tf.div(newM, denom), a.stepSize));
+  const parts = tf.split(newP, vars.map((x) => x.size));
+  return [parts.map((t, i) => view(t, vars[i].shape)), newM, newV];
+}
+
+/**
+ * `t` with another shape of the same size, sharing its data (what tfjs's Reshape kernel does,
+ * without a kernel call per variable).
+ */
+function view(t: tf.Tensor, shape: number[]): tf.Tensor {
+  const engine = tf.engine();
+  const backend = engine.backend as tf.KernelBackend & { incRef(dataId: tf.DataId): void };
+  backend.incRef(t.dataId);
+  return engine.makeTensorFromTensorInfo({ dataId: t.dataId, shape, dtype: t.dtype });
 }

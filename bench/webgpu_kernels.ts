@@ -1,0 +1,199 @@
+/**
+ * This project's WebGPU kernels against what tfjs does without them, on DenseNet-121's shapes:
+ * `Conv2DBackpropFilter` (ours: tiled GEMM; tfjs 4.22: one thread per weight),
+ * `Conv2DBackpropInput` (tfjs's tiled GEMM program, which we select, against its default naive
+ * one) and the fused BatchNorm+ReLU forward/backward (ours: three dispatches each; tfjs: the op
+ * composition the model uses without them). Milliseconds per call (mean of `--reps` after a warm-up call), one
+ * JSON object on stdout.
+ *
+ *     deno run -A bench/webgpu_kernels.ts [--batch 16] [--image_size 224] [--reps 5]
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import { initBackend } from "../lib/backends/backend.ts";
+import { registerWebgpuKernels, restoreTfjsWebgpuKernels } from "../lib/backends/webgpu/kernels.ts";
+import { BATCH_NORM_RELU_GRAD, BATCH_NORM_RELU_TRAIN } from "../lib/backends/webgpu/batchnorm.ts";
+import { parseFlags } from "../lib/util/cli.ts";
+import { runMain } from "../lib/util/errors.ts";
+
+const SPECS = {
+  batch: { kind: "int", default: 16, min: 1, help: "images per batch" },
+  image_size: { kind: "int", default: 224, min: 32, help: "side of the network's input" },
+  reps: { kind: "int", default: 5, min: 1, help: "timed calls per measurement" },
+} as const;
+
+type Pad = "valid" | "same" | [
+  [number, number],
+  [number, number],
+  [number, number],
+  [number, number],
+];
+
+/** Mean ms of `reps` calls of `f` (each read back, so the GPU work is included). */
+async function time(f: () => tf.Tensor[], reps: number): Promise<number> {
+  const once = async () => {
+    const out = f();
+    await Promise.all(out.map((t) => t.data()));
+    tf.dispose(out);
+  };
+  await once();
+  const start = performance.now();
+  for (let i = 0; i < reps; i++) await once();
+  return (performance.now() - start) / reps;
+}
+
+/** BN(batch statistics)+ReLU forward and its backward from tfjs ops (the contract's meaning). */
+function composedBnRelu(x: tf.Tensor4D, dy: tf.Tensor4D, gamma: tf.Tensor1D, beta: tf.Tensor1D) {
+  const fwd = () =>
+    tf.tidy(() => {
+      const { mean, variance } = tf.moments(x, [0, 1, 2]);
+      const m = mean as tf.Tensor1D, v = variance as tf.Tensor1D;
+      return [tf.relu(tf.batchNorm4d(x, m, v, beta, gamma, 1e-5)), mean, variance];
+    });
+  const bwd = () =>
+    tf.tidy(() => {
+      const m = x.shape[0] * x.shape[1] * x.shape[2];
+      const { mean, variance } = tf.moments(x, [0, 1, 2]);
+      const rstd = tf.rsqrt(tf.add(variance, 1e-5));
+      const xhat = tf.mul(tf.sub(x, mean), rstd);
+      const g = tf.mul(dy, tf.step(tf.add(tf.mul(xhat, gamma), beta)));
+      const dbeta = tf.sum(g, [0, 1, 2]);
+      const dgamma = tf.sum(tf.mul(g, xhat), [0, 1, 2]);
+      const dx = tf.mul(
+        tf.mul(gamma, tf.div(rstd, m)),
+        tf.sub(tf.sub(tf.mul(g, m), dbeta), tf.mul(xhat, dgamma)),
+      );
+      return [dx, dgamma, dbeta];
+    });
+  return { fwd, bwd };
+}
+
+async function main(args: string[]) {
+  const flags = parseFlags(
+    args,
+    SPECS,
+    "deno run -A bench/webgpu_kernels.ts [options]",
+    "Times this project's WebGPU kernels against tfjs's on DenseNet-121 shapes.",
+  );
+  const info = await initBackend("webgpu", { log: (l) => console.error(l) });
+  const b = flags.batch, s = flags.image_size / 224;
+  const side = (n: number) => Math.max(1, Math.round(n * s));
+  const convs: [string, number[], number[], number, Pad][] = [
+    ["stem 7×7/2", [b, side(224), side(224), 3], [7, 7, 3, 64], 2, [[0, 0], [3, 3], [3, 3], [
+      0,
+      0,
+    ]]],
+    ["1×1 256→128 @56", [b, side(56), side(56), 256], [1, 1, 256, 128], 1, "valid"],
+    ["3×3 128→32 @28", [b, side(28), side(28), 128], [3, 3, 128, 32], 1, "same"],
+    ["1×1 1024→128 @7", [b, side(7), side(7), 1024], [1, 1, 1024, 128], 1, "valid"],
+  ];
+  const result: Record<string, unknown> = {
+    device: info.device,
+    batch: b,
+    image_size: flags.image_size,
+  };
+  const conv: Record<string, unknown> = {};
+  const input: Record<string, unknown> = {};
+  for (const [what, xs, fs, stride, pad] of convs) {
+    const x = tf.randomNormal(xs, 0, 1, "float32", 1);
+    const ci = tf.backend_util.computeConv2DInfo(xs as never, fs as never, stride, 1, pad);
+    const dy = tf.randomNormal(ci.outShape, 0, 1, "float32", 2);
+    const run = () => [
+      tf.engine().runKernel("Conv2DBackpropFilter", { x, dy }, {
+        strides: stride,
+        pad,
+        dataFormat: "NHWC",
+        filterShape: fs,
+      } as unknown as tf.NamedAttrMap) as tf.Tensor,
+    ];
+    const ours = await time(run, flags.reps);
+    restoreTfjsWebgpuKernels();
+    const theirs = await time(run, flags.reps);
+    registerWebgpuKernels();
+    conv[what] = {
+      ours_ms: +ours.toFixed(2),
+      tfjs_ms: +theirs.toFixed(2),
+      speedup: +(theirs / ours).toFixed(1),
+    };
+    console.error(
+      `Conv2DBackpropFilter ${what}: ours ${ours.toFixed(2)} ms, tfjs ${theirs.toFixed(2)} ms`,
+    );
+    if (stride === 1) {
+      // The input gradient: tfjs's tiled GEMM program (selected with our kernels) vs its naive one.
+      const w = tf.randomNormal(fs, 0, 1, "float32", 3);
+      const runInput = () => [
+        tf.engine().runKernel("Conv2DBackpropInput", { dy, filter: w }, {
+          strides: stride,
+          pad,
+          dataFormat: "NHWC",
+          inputShape: xs,
+        } as unknown as tf.NamedAttrMap) as tf.Tensor,
+      ];
+      const gemm = await time(runInput, flags.reps);
+      restoreTfjsWebgpuKernels();
+      const naive = await time(runInput, flags.reps);
+      registerWebgpuKernels();
+      input[what] = {
+        gemm_ms: +gemm.toFixed(2),
+        naive_ms: +naive.toFixed(2),
+        speedup: +(naive / gemm).toFixed(1),
+      };
+      console.error(
+        `Conv2DBackpropInput ${what}: GEMM ${gemm.toFixed(2)} ms, naive ${naive.toFixed(2)} ms`,
+      );
+      w.dispose();
+    }
+    tf.dispose([x, dy]);
+  }
+  result.conv2d_backprop_filter = conv;
+  result.conv2d_backprop_input = input;
+  const bn: Record<string, unknown> = {};
+  for (
+    const [what, shape] of [["@112 ×64", [b, side(112), side(112), 64]], ["@56 ×256", [
+      b,
+      side(56),
+      side(56),
+      256,
+    ]]] as const
+  ) {
+    const x = tf.randomNormal([...shape], 0, 1, "float32", 3) as tf.Tensor4D;
+    const dy = tf.randomNormal([...shape], 0, 1, "float32", 4) as tf.Tensor4D;
+    const gamma = tf.randomUniform([shape[3]], 0.5, 1.5, "float32", 5) as tf.Tensor1D;
+    const beta = tf.randomUniform([shape[3]], -0.5, 0.5, "float32", 6) as tf.Tensor1D;
+    const attrs = { epsilon: 1e-5, relu: true } as unknown as tf.NamedAttrMap;
+    const fused = () => {
+      const [y, mean, variance] = tf.engine().runKernel(
+        BATCH_NORM_RELU_TRAIN,
+        { x, gamma, beta },
+        attrs,
+      ) as tf.Tensor[];
+      const grads = tf.engine().runKernel(BATCH_NORM_RELU_GRAD, {
+        dy,
+        x,
+        gamma,
+        beta,
+        mean,
+        variance,
+      }, attrs) as tf.Tensor[];
+      return [y, mean, variance, ...grads];
+    };
+    const composed = composedBnRelu(x, dy, gamma, beta);
+    const ours = await time(fused, flags.reps);
+    const theirs = await time(() => [...composed.fwd(), ...composed.bwd()], flags.reps);
+    bn[what] = {
+      ours_ms: +ours.toFixed(2),
+      tfjs_ops_ms: +theirs.toFixed(2),
+      speedup: +(theirs / ours).toFixed(1),
+    };
+    console.error(
+      `BatchNorm+ReLU fwd+bwd ${what}: ours ${ours.toFixed(2)} ms, tfjs ops ${
+        theirs.toFixed(2)
+      } ms`,
+    );
+    tf.dispose([x, dy, gamma, beta]);
+  }
+  result.batchnorm_relu_fwd_bwd = bn;
+  console.log(JSON.stringify(result));
+}
+
+if (import.meta.main) await runMain(main);
