@@ -301,7 +301,8 @@ async function main(args: string[]): Promise<void> {
     flags.image_size,
   );
   const memoryEfficient = memory.on;
-  if (memory.note) console.error(`note: ${memory.note}`);
+  // A setting of the run (it decides speed and memory), not a backend note: always shown.
+  if (memory.note) console.error(memory.note);
   const classWeights = flags.loss === "weighted_bce"
     ? classBalanceWeights(
       (await readLabelsCsv(`${flags.labels_dir}/train_labels.csv`)).flatMap((r) =>

@@ -53,7 +53,7 @@ Deno.test({
     ], [out]);
     assert.equal(train.code, 0, train.stderr);
     // auto decides per adapter (on for a software one such as lavapipe) and says which.
-    assert.match(train.stderr, /note: --memory_efficient auto: (on|off) \(/);
+    assert.match(train.stderr, /^--memory_efficient auto: (on|off) \(/m);
     assert.ok([...Deno.readDirSync(out)].some((e) => e.name.endsWith("_model.pt")));
     await Deno.remove(dataset, { recursive: true });
     await Deno.remove(out, { recursive: true });
