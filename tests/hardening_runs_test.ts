@@ -5,7 +5,12 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { fixtureDatasetDir, runScript, type ScriptResult } from "./helpers/scripts.ts";
+import {
+  fixtureDatasetDir,
+  runScript,
+  type ScriptResult,
+  startScriptUntil,
+} from "./helpers/scripts.ts";
 import { buildOriginalData } from "./helpers/original_data.ts";
 import { loadCheckpoint, writeCheckpoint } from "../lib/torch/torch_checkpoint.ts";
 import type { Checkpoint } from "../lib/torch/state_dict.ts";
@@ -196,31 +201,12 @@ Deno.test("class 6: SIGTERM and SIGHUP end training like Ctrl-C; dead runs' temp
   const dataset = await fixtureDatasetDir(["train", "val"]);
   for (const [signal, code] of [["SIGTERM", 143], ["SIGHUP", 129]] as const) {
     const save = await Deno.makeTempDir({ prefix: "cxr_sig_" });
-    const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        new URL("../train_model.ts", import.meta.url).pathname,
-        ...TRAIN,
-        "-b",
-        "5",
-        "-e",
-        "50",
-        "--dataset_dir",
-        dataset,
-        "--save_dir",
-        save,
-      ],
-      stdout: "piped",
-      stderr: "null",
-    }).spawn();
-    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    let seen = "";
-    while (!/Epoch 2\//.test(seen)) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      seen += value;
-    }
+    const run = await startScriptUntil(
+      "train_model.ts",
+      [...TRAIN, "-b", "5", "-e", "50", "--dataset_dir", dataset, "--save_dir", save],
+      [save],
+      /Epoch 2\//,
+    );
     if (signal === "SIGTERM") {
       // A run still going on is not resumed by a second process.
       const last = [...Deno.readDirSync(save)].map((e) => e.name).find((n) =>
@@ -238,9 +224,8 @@ Deno.test("class 6: SIGTERM and SIGHUP end training like Ctrl-C; dead runs' temp
       );
       assert.match(errorLine(newest, 1), /no unfinished run in/);
     }
-    child.kill(signal);
-    while (!(await reader.read()).done);
-    assert.equal((await child.status).code, code, signal);
+    run.child.kill(signal);
+    assert.equal((await run.finish()).code, code, signal);
     const name = [...Deno.readDirSync(save)].map((e) => e.name).find((n) =>
       n.endsWith("_results.json")
     )!;

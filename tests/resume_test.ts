@@ -9,7 +9,7 @@ import "@tensorflow/tfjs-backend-cpu";
 import { Adam } from "../lib/train/adam.ts";
 import { ReduceLROnPlateau } from "../lib/train/scheduler.ts";
 import { Rng } from "../lib/util/rng.ts";
-import { fixtureDatasetDir, runScript } from "./helpers/scripts.ts";
+import { fixtureDatasetDir, runScript, startScriptUntil } from "./helpers/scripts.ts";
 import { loadCheckpoint } from "../lib/torch/torch_checkpoint.ts";
 import { checkAdamFits, readTrainState } from "../lib/train/train_state.ts";
 import { createDenseNet, disposeModel, TINY_DENSENET } from "../lib/model/densenet.ts";
@@ -119,28 +119,14 @@ Deno.test("--resume after a SIGKILL in epoch 2 (run directory moved) ends as the
   const full = await runScript("train_model.ts", [...common, "--save_dir", alone], [alone]);
   assert.equal(full.code, 0, full.stderr);
 
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      new URL("../train_model.ts", import.meta.url).pathname,
-      ...common,
-      "--save_dir",
-      killed,
-    ],
-    stdout: "piped",
-    stderr: "null",
-  }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let seen = "";
-  while (!/Epoch 2\//.test(seen)) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    seen += value;
-  }
-  child.kill("SIGKILL");
-  await child.status;
-  reader.releaseLock();
+  const run = await startScriptUntil(
+    "train_model.ts",
+    [...common, "--save_dir", killed],
+    [killed],
+    /Epoch 2\//,
+  );
+  run.child.kill("SIGKILL");
+  await run.finish();
   const [stamp] = runFiles(killed)[0].split(/_(?:curves|last|model|results)\b/);
   let base = `${killed}/${stamp}`;
   const interrupted = JSON.parse(await Deno.readTextFile(`${base}_results.json`));

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
-import { fixtureDatasetDir, runScript } from "./helpers/scripts.ts";
+import { fixtureDatasetDir, runScript, startScriptUntil } from "./helpers/scripts.ts";
 import { initBackend } from "../lib/backends/backend.ts";
 import { Adam } from "../lib/train/adam.ts";
 import { loadSubset } from "../lib/data/dataset.ts";
@@ -139,15 +139,10 @@ Deno.test("train_model.ts writes a reloadable checkpoint, results and curves; re
 Deno.test("train_model.ts: Ctrl-C finishes cleanly; non-finite loss stops with a message", async () => {
   const dataset = await fixtureDatasetDir(["train", "val"]);
   const save = await Deno.makeTempDir({ prefix: "cxr_sig_" });
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-read",
-      "--allow-env",
-      "--allow-ffi",
-      "--allow-sys",
-      `--allow-write=${save}`,
-      new URL("../train_model.ts", import.meta.url).pathname,
+  // Wait for the second epoch, so a checkpoint exists, then interrupt.
+  const run = await startScriptUntil(
+    "train_model.ts",
+    [
       ...TRAIN_ARGS,
       "-b",
       "5",
@@ -158,20 +153,11 @@ Deno.test("train_model.ts: Ctrl-C finishes cleanly; non-finite loss stops with a
       "--save_dir",
       save,
     ],
-    stdout: "piped",
-    stderr: "null",
-  }).spawn();
-  // Wait for the second epoch, so a checkpoint exists, then interrupt.
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let seen = "";
-  while (!/Epoch 2\//.test(seen)) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    seen += value;
-  }
-  child.kill("SIGINT");
-  while (!(await reader.read()).done);
-  const status = await child.status;
+    [save],
+    /Epoch 2\//,
+  );
+  run.child.kill("SIGINT");
+  const status = await run.finish();
   assert.equal(status.code, 130);
   const name = [...Deno.readDirSync(save)].map((e) => e.name).find((n) =>
     n.endsWith("_results.json")

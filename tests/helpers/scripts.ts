@@ -73,3 +73,54 @@ export async function collect<T>(items: AsyncIterable<T>): Promise<T[]> {
   for await (const x of items) out.push(x);
   return out;
 }
+
+/** A script started in the background, its stdout read until a line appeared. */
+export interface StartedScript {
+  child: Deno.ChildProcess;
+  /** What the script printed on stdout so far. */
+  stdout: string;
+  /** Reads stdout to its end (after a signal) and returns the exit status. */
+  finish(): Promise<Deno.CommandStatus>;
+}
+
+/**
+ * Starts `<script>.ts` with `args` (writes only under `writeDirs`) and returns once its stdout
+ * matches `until` (or it ended), so a test can signal it at that point of its run.
+ */
+export async function startScriptUntil(
+  script: string,
+  args: string[],
+  writeDirs: string[],
+  until: RegExp,
+): Promise<StartedScript> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      ...PERMISSIONS,
+      ...(writeDirs.length ? [`--allow-write=${writeDirs.join(",")}`] : []),
+      `${ROOT}${script}`,
+      ...args,
+    ],
+    cwd: ROOT,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "null",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let stdout = "";
+  while (!until.test(stdout)) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    stdout += value;
+  }
+  return {
+    child,
+    stdout,
+    async finish() {
+      while (!(await reader.read()).done);
+      reader.releaseLock();
+      return await child.status;
+    },
+  };
+}
