@@ -8,6 +8,7 @@ import { writeFileAtomic } from "../util/atomic_file.ts";
 import type { CamWritten } from "../eval/cam.ts";
 import { truthText } from "../eval/cam.ts";
 import { escapeXml, FONT_FAMILY } from "./plot_svg.ts";
+import { htmlPageStart } from "./report_html.ts";
 
 const CSS = `
 body { font-family: ${FONT_FAMILY}; color: #1a1a1a; margin: 24px 32px; background: #fff; }
@@ -35,17 +36,9 @@ export interface CamIndexMeta {
 export function renderCamIndex(cams: readonly CamWritten[], meta: CamIndexMeta): string {
   const byClass = new Map<string, CamWritten[]>();
   for (const c of cams) byClass.set(c.className, [...(byClass.get(c.className) ?? []), c]);
+  const title = `Class activation maps: ${meta.model.split("/").pop() ?? meta.model}`;
   const h: string[] = [
-    `<!DOCTYPE html>`,
-    `<html lang="en">`,
-    `<head>`,
-    `<meta charset="utf-8"/>`,
-    `<meta name="viewport" content="width=device-width, initial-scale=1"/>`,
-    `<title>Class activation maps: ${escapeXml(meta.model.split("/").pop() ?? meta.model)}</title>`,
-    `<style>${CSS}</style>`,
-    `</head>`,
-    `<body>`,
-    `<h1>Class activation maps</h1>`,
+    ...htmlPageStart(title, CSS, "Class activation maps"),
     `<p class="note">Model ${escapeXml(meta.model)} on ${escapeXml(meta.source)} (` +
     `${escapeXml(meta.transform)}); ${cams.length} map${cams.length === 1 ? "" : "s"}. ` +
     `Each map is CheXNet's CAM of one class, min-max normalised per image: the colour bar runs ` +

@@ -253,19 +253,29 @@ function td(v: number, isCount = false): string {
   return Number.isFinite(v) ? `<td class="num">${fmt4(v)}</td>` : `<td class="num na">n/a</td>`;
 }
 
-/** The document up to and including the run table: title, a note, the run's facts. */
-function pageStart(title: string, note: string, metaRows: Array<[string, string | number]>) {
-  const h: string[] = [
+/**
+ * The opening lines of a self-contained page (inline CSS, no script), up to its `<h1>`: shared
+ * by the validation report and the CAM index.
+ */
+export function htmlPageStart(title: string, css: string, heading = title): string[] {
+  return [
     `<!DOCTYPE html>`,
     `<html lang="en">`,
     `<head>`,
     `<meta charset="utf-8"/>`,
     `<meta name="viewport" content="width=device-width, initial-scale=1"/>`,
     `<title>${escapeXml(title)}</title>`,
-    `<style>${CSS}</style>`,
+    `<style>${css}</style>`,
     `</head>`,
     `<body>`,
-    `<h1>${escapeXml(title)}</h1>`,
+    `<h1>${escapeXml(heading)}</h1>`,
+  ];
+}
+
+/** The document up to and including the run table: title, a note, the run's facts. */
+function pageStart(title: string, note: string, metaRows: Array<[string, string | number]>) {
+  const h: string[] = [
+    ...htmlPageStart(title, CSS),
     `<p class="note">Self-contained report: everything below is inline, viewing needs no ` +
     `network. ${note}</p>`,
     `<h2>Run</h2>`,

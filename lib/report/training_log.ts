@@ -8,7 +8,7 @@
 import { Progress, type ProgressOptions } from "../util/progress.ts";
 import { formatDuration } from "../util/progress.ts";
 import { formatDecimal } from "../util/format.ts";
-import { bestEpochIndex } from "./training_curves.ts";
+import { bestEpochIndex, type EpochRecord } from "./training_curves.ts";
 import type { Evaluation } from "../eval/evaluation.ts";
 
 /** The training flags the original prints before training (train_model.ts's names). */
@@ -78,15 +78,11 @@ export function formatEpochLine(e: EpochTimes, m: Evaluation, saved: string | nu
     formatDuration(e.seconds) + (saved ? ` | saved ${saved}` : "");
 }
 
-/** What the results files know about each epoch (a subset of train_model.ts's record). */
-export interface EpochNumbers {
-  epoch: number;
-  train_loss: number;
-  val_loss: number;
-  val_mean_auroc: number | null;
-  val_mean_auroc_defined?: number | null;
-  val_mean_f1?: number | null;
-}
+/** What the results files know about each epoch (a subset of the training record). */
+export type EpochNumbers = Pick<
+  EpochRecord,
+  "epoch" | "train_loss" | "val_loss" | "val_mean_auroc" | "val_mean_auroc_defined" | "val_mean_f1"
+>;
 
 const num = (v: number | null | undefined) => (typeof v === "number" ? v : NaN);
 
