@@ -20,6 +20,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { Rng } from "../util/rng.ts";
 import "../backends/tf_gradients.ts";
+import { BN_GRAD_KERNEL, BN_TRAIN_KERNEL } from "../backends/batchnorm_kernels.ts";
 
 /** DenseNet hyper-parameters, as torchvision's `DenseNet(...)` arguments. */
 export interface DenseNetConfig {
@@ -271,7 +272,7 @@ export function features(
         ? checkpoint((xs, p) => transition(xs[0], t, p), [input], transitionParams(t), pass)
         : tf.tidy(() => transition(input, t, pass));
     });
-    return tf.relu(batchNorm(h, model.norm5, pass));
+    return batchNormRelu(h, model.norm5, pass);
   });
 }
 
@@ -309,7 +310,7 @@ function stem(x: tf.Tensor4D, model: DenseNet, pass: Pass): tf.Tensor4D {
     // torch pads symmetrically; tfjs 'same' would pad only bottom/right for even sizes.
     const h: tf.Tensor4D = tf.conv2d(x, model.conv0, 2, [[0, 0], [3, 3], [3, 3], [0, 0]]);
     // Numeric padding in tfjs pooling ignores the padded cells (-inf semantics), as torch.
-    return tf.maxPool(tf.relu(batchNorm(h, model.norm0, pass)), 3, 2, 1);
+    return tf.maxPool(batchNormRelu(h, model.norm0, pass), 3, 2, 1);
   });
 }
 
@@ -401,20 +402,84 @@ function denseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.Tensor
 function denseLayer(features: tf.Tensor4D[], layer: DenseLayer, pass: Pass): tf.Tensor4D {
   const bottleneck = pass.bottleneck
     ? efficientBottleneck(features, layer.norm1, layer.conv1, pass)
-    : tf.conv2d(tf.relu(batchNorm(concat(features), layer.norm1, pass)), layer.conv1, 1, "valid");
+    : tf.conv2d(batchNormRelu(concat(features), layer.norm1, pass), layer.conv1, 1, "valid");
   // 3×3, stride 1: 'same' pads 1 on each side, as torch's padding=1.
-  return tf.conv2d(tf.relu(batchNorm(bottleneck, layer.norm2, pass)), layer.conv2, 1, "same");
+  return tf.conv2d(batchNormRelu(bottleneck, layer.norm2, pass), layer.conv2, 1, "same");
 }
 
 function transition(x: tf.Tensor4D, t: Transition, pass: Pass): tf.Tensor4D {
   return tf.tidy(() => {
-    const h = tf.conv2d(tf.relu(batchNorm(x, t.norm, pass)), t.conv, 1, "valid");
+    const h = tf.conv2d(batchNormRelu(x, t.norm, pass), t.conv, 1, "valid");
     return tf.avgPool(h, 2, 2, "valid");
   });
 }
 
 function concat(features: tf.Tensor4D[]): tf.Tensor4D {
   return features.length === 1 ? features[0] : tf.concat(features, 3);
+}
+
+/** Attributes of the fused BatchNorm kernels: every DenseNet BatchNorm is followed by a ReLU. */
+const BN_RELU_ATTRS = { epsilon: BN_EPS, relu: true };
+
+/** True when the active backend has both fused BatchNorm+ReLU kernels (the seam). */
+function fusedBatchNorm(): boolean {
+  const backend = tf.getBackend();
+  return tf.getKernel(BN_TRAIN_KERNEL, backend) != null &&
+    tf.getKernel(BN_GRAD_KERNEL, backend) != null;
+}
+
+/**
+ * ReLU(BatchNorm2d(x)) over NHWC. In training mode, where the backend has the fused kernels
+ * (lib/backends/batchnorm_kernels.ts, or the WebGPU backend's), one kernel computes the batch
+ * statistics, normalisation and ReLU, and one the gradient: 2 kernels instead of ~30. Other
+ * backends get `batchNorm` + ReLU from tfjs ops.
+ */
+function batchNormRelu(x: tf.Tensor4D, bn: BatchNorm, pass: Pass): tf.Tensor4D {
+  if (!pass.training || !fusedBatchNorm()) return tf.relu(batchNorm(x, bn, pass));
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [input, gamma, beta] = args as [tf.Tensor4D, tf.Tensor1D, tf.Tensor1D];
+    const save = args[3] as tf.GradSaveFunc;
+    const [value, mean, variance] = fusedTrainForward(input, gamma, beta);
+    if (pass.updateStats) updateRunningStats(bn, mean, variance, input.shape);
+    save([input, gamma, beta, mean, variance]);
+    return {
+      value,
+      gradFunc: (dy: tf.Tensor4D, saved: tf.Tensor[]) => {
+        const [xs, g, b, m, v] = saved;
+        return fusedBackward(dy, xs as tf.Tensor4D, g, b, m, v);
+      },
+    };
+  });
+  return op(x, bn.weight, bn.bias) as tf.Tensor4D;
+}
+
+/** `BatchNormReluTrain`: [ReLU(BN(x)), batch mean, biased batch variance]. */
+function fusedTrainForward(
+  x: tf.Tensor4D,
+  gamma: tf.Tensor1D,
+  beta: tf.Tensor1D,
+): [tf.Tensor4D, tf.Tensor1D, tf.Tensor1D] {
+  return tf.engine().runKernel(
+    BN_TRAIN_KERNEL,
+    { x, gamma, beta },
+    BN_RELU_ATTRS,
+  ) as unknown as [tf.Tensor4D, tf.Tensor1D, tf.Tensor1D];
+}
+
+/** `BatchNormReluGrad`: [dx, dgamma, dbeta]. */
+function fusedBackward(
+  dy: tf.Tensor4D,
+  x: tf.Tensor4D,
+  gamma: tf.Tensor,
+  beta: tf.Tensor,
+  mean: tf.Tensor,
+  variance: tf.Tensor,
+): tf.Tensor[] {
+  return tf.engine().runKernel(
+    BN_GRAD_KERNEL,
+    { dy, x, gamma, beta, mean, variance },
+    BN_RELU_ATTRS,
+  ) as unknown as tf.Tensor[];
 }
 
 /**
@@ -536,8 +601,15 @@ function efficientBottleneck(
     const inputs = args.slice(0, -1) as tf.Tensor[];
     const x = concat(inputs.slice(0, n) as tf.Tensor4D[]);
     const [gamma, beta, w] = inputs.slice(n) as [tf.Tensor1D, tf.Tensor1D, tf.Tensor4D];
-    const { value: normed } = batchNormTrainForward(x, gamma, beta, bn, pass);
-    const value: tf.Tensor4D = tf.conv2d(tf.relu(normed), w, 1, "valid");
+    let r: tf.Tensor4D;
+    if (fusedBatchNorm()) {
+      const [y, mean, variance] = fusedTrainForward(x, gamma, beta);
+      if (pass.updateStats) updateRunningStats(bn, mean, variance, x.shape);
+      r = y;
+    } else {
+      r = tf.relu(batchNormTrainForward(x, gamma, beta, bn, pass).value);
+    }
+    const value: tf.Tensor4D = tf.conv2d(r, w, 1, "valid");
     save(inputs);
     return {
       value,
@@ -553,12 +625,18 @@ function bottleneckBackward(dy: tf.Tensor4D, saved: tf.Tensor[], n: number): tf.
   const feats = saved.slice(0, n) as tf.Tensor4D[];
   const [gamma, beta, w] = saved.slice(n) as [tf.Tensor1D, tf.Tensor1D, tf.Tensor4D];
   const x = concat(feats);
+  const fused = fusedBatchNorm();
   // Recompute exactly as the forward did (same kernels, same values).
-  const moments = tf.moments(x, [0, 1, 2]);
-  const mean = moments.mean as tf.Tensor1D;
-  const variance = moments.variance as tf.Tensor1D;
-  const normed = tf.batchNorm4d(x, mean, variance, beta, gamma, BN_EPS);
-  const r = tf.relu(normed);
+  let mean: tf.Tensor1D, variance: tf.Tensor1D, r: tf.Tensor4D, normed: tf.Tensor4D | null = null;
+  if (fused) {
+    [r, mean, variance] = fusedTrainForward(x, gamma, beta);
+  } else {
+    const moments = tf.moments(x, [0, 1, 2]);
+    mean = moments.mean as tf.Tensor1D;
+    variance = moments.variance as tf.Tensor1D;
+    normed = tf.batchNorm4d(x, mean, variance, beta, gamma, BN_EPS);
+    r = tf.relu(normed);
+  }
   const engine = tf.engine();
   const dw = engine.runKernel("Conv2DBackpropFilter", { x: r, dy }, {
     ...CONV1X1,
@@ -568,8 +646,18 @@ function bottleneckBackward(dy: tf.Tensor4D, saved: tf.Tensor[], n: number): tf.
     ...CONV1X1,
     inputShape: r.shape,
   } as unknown as tf.NamedAttrMap) as tf.Tensor4D;
-  const dyBn: tf.Tensor4D = tf.mul(dr, tf.step(normed));
-  const { dx, dgamma, dbeta } = batchNormBackward(x, mean, variance, gamma, dyBn);
+  let dx: tf.Tensor, dgamma: tf.Tensor, dbeta: tf.Tensor;
+  if (fused) {
+    [dx, dgamma, dbeta] = fusedBackward(dr, x, gamma, beta, mean, variance);
+  } else {
+    ({ dx, dgamma, dbeta } = batchNormBackward(
+      x,
+      mean,
+      variance,
+      gamma,
+      tf.mul(dr, tf.step(normed!)),
+    ));
+  }
   const dfeats = n === 1 ? [dx] : tf.split(dx, feats.map((f) => f.shape[3]), 3);
   return [...dfeats, dgamma, dbeta, dw];
 }

@@ -1,0 +1,241 @@
+/**
+ * The fused BatchNorm(+ReLU) kernels of the DenseNet seam (lib/model/densenet.ts), for the CPU
+ * backends: `cpu` (plain JS arrays) and `wasm` (the wasm heap, so also `native`). One pass
+ * computes the batch statistics, one normalises; the backward is two passes. Registered when
+ * this module is imported; the WebGPU backend registers its own under the same names.
+ *
+ * Contract (float32, NHWC, M = N·H·W values per channel):
+ * - `BatchNormReluTrain` {x, gamma, beta} {epsilon, relu} → [y, mean, variance (biased)],
+ *   y = (x − mean)·gamma/√(variance + epsilon) + beta, then max(·, 0) when relu.
+ * - `BatchNormReluGrad` {dy, x, gamma, beta, mean, variance} {epsilon, relu} → [dx, dgamma,
+ *   dbeta]: g = dy masked where the pre-ReLU value ≤ 0, dbeta = Σ g, dgamma = Σ g·x̂,
+ *   dx = gamma·rstd/M · (M·g − dbeta − x̂·dgamma).
+ *
+ * Every sum over M is accumulated in float64 (the statistics from sums shifted by the first
+ * row, so the one-pass variance does not cancel), which keeps a training step more accurate
+ * than PyTorch's float32 one against a float64 reference.
+ * @module
+ */
+
+import * as tf from "@tensorflow/tfjs-core";
+import type { BackendWasm } from "@tensorflow/tfjs-backend-wasm";
+
+/** The kernel names of the seam (fixed: shared with the WebGPU backend and the model). */
+export const BN_TRAIN_KERNEL = "BatchNormReluTrain";
+export const BN_GRAD_KERNEL = "BatchNormReluGrad";
+
+/** Attributes of both kernels. */
+export interface BatchNormReluAttrs {
+  epsilon: number;
+  relu: boolean;
+}
+
+/**
+ * y, mean, variance of a training-mode BatchNorm(+ReLU) over `x` viewed as [M, C].
+ */
+export function batchNormReluForward(
+  x: Float32Array,
+  gamma: Float32Array,
+  beta: Float32Array,
+  attrs: BatchNormReluAttrs,
+  y: Float32Array,
+  mean: Float32Array,
+  variance: Float32Array,
+): void {
+  const c = gamma.length;
+  const m = x.length / c;
+  const shift = new Float64Array(c);
+  const s1 = new Float64Array(c);
+  const s2 = new Float64Array(c);
+  for (let k = 0; k < c; k++) shift[k] = x[k];
+  for (let r = 0; r < m; r++) {
+    const base = r * c;
+    for (let k = 0; k < c; k++) {
+      const d = x[base + k] - shift[k];
+      s1[k] += d;
+      s2[k] += d * d;
+    }
+  }
+  const scale = new Float64Array(c);
+  const offset = new Float64Array(c);
+  for (let k = 0; k < c; k++) {
+    const d = s1[k] / m;
+    const v = Math.max(0, s2[k] / m - d * d);
+    mean[k] = shift[k] + d;
+    variance[k] = v;
+    scale[k] = gamma[k] / Math.sqrt(v + attrs.epsilon);
+    offset[k] = beta[k] - (shift[k] + d) * scale[k];
+  }
+  for (let r = 0; r < m; r++) {
+    const base = r * c;
+    if (attrs.relu) {
+      for (let k = 0; k < c; k++) {
+        const v = x[base + k] * scale[k] + offset[k];
+        y[base + k] = v > 0 ? v : 0;
+      }
+    } else {
+      for (let k = 0; k < c; k++) y[base + k] = x[base + k] * scale[k] + offset[k];
+    }
+  }
+}
+
+/** dx, dgamma, dbeta of a training-mode BatchNorm(+ReLU), x and dy viewed as [M, C]. */
+export function batchNormReluBackward(
+  dy: Float32Array,
+  x: Float32Array,
+  gamma: Float32Array,
+  beta: Float32Array,
+  mean: Float32Array,
+  variance: Float32Array,
+  attrs: BatchNormReluAttrs,
+  dx: Float32Array,
+  dgamma: Float32Array,
+  dbeta: Float32Array,
+): void {
+  const c = gamma.length;
+  const m = x.length / c;
+  const rstd = new Float64Array(c);
+  const scale = new Float64Array(c);
+  const offset = new Float64Array(c);
+  for (let k = 0; k < c; k++) {
+    rstd[k] = 1 / Math.sqrt(variance[k] + attrs.epsilon);
+    // The pre-ReLU value x̂·gamma + beta, as x·scale + offset.
+    scale[k] = gamma[k] * rstd[k];
+    offset[k] = beta[k] - mean[k] * scale[k];
+  }
+  const sg = new Float64Array(c);
+  const sgx = new Float64Array(c); // Σ g·(x − mean); dgamma = rstd · sgx
+  for (let r = 0; r < m; r++) {
+    const base = r * c;
+    for (let k = 0; k < c; k++) {
+      const xv = x[base + k];
+      const g = attrs.relu && xv * scale[k] + offset[k] <= 0 ? 0 : dy[base + k];
+      sg[k] += g;
+      sgx[k] += g * (xv - mean[k]);
+    }
+  }
+  // dx = a·g + b·x + d per channel, with a = gamma·rstd, b = −a·rstd·dgamma/M,
+  // d = −a·dbeta/M − b·mean.
+  const a = new Float64Array(c);
+  const b = new Float64Array(c);
+  const d = new Float64Array(c);
+  for (let k = 0; k < c; k++) {
+    const dg = sgx[k] * rstd[k];
+    dgamma[k] = dg;
+    dbeta[k] = sg[k];
+    a[k] = gamma[k] * rstd[k];
+    b[k] = -a[k] * rstd[k] * dg / m;
+    d[k] = -a[k] * sg[k] / m - b[k] * mean[k];
+  }
+  for (let r = 0; r < m; r++) {
+    const base = r * c;
+    for (let k = 0; k < c; k++) {
+      const xv = x[base + k];
+      const g = attrs.relu && xv * scale[k] + offset[k] <= 0 ? 0 : dy[base + k];
+      dx[base + k] = a[k] * g + b[k] * xv + d[k];
+    }
+  }
+}
+
+/** How a backend's tensors are read and written as Float32Arrays. */
+interface Io {
+  /** Allocates the outputs, then returns views of `inputs` and the outputs (in that order). */
+  run(
+    inputs: tf.TensorInfo[],
+    shapes: number[][],
+  ): { views: Float32Array[]; outs: tf.TensorInfo[] };
+}
+
+function wasmIo(backend: BackendWasm): Io {
+  return {
+    run(inputs, shapes) {
+      for (const t of inputs) backend.dataIdMap.get(t.dataId);
+      const outs = shapes.map((s) => backend.makeOutput(s, "float32"));
+      // Views only after every allocation: the heap may grow (and detach older views).
+      const views = [...inputs, ...outs].map((t) => backend.typedArrayFromHeap(t) as Float32Array);
+      return { views, outs };
+    },
+  };
+}
+
+function cpuIo(backend: tf.KernelBackend): Io {
+  return {
+    run(inputs, shapes) {
+      const ins = inputs.map((t) => backend.readSync(t.dataId) as Float32Array);
+      const data = shapes.map((s) => new Float32Array(tf.util.sizeFromShape(s)));
+      const outs = shapes.map((s, i) =>
+        (backend as unknown as {
+          makeTensorInfo(s: number[], d: string, v: Float32Array): tf.TensorInfo;
+        }).makeTensorInfo(s, "float32", data[i])
+      );
+      return { views: [...ins, ...data], outs };
+    },
+  };
+}
+
+function checkFloat32(name: string, inputs: tf.TensorInfo[]): void {
+  for (const t of inputs) {
+    if (t.dtype !== "float32") throw new Error(`${name}: only float32 is supported`);
+  }
+}
+
+function trainKernel(io: (b: tf.KernelBackend) => Io): tf.KernelFunc {
+  return ({ inputs, backend, attrs }) => {
+    const { x, gamma, beta } = inputs as Record<string, tf.TensorInfo>;
+    checkFloat32(BN_TRAIN_KERNEL, [x, gamma, beta]);
+    const c = x.shape[x.shape.length - 1];
+    const { views: [xs, g, b, y, mean, variance], outs } = io(backend as tf.KernelBackend).run([
+      x,
+      gamma,
+      beta,
+    ], [
+      x.shape,
+      [c],
+      [c],
+    ]);
+    batchNormReluForward(xs, g, b, attrs as unknown as BatchNormReluAttrs, y, mean, variance);
+    return outs;
+  };
+}
+
+function gradKernel(io: (b: tf.KernelBackend) => Io): tf.KernelFunc {
+  return ({ inputs, backend, attrs }) => {
+    const { dy, x, gamma, beta, mean, variance } = inputs as Record<string, tf.TensorInfo>;
+    const ins = [dy, x, gamma, beta, mean, variance];
+    checkFloat32(BN_GRAD_KERNEL, ins);
+    const c = x.shape[x.shape.length - 1];
+    const { views, outs } = io(backend as tf.KernelBackend).run(ins, [x.shape, [c], [c]]);
+    const [dys, xs, g, b, m, v, dx, dgamma, dbeta] = views;
+    batchNormReluBackward(
+      dys,
+      xs,
+      g,
+      b,
+      m,
+      v,
+      attrs as unknown as BatchNormReluAttrs,
+      dx,
+      dgamma,
+      dbeta,
+    );
+    return outs;
+  };
+}
+
+/** Registers both kernels for `cpu` and `wasm` (idempotent). */
+export function registerBatchNormKernels(): void {
+  const ios: Record<string, (b: tf.KernelBackend) => Io> = {
+    cpu: cpuIo,
+    wasm: (b) => wasmIo(b as unknown as BackendWasm),
+  };
+  for (const [backendName, io] of Object.entries(ios)) {
+    if (tf.getKernel(BN_TRAIN_KERNEL, backendName) == null) {
+      tf.registerKernel({ kernelName: BN_TRAIN_KERNEL, backendName, kernelFunc: trainKernel(io) });
+    }
+    if (tf.getKernel(BN_GRAD_KERNEL, backendName) == null) {
+      tf.registerKernel({ kernelName: BN_GRAD_KERNEL, backendName, kernelFunc: gradKernel(io) });
+    }
+  }
+}
+
+registerBatchNormKernels();
