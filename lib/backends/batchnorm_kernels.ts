@@ -31,18 +31,11 @@ export interface BatchNormReluAttrs {
 }
 
 /**
- * y, mean, variance of a training-mode BatchNorm(+ReLU) over `x` viewed as [M, C].
+ * Per-channel mean and biased variance of `x` viewed as [M, C] (C = mean.length), in one pass:
+ * float64 sums of the values shifted by the first row (so the variance does not cancel).
  */
-export function batchNormReluForward(
-  x: Float32Array,
-  gamma: Float32Array,
-  beta: Float32Array,
-  attrs: BatchNormReluAttrs,
-  y: Float32Array,
-  mean: Float32Array,
-  variance: Float32Array,
-): void {
-  const c = gamma.length;
+export function batchStatistics(x: Float32Array, mean: Float64Array, variance: Float64Array): void {
+  const c = mean.length;
   const m = x.length / c;
   const shift = new Float64Array(c);
   const s1 = new Float64Array(c);
@@ -56,15 +49,37 @@ export function batchNormReluForward(
       s2[k] += d * d;
     }
   }
+  for (let k = 0; k < c; k++) {
+    const d = s1[k] / m;
+    mean[k] = shift[k] + d;
+    variance[k] = Math.max(0, s2[k] / m - d * d);
+  }
+}
+
+/**
+ * y, mean, variance of a training-mode BatchNorm(+ReLU) over `x` viewed as [M, C].
+ */
+export function batchNormReluForward(
+  x: Float32Array,
+  gamma: Float32Array,
+  beta: Float32Array,
+  attrs: BatchNormReluAttrs,
+  y: Float32Array,
+  mean: Float32Array,
+  variance: Float32Array,
+): void {
+  const c = gamma.length;
+  const m = x.length / c;
+  const mu = new Float64Array(c);
+  const v64 = new Float64Array(c);
+  batchStatistics(x, mu, v64);
   const scale = new Float64Array(c);
   const offset = new Float64Array(c);
   for (let k = 0; k < c; k++) {
-    const d = s1[k] / m;
-    const v = Math.max(0, s2[k] / m - d * d);
-    mean[k] = shift[k] + d;
-    variance[k] = v;
-    scale[k] = gamma[k] / Math.sqrt(v + attrs.epsilon);
-    offset[k] = beta[k] - (shift[k] + d) * scale[k];
+    mean[k] = mu[k];
+    variance[k] = v64[k];
+    scale[k] = gamma[k] / Math.sqrt(v64[k] + attrs.epsilon);
+    offset[k] = beta[k] - mu[k] * scale[k];
   }
   for (let r = 0; r < m; r++) {
     const base = r * c;
@@ -133,6 +148,33 @@ export function batchNormReluBackward(
       const xv = x[base + k];
       const g = attrs.relu && xv * scale[k] + offset[k] <= 0 ? 0 : dy[base + k];
       dx[base + k] = a[k] * g + b[k] * xv + d[k];
+    }
+  }
+}
+
+/**
+ * Σ g and Σ g·(x − mean) per channel over [M, C], in float64: the reductions of BatchNorm's
+ * backward for an already-masked g (the native backend's, whose own float32 sums lose the
+ * small dγ of a channel whose terms cancel).
+ */
+export function gradientSums(
+  g: Float32Array,
+  x: Float32Array,
+  mean: Float32Array,
+  sumG: Float64Array,
+  sumGX: Float64Array,
+): void {
+  const c = mean.length;
+  const m = x.length / c;
+  const mu = Float64Array.from(mean);
+  sumG.fill(0);
+  sumGX.fill(0);
+  for (let r = 0; r < m; r++) {
+    const base = r * c;
+    for (let k = 0; k < c; k++) {
+      const gv = g[base + k];
+      sumG[k] += gv;
+      sumGX[k] += gv * (x[base + k] - mu[k]);
     }
   }
 }

@@ -10,6 +10,13 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { BackendWasm } from "@tensorflow/tfjs-backend-wasm";
 import { type ConvShape, offsetPointer, OneDnn } from "./onednn.ts";
+import {
+  type BatchNormReluAttrs,
+  batchStatistics,
+  BN_GRAD_KERNEL,
+  BN_TRAIN_KERNEL,
+  gradientSums,
+} from "../batchnorm_kernels.ts";
 
 /** Kernels this module registers for the wasm backend. */
 export const NATIVE_KERNELS = [
@@ -17,6 +24,8 @@ export const NATIVE_KERNELS = [
   "FusedConv2D",
   "Conv2DBackpropInput",
   "Conv2DBackpropFilter",
+  BN_TRAIN_KERNEL,
+  BN_GRAD_KERNEL,
 ] as const;
 
 let dnn: OneDnn | null = null;
@@ -185,7 +194,125 @@ function conv2DBackpropFilter(args: KernelArgs): tf.TensorInfo {
   return out;
 }
 
+/** [M, C] of an NHWC tensor; null for what the native BatchNorm does not take. */
+function rowsChannels(inputs: tf.TensorInfo[], x: tf.TensorInfo): [number, number] | null {
+  if (inputs.some((t) => t.dtype !== "float32")) return null;
+  const c = x.shape[x.shape.length - 1];
+  const rows = tf.util.sizeFromShape(x.shape) / c;
+  return rows >= 2 && c > 0 ? [rows, c] : null;
+}
+
+/**
+ * `BatchNormReluTrain`: the statistics in float64 (`batchStatistics`, one pass; oneDNN's own
+ * float32 ones lose the variance of a channel whose mean is large against its spread), then
+ * oneDNN's normalise + ReLU pass with them.
+ */
+function batchNormReluTrain(args: KernelArgs): tf.TensorInfo[] {
+  const { inputs: { x, gamma, beta }, backend } = args;
+  const attrs = args.attrs as unknown as BatchNormReluAttrs;
+  const rc = rowsChannels([x!, gamma!, beta!], x!);
+  if (rc == null) return fallback(BN_TRAIN_KERNEL, args) as unknown as tf.TensorInfo[];
+  const [rows, c] = rc;
+  for (const t of [x!, gamma!, beta!]) backend.dataIdMap.get(t.dataId);
+  const y = backend.makeOutput(x!.shape, "float32");
+  const mean = backend.makeOutput([c], "float32");
+  const variance = backend.makeOutput([c], "float32");
+  const p = (t: tf.TensorInfo) => heapPointer(backend, t);
+  const f32 = (t: tf.TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
+  const m64 = new Float64Array(c);
+  const v64 = new Float64Array(c);
+  batchStatistics(f32(x!), m64, v64);
+  f32(mean).set(m64);
+  f32(variance).set(v64);
+  const dnn = openOneDnn();
+  dnn.bnApply(
+    rows,
+    c,
+    attrs.epsilon,
+    attrs.relu,
+    p(x!),
+    p(mean),
+    p(variance),
+    p(gamma!),
+    p(beta!),
+    p(y),
+  );
+  return [y, mean, variance];
+}
+
+/**
+ * `BatchNormReluGrad` with oneDNN: the pre-ReLU values recomputed (normalise pass) and dy masked
+ * by them (ReLU backward, in place) into g; Σ g and Σ g·x̂ in float64 (`gradientSums`: oneDNN's
+ * float32 sums lose the small dγ of channels whose terms cancel); then dx = a·g + b·(x − mean) + d per channel
+ * (a = γ·rstd, b = −a·rstd·dγ/M, d = −a·dβ/M) as a normalise pass with those coefficients plus
+ * one multiply-accumulate.
+ */
+function batchNormReluGrad(args: KernelArgs): tf.TensorInfo[] {
+  const { inputs: { dy, x, gamma, beta, mean, variance }, backend } = args;
+  const attrs = args.attrs as unknown as BatchNormReluAttrs;
+  const all = [dy!, x!, gamma!, beta!, mean!, variance!];
+  const rc = rowsChannels(all, x!);
+  if (rc == null) return fallback(BN_GRAD_KERNEL, args) as unknown as tf.TensorInfo[];
+  const [rows, c] = rc;
+  for (const t of all) backend.dataIdMap.get(t.dataId);
+  const dx = backend.makeOutput(x!.shape, "float32");
+  const dgamma = backend.makeOutput([c], "float32");
+  const dbeta = backend.makeOutput([c], "float32");
+  const g = attrs.relu ? backend.makeOutput(x!.shape, "float32") : dy!;
+  // Per-channel vectors: a, b, d, and ones (the normalise pass's variance).
+  const vecs = backend.makeOutput([4 * c], "float32");
+  try {
+    const p = (t: tf.TensorInfo) => heapPointer(backend, t);
+    const vec = (i: number) => offsetPointer(p(vecs), i * c * 4);
+    const view = (i: number) =>
+      (backend.typedArrayFromHeap(vecs) as Float32Array).subarray(i * c, (i + 1) * c);
+    const dnn = openOneDnn();
+    const { epsilon } = attrs;
+    if (attrs.relu) {
+      dnn.bnApply(
+        rows,
+        c,
+        epsilon,
+        false,
+        p(x!),
+        p(mean!),
+        p(variance!),
+        p(gamma!),
+        p(beta!),
+        p(g),
+      );
+      dnn.reluBackward(rows * c, p(g), p(dy!), p(g));
+    }
+    const sgx = new Float64Array(c);
+    const sg = new Float64Array(c);
+    const f32 = (t: tf.TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
+    gradientSums(f32(g), f32(x!), f32(mean!), sg, sgx);
+    const gam = f32(gamma!);
+    const v = f32(variance!);
+    const [a, b, d, ones] = [view(0), view(1), view(2), view(3)];
+    for (let k = 0; k < c; k++) {
+      const rstd = 1 / Math.sqrt(v[k] + epsilon);
+      sgx[k] *= rstd; // dγ = Σ g·x̂ = rstd · Σ g·(x − mean)
+      a[k] = gam[k] * rstd;
+      b[k] = -gam[k] * rstd * rstd * sgx[k] / rows;
+      d[k] = -gam[k] * rstd * sg[k] / rows;
+      ones[k] = 1;
+    }
+    f32(dgamma).set(sgx);
+    f32(dbeta).set(sg);
+    // dx = b·(x − mean) + d (a normalise pass with variance 1, epsilon 0), then dx += a·g.
+    dnn.bnApply(rows, c, 0, false, p(x!), p(mean!), vec(3), vec(1), vec(2), p(dx));
+    dnn.scaleAccumulate(rows, c, p(g), vec(0), p(dx));
+  } finally {
+    if (g !== dy) backend.disposeData(g.dataId);
+    backend.disposeData(vecs.dataId);
+  }
+  return [dx, dgamma, dbeta];
+}
+
 const KERNELS: Record<string, tf.KernelFunc> = {
+  [BN_TRAIN_KERNEL]: batchNormReluTrain as unknown as tf.KernelFunc,
+  [BN_GRAD_KERNEL]: batchNormReluGrad as unknown as tf.KernelFunc,
   Conv2D: conv2D as unknown as tf.KernelFunc,
   FusedConv2D: fusedConv2D as unknown as tf.KernelFunc,
   Conv2DBackpropInput: conv2DBackpropInput as unknown as tf.KernelFunc,

@@ -91,6 +91,23 @@ const SYMBOLS = {
     ],
     result: "i32",
   },
+  dnnl_batch_normalization_forward_desc_init: {
+    parameters: ["buffer", "i32", "buffer", "f32", "u32"],
+    result: "i32",
+  },
+  dnnl_eltwise_forward_desc_init: {
+    parameters: ["buffer", "i32", "i32", "buffer", "f32", "f32"],
+    result: "i32",
+  },
+  dnnl_eltwise_backward_desc_init: {
+    parameters: ["buffer", "i32", "buffer", "buffer", "f32", "f32"],
+    result: "i32",
+  },
+  dnnl_binary_desc_init: {
+    parameters: ["buffer", "i32", "buffer", "buffer", "buffer"],
+    result: "i32",
+  },
+  dnnl_post_ops_append_sum: { parameters: ["pointer", "f32"], result: "i32" },
   dnnl_primitive_attr_create: { parameters: ["buffer"], result: "i32" },
   dnnl_post_ops_create: { parameters: ["buffer"], result: "i32" },
   dnnl_post_ops_append_eltwise: {
@@ -126,6 +143,16 @@ const TAG_HWIO = 30;
 const CPU_ENGINE = 1;
 const PROP_FORWARD_TRAINING = 64;
 const PROP_FORWARD_INFERENCE = 96;
+const BN_USE_GLOBAL_STATS = 0x1;
+const BN_FUSE_NORM_RELU = 0x4;
+const BN_USE_SCALE = 0x8;
+const BN_USE_SHIFT = 0x10;
+const BINARY_MUL = 0x1fff1;
+const ARG_SRC_1 = 2;
+const ARG_MEAN = 49;
+const ARG_VARIANCE = 50;
+const ARG_SCALE = 51;
+const ARG_SHIFT = 52;
 const CONV_DIRECT = 1;
 const ELTWISE_RELU = 31;
 const ARG_SRC = 1;
@@ -228,6 +255,14 @@ function setOpenMpThreads(threads: number): boolean {
   return false;
 }
 
+/** A primitive whose memories all have the caller's descriptors. */
+interface Plain {
+  prim: Ptr;
+  mems: Ptr[];
+  args: Uint8Array;
+  impl: string;
+}
+
 /** The loaded library: an engine, a stream, and cached primitives. */
 export class OneDnn {
   readonly version: string;
@@ -238,6 +273,7 @@ export class OneDnn {
   #engine: Ptr;
   #stream: Ptr;
   #cache = new Map<string, Prepared>();
+  #plainCache = new Map<string, Plain>();
   /** Keeps descriptor buffers alive as long as the primitives that may refer to them. */
   #keep: Uint8Array[] = [];
 
@@ -351,9 +387,132 @@ export class OneDnn {
     this.#run(p, new Map([[ARG_SRC, src], [ARG_DIFF_DST, diffDst]]), diffWeights);
   }
 
+  /**
+   * dst = γ·(src − mean)/√(var + ε) + β (then ReLU) with the given statistics, on [rows, c].
+   */
+  bnApply(
+    rows: number,
+    c: number,
+    epsilon: number,
+    relu: boolean,
+    src: Ptr,
+    mean: Ptr,
+    variance: Ptr,
+    gamma: Ptr,
+    beta: Ptr,
+    dst: Ptr,
+  ): void {
+    const flags = BN_USE_GLOBAL_STATS | BN_USE_SCALE | BN_USE_SHIFT |
+      (relu ? BN_FUSE_NORM_RELU : 0);
+    const key = `ba:${rows},${c},${epsilon},${flags}`;
+    const args = [ARG_SRC, ARG_MEAN, ARG_VARIANCE, ARG_SCALE, ARG_SHIFT, ARG_DST];
+    const p = this.#plain(key, args, () => {
+      const data = this.#md([1, c, rows, 1], TAG_NHWC);
+      const vec = this.#md([c], TAG_A);
+      const desc = this.#keepBuf(OP_DESC_BYTES);
+      check(
+        this.#lib.dnnl_batch_normalization_forward_desc_init(
+          desc,
+          PROP_FORWARD_INFERENCE,
+          data,
+          epsilon,
+          flags,
+        ),
+        "dnnl_batch_normalization_forward_desc_init",
+      );
+      return { pd: this.#pd(desc, null, null), mds: [data, vec, vec, vec, vec, data] };
+    });
+    this.#runPlain(p, [src, mean, variance, gamma, beta, dst]);
+  }
+
+  /** diffDst masked where src ≤ 0 (ReLU's gradient), into diffSrc (may alias diffDst). */
+  reluBackward(size: number, src: Ptr, diffDst: Ptr, diffSrc: Ptr): void {
+    const key = `rb:${size}`;
+    const p = this.#plain(key, [ARG_SRC, ARG_DIFF_DST, ARG_DIFF_SRC], () => {
+      const data = this.#md([size], TAG_A);
+      const fwd = this.#keepBuf(OP_DESC_BYTES);
+      check(
+        this.#lib.dnnl_eltwise_forward_desc_init(
+          fwd,
+          PROP_FORWARD_TRAINING,
+          ELTWISE_RELU,
+          data,
+          0,
+          0,
+        ),
+        "dnnl_eltwise_forward_desc_init",
+      );
+      const hint = this.#pd(fwd, null, null);
+      const desc = this.#keepBuf(OP_DESC_BYTES);
+      check(
+        this.#lib.dnnl_eltwise_backward_desc_init(desc, ELTWISE_RELU, data, data, 0, 0),
+        "dnnl_eltwise_backward_desc_init",
+      );
+      return { pd: this.#pd(desc, null, { pd: hint }), mds: [data, data, data] };
+    });
+    this.#runPlain(p, [src, diffDst, diffSrc]);
+  }
+
+  /** dst += src0 · scale (per channel `scale`, [C]), over `rows` × `c`. */
+  scaleAccumulate(rows: number, c: number, src0: Ptr, scale: Ptr, dst: Ptr): void {
+    const p = this.#plain(`sa:${rows},${c}`, [ARG_SRC, ARG_SRC_1, ARG_DST], () => {
+      const data = this.#md([1, c, rows, 1], TAG_NHWC);
+      const perChannel = this.#md([1, c, 1, 1], TAG_NHWC);
+      const desc = this.#keepBuf(OP_DESC_BYTES);
+      check(
+        this.#lib.dnnl_binary_desc_init(desc, BINARY_MUL, data, perChannel, data),
+        "dnnl_binary_desc_init",
+      );
+      const out = new BigUint64Array(1);
+      check(this.#lib.dnnl_post_ops_create(u8(out)), "dnnl_post_ops_create");
+      const ops = ptr(out[0]);
+      check(this.#lib.dnnl_post_ops_append_sum(ops, 1), "post-op sum");
+      check(this.#lib.dnnl_primitive_attr_create(u8(out)), "dnnl_primitive_attr_create");
+      const attr = ptr(out[0]);
+      check(this.#lib.dnnl_primitive_attr_set_post_ops(attr, ops), "set_post_ops");
+      return { pd: this.#pd(desc, attr, null), mds: [data, perChannel, data] };
+    });
+    this.#runPlain(p, [src0, scale, dst]);
+  }
+
+  /** A cached primitive whose memories all have the caller's descriptors (no reorders). */
+  #plain(
+    key: string,
+    args: number[],
+    make: () => { pd: Ptr; mds: Uint8Array[] },
+  ): Plain {
+    const hit = this.#plainCache.get(key);
+    if (hit) return hit;
+    const { pd, mds } = make();
+    const out = new BigUint64Array(1);
+    check(this.#lib.dnnl_primitive_create(u8(out), pd), "dnnl_primitive_create");
+    const prim = ptr(out[0]);
+    const info = new BigUint64Array(1);
+    check(this.#lib.dnnl_primitive_desc_query(pd, QUERY_IMPL_INFO_STR, 0, u8(info)), "query impl");
+    const impl = new Deno.UnsafePointerView(ptr(info[0])!).getCString();
+    const mems = mds.map((md) => {
+      check(
+        this.#lib.dnnl_memory_create(u8(out), Deno.UnsafePointer.of(md), this.#engine, null),
+        "dnnl_memory_create",
+      );
+      return ptr(out[0]);
+    });
+    const p = { prim, mems, args: execArgs(args.map((a, i) => [a, mems[i]])), impl };
+    this.#plainCache.set(key, p);
+    return p;
+  }
+
+  #runPlain(p: Plain, handles: Ptr[]): void {
+    p.mems.forEach((m, i) =>
+      check(this.#lib.dnnl_memory_set_data_handle(m, handles[i]), "set handle")
+    );
+    this.#exec(p.prim, p.args);
+    check(this.#lib.dnnl_stream_wait(this.#stream), "dnnl_stream_wait");
+  }
+
   /** The implementation oneDNN chose for a cached primitive (e.g. `brg:avx512_core`). */
   implementations(): Map<string, string> {
-    return new Map([...this.#cache].map(([k, p]) => [k, p.impl]));
+    return new Map([...this.#cache, ...this.#plainCache].map(([k, p]) => [k, p.impl]));
   }
 
   #convMds(s: ConvShape) {
