@@ -188,3 +188,31 @@ Deno.test("without libdnnl, --backend native is a one-line UserError and auto fa
     /^UserError: backend native cannot start: .*apt install libdnnl2.*--backend wasm$/,
   );
 });
+
+Deno.test({
+  name: "native evaluation-mode BatchNorm (FusedBatchNorm) matches tfjs's cpu backend",
+  ignore,
+  fn: async () => {
+    const rng = new Rng(77);
+    const [n, h, w, c] = [2, 9, 7, 24];
+    const xs = random(rng, n * h * w * c);
+    const vecs = [0, 1, 2, 3].map(() => random(rng, c));
+    vecs[1] = vecs[1].map((v) => v * v + 0.1); // a variance
+    const run = () =>
+      tf.tidy(() =>
+        tf.batchNorm4d(
+          tf.tensor4d(xs, [n, h, w, c]),
+          tf.tensor1d(vecs[0]),
+          tf.tensor1d(vecs[1]),
+          tf.tensor1d(vecs[2]),
+          tf.tensor1d(vecs[3]),
+          1e-5,
+        ).dataSync()
+      );
+    await initBackend("cpu");
+    const expected = run();
+    await initBackend("native", { threads: 2 });
+    const err = relError(run(), expected);
+    assert.ok(err < 1e-6, `relative error ${err}`);
+  },
+});

@@ -334,11 +334,31 @@ function passFor(opts: ForwardOptions): Pass {
 }
 
 function stem(x: tf.Tensor4D, model: DenseNet, pass: Pass): tf.Tensor4D {
+  if (!pass.training) return tf.tidy(() => tf.maxPool(foldedStem(x, model), 3, 2, 1));
   return tf.tidy(() => {
     // torch pads symmetrically; tfjs 'same' would pad only bottom/right for even sizes.
     const h: tf.Tensor4D = tf.conv2d(x, model.conv0, 2, [[0, 0], [3, 3], [3, 3], [0, 0]]);
     // Numeric padding in tfjs pooling ignores the padded cells (-inf semantics), as torch.
     return tf.maxPool(batchNormRelu(h, model.norm0, pass), 3, 2, 1);
+  });
+}
+
+/**
+ * Evaluation mode: norm0 (running statistics) folded into conv0 — w·s per output channel and
+ * bias β − μ·s, s = γ/√(σ² + ε) — with the ReLU as the convolution's post-op: one FusedConv2D
+ * instead of a convolution, a BatchNorm and a ReLU over the largest feature map. The other
+ * BatchNorms precede their convolution through a ReLU, so they cannot be folded.
+ */
+function foldedStem(x: tf.Tensor4D, model: DenseNet): tf.Tensor4D {
+  const bn = model.norm0;
+  const s = tf.mul(bn.weight, tf.rsqrt(tf.add(bn.runningVar, BN_EPS)));
+  return tf.fused.conv2d({
+    x,
+    filter: tf.mul(model.conv0, s) as tf.Tensor4D,
+    strides: 2,
+    pad: [[0, 0], [3, 3], [3, 3], [0, 0]],
+    bias: tf.sub(bn.bias, tf.mul(bn.runningMean, s)),
+    activation: "relu",
   });
 }
 

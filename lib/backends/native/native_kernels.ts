@@ -24,6 +24,7 @@ export const NATIVE_KERNELS = [
   "FusedConv2D",
   "Conv2DBackpropInput",
   "Conv2DBackpropFilter",
+  "FusedBatchNorm",
   BN_TRAIN_KERNEL,
   BN_GRAD_KERNEL,
 ] as const;
@@ -310,7 +311,37 @@ function batchNormReluGrad(args: KernelArgs): tf.TensorInfo[] {
   return [dx, dgamma, dbeta];
 }
 
+/** Evaluation-mode BatchNorm (running statistics) as one multi-threaded oneDNN pass. */
+function fusedBatchNorm(args: KernelArgs): tf.TensorInfo {
+  const { inputs: { x, mean, variance, offset, scale }, backend } = args;
+  const vectors = [mean, variance, offset, scale];
+  if (vectors.some((t) => t == null)) return fallback("FusedBatchNorm", args);
+  const rc = rowsChannels([x!, ...vectors as tf.TensorInfo[]], x!);
+  if (rc == null || vectors.some((t) => tf.util.sizeFromShape(t!.shape) !== rc[1])) {
+    return fallback("FusedBatchNorm", args);
+  }
+  const [rows, c] = rc;
+  for (const t of [x!, ...vectors]) backend.dataIdMap.get(t!.dataId);
+  const out = backend.makeOutput(x!.shape, "float32");
+  const p = (t: tf.TensorInfo) => heapPointer(backend, t);
+  const eps = args.attrs.varianceEpsilon as number;
+  openOneDnn().bnApply(
+    rows,
+    c,
+    eps,
+    false,
+    p(x!),
+    p(mean!),
+    p(variance!),
+    p(scale!),
+    p(offset!),
+    p(out),
+  );
+  return out;
+}
+
 const KERNELS: Record<string, tf.KernelFunc> = {
+  FusedBatchNorm: fusedBatchNorm as unknown as tf.KernelFunc,
   [BN_TRAIN_KERNEL]: batchNormReluTrain as unknown as tf.KernelFunc,
   [BN_GRAD_KERNEL]: batchNormReluGrad as unknown as tf.KernelFunc,
   Conv2D: conv2D as unknown as tf.KernelFunc,
