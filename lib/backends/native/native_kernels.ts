@@ -1,6 +1,8 @@
 /**
- * The `native` backend's kernels: tfjs's wasm backend with its convolutions run by oneDNN
- * (`onednn.ts`) directly on the wasm heap. Registered for the `wasm` backend name, replacing
+ * The `native` backend's kernels: tfjs's wasm backend with its convolutions (Conv2D, FusedConv2D
+ * with bias / ReLU, both gradients), evaluation-mode BatchNorm and the passes of the fused
+ * training BatchNorm seam run by oneDNN (`onednn.ts`) directly on the wasm heap, its reductions
+ * in float64 here. Registered for the `wasm` backend name, replacing
  * the kernels there (tfjs's or `wasm_kernels.ts`'s), which stay the fallback for what these do
  * not cover (dilations, NCHW, other dtypes, empty tensors, fused activations other than ReLU).
  * `unregisterNativeKernels()` puts the replaced kernels back (wasm without native, in one process).

@@ -1,11 +1,22 @@
 /**
  * oneDNN (libdnnl) through Deno's FFI: the convolutions of the `native` backend.
  *
- * Why oneDNN and not a CBLAS sgemm: it is what PyTorch runs on CPUs, it has convolution forward,
- * backward-data and backward-weights kernels for NHWC activations that pick AVX2 / AVX-512 code
- * by CPUID at run time (no core-type guessing, which OpenBLAS gets wrong on unknown CPU models),
- * and a 3×3 convolution needs no im2col buffer. Measured through this module on this machine
- * (2 cores, AVX-512), see lib/backends/native/README.md for the figures.
+ * Why oneDNN and not a CBLAS sgemm: it is what PyTorch runs on CPUs; it has convolution forward,
+ * backward-data and backward-weights kernels for NHWC activations, so a 3×3 or the 7×7/2 stem
+ * needs no im2col buffer and both gradients need no transposes of ours; and it picks AVX2 /
+ * AVX-512 code by CPUID at run time (OpenBLAS has to be told the core type on CPU models it does
+ * not know). Measured through this module at batch 16, 2 threads, on the 2-core AVX-512 VM while
+ * other work loaded it (GFLOP/s; XNNPACK = tfjs wasm forward, "ours" = wasm_kernels.ts):
+ *
+ *     shape                 XNNPACK fwd | oneDNN fwd  bwd-weights (ours)  bwd-data
+ *     1×1 256→128 at 56²       24.7     |   108.5       79.2   (15.3)       105.0
+ *     3×3 128→32 at 56²        30.0     |   135.8      118.9   (13.7)       103.9
+ *     1×1 1024→128 at 14²      24.6     |    56.1       19.2    (8.5)        57.7
+ *     3×3 128→32 at 14²        16.6     |    16.6       14.6    (3.9)        18.4
+ *     7×7/2 3→64 at 224²       10.2     |    81.2       49.6    (5.1)          —
+ *
+ * OpenBLAS's sgemm reaches 115–130 GFLOP/s on the 1×1 shapes when told the core type (issue
+ * #12's measurement), about what oneDNN gives there, but would still need im2col for the rest.
  *
  * The C API is oneDNN v2's (Debian 12 and Ubuntu 22.04 ship 2.6/2.5): v3 made operation
  * descriptors opaque and changed primitive-descriptor creation, so a v3 library is reported as
@@ -43,8 +54,8 @@ function libraryNames(): string[] {
 
 /** Where to get the library, per platform (the note of `auto`, the error of `--backend native`). */
 export const ONEDNN_INSTALL_HINT =
-  "install oneDNN 2.x: `apt install libdnnl2` (Debian 12, Ubuntu 22.04), " +
-  "`brew install onednn@2` (macOS)";
+  "install oneDNN 2.x: `apt install libdnnl2` (Debian 12, Ubuntu 22.04), or set " +
+  "ONEDNN_LIBRARY to a libdnnl 2.x you built";
 
 const SYMBOLS = {
   dnnl_version: { parameters: [], result: "pointer" },
