@@ -94,6 +94,68 @@ export function batchNormReluForward(
   }
 }
 
+/** What the backward's first pass gives: dγ, dβ (float64) and dx's per-channel coefficients. */
+export interface GradientParts {
+  dgamma: Float64Array;
+  dbeta: Float64Array;
+  /** dx = a·g + b·(x − mean) + d per channel. */
+  a: Float64Array;
+  b: Float64Array;
+  d: Float64Array;
+}
+
+/**
+ * The backward's reduction pass over x, dy viewed as [M, C]: writes g (dy masked where the
+ * pre-ReLU value x̂·γ + β ≤ 0) to `g` (which may be dx's buffer) and sums Σ g, Σ g·x̂ in float64.
+ */
+export function batchNormReluGradientParts(
+  dy: Float32Array,
+  x: Float32Array,
+  gamma: Float32Array,
+  beta: Float32Array,
+  mean: Float32Array,
+  variance: Float32Array,
+  attrs: BatchNormReluAttrs,
+  g: Float32Array,
+): GradientParts {
+  const c = gamma.length;
+  const m = x.length / c;
+  const rstd = new Float64Array(c);
+  const scale = new Float64Array(c);
+  const offset = new Float64Array(c);
+  const mu = Float64Array.from(mean);
+  for (let k = 0; k < c; k++) {
+    rstd[k] = 1 / Math.sqrt(variance[k] + attrs.epsilon);
+    // The pre-ReLU value x̂·gamma + beta, as x·scale + offset.
+    scale[k] = gamma[k] * rstd[k];
+    offset[k] = beta[k] - mu[k] * scale[k];
+  }
+  const dbeta = new Float64Array(c);
+  const sgx = new Float64Array(c); // Σ g·(x − mean); dgamma = rstd · sgx
+  for (let r = 0; r < m; r++) {
+    const base = r * c;
+    for (let k = 0; k < c; k++) {
+      const xv = x[base + k];
+      const gv = attrs.relu && xv * scale[k] + offset[k] <= 0 ? 0 : dy[base + k];
+      g[base + k] = gv;
+      dbeta[k] += gv;
+      sgx[k] += gv * (xv - mu[k]);
+    }
+  }
+  // dx = γ·rstd/M · (M·g − dβ − x̂·dγ) = a·g + b·(x − mean) + d.
+  const dgamma = new Float64Array(c);
+  const a = new Float64Array(c);
+  const b = new Float64Array(c);
+  const d = new Float64Array(c);
+  for (let k = 0; k < c; k++) {
+    dgamma[k] = sgx[k] * rstd[k];
+    a[k] = gamma[k] * rstd[k];
+    b[k] = -a[k] * rstd[k] * dgamma[k] / m;
+    d[k] = -a[k] * dbeta[k] / m;
+  }
+  return { dgamma, dbeta, a, b, d };
+}
+
 /** dx, dgamma, dbeta of a training-mode BatchNorm(+ReLU), x and dy viewed as [M, C]. */
 export function batchNormReluBackward(
   dy: Float32Array,
@@ -109,73 +171,15 @@ export function batchNormReluBackward(
 ): void {
   const c = gamma.length;
   const m = x.length / c;
-  const rstd = new Float64Array(c);
-  const scale = new Float64Array(c);
-  const offset = new Float64Array(c);
-  for (let k = 0; k < c; k++) {
-    rstd[k] = 1 / Math.sqrt(variance[k] + attrs.epsilon);
-    // The pre-ReLU value x̂·gamma + beta, as x·scale + offset.
-    scale[k] = gamma[k] * rstd[k];
-    offset[k] = beta[k] - mean[k] * scale[k];
-  }
-  const sg = new Float64Array(c);
-  const sgx = new Float64Array(c); // Σ g·(x − mean); dgamma = rstd · sgx
+  // g goes to dx's buffer, then dx replaces it element by element.
+  const parts = batchNormReluGradientParts(dy, x, gamma, beta, mean, variance, attrs, dx);
+  dgamma.set(parts.dgamma);
+  dbeta.set(parts.dbeta);
+  const { a, b } = parts;
+  const d0 = Float64Array.from(parts.d, (v, k) => v - b[k] * mean[k]);
   for (let r = 0; r < m; r++) {
     const base = r * c;
-    for (let k = 0; k < c; k++) {
-      const xv = x[base + k];
-      const g = attrs.relu && xv * scale[k] + offset[k] <= 0 ? 0 : dy[base + k];
-      sg[k] += g;
-      sgx[k] += g * (xv - mean[k]);
-    }
-  }
-  // dx = a·g + b·x + d per channel, with a = gamma·rstd, b = −a·rstd·dgamma/M,
-  // d = −a·dbeta/M − b·mean.
-  const a = new Float64Array(c);
-  const b = new Float64Array(c);
-  const d = new Float64Array(c);
-  for (let k = 0; k < c; k++) {
-    const dg = sgx[k] * rstd[k];
-    dgamma[k] = dg;
-    dbeta[k] = sg[k];
-    a[k] = gamma[k] * rstd[k];
-    b[k] = -a[k] * rstd[k] * dg / m;
-    d[k] = -a[k] * sg[k] / m - b[k] * mean[k];
-  }
-  for (let r = 0; r < m; r++) {
-    const base = r * c;
-    for (let k = 0; k < c; k++) {
-      const xv = x[base + k];
-      const g = attrs.relu && xv * scale[k] + offset[k] <= 0 ? 0 : dy[base + k];
-      dx[base + k] = a[k] * g + b[k] * xv + d[k];
-    }
-  }
-}
-
-/**
- * Σ g and Σ g·(x − mean) per channel over [M, C], in float64: the reductions of BatchNorm's
- * backward for an already-masked g (the native backend's, whose own float32 sums lose the
- * small dγ of a channel whose terms cancel).
- */
-export function gradientSums(
-  g: Float32Array,
-  x: Float32Array,
-  mean: Float32Array,
-  sumG: Float64Array,
-  sumGX: Float64Array,
-): void {
-  const c = mean.length;
-  const m = x.length / c;
-  const mu = Float64Array.from(mean);
-  sumG.fill(0);
-  sumGX.fill(0);
-  for (let r = 0; r < m; r++) {
-    const base = r * c;
-    for (let k = 0; k < c; k++) {
-      const gv = g[base + k];
-      sumG[k] += gv;
-      sumGX[k] += gv * (x[base + k] - mu[k]);
-    }
+    for (let k = 0; k < c; k++) dx[base + k] = a[k] * dx[base + k] + b[k] * x[base + k] + d0[k];
   }
 }
 

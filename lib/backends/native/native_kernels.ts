@@ -14,10 +14,10 @@ import type { BackendWasm } from "@tensorflow/tfjs-backend-wasm";
 import { type ConvShape, offsetPointer, OneDnn } from "./onednn.ts";
 import {
   type BatchNormReluAttrs,
+  batchNormReluGradientParts,
   batchStatistics,
   BN_GRAD_KERNEL,
   BN_TRAIN_KERNEL,
-  gradientSums,
 } from "../batchnorm_kernels.ts";
 
 /** Kernels this module registers for the wasm backend. */
@@ -244,11 +244,10 @@ function batchNormReluTrain(args: KernelArgs): tf.TensorInfo[] {
 }
 
 /**
- * `BatchNormReluGrad` with oneDNN: the pre-ReLU values recomputed (normalise pass) and dy masked
- * by them (ReLU backward, in place) into g; Σ g and Σ g·x̂ in float64 (`gradientSums`: oneDNN's
- * float32 sums lose the small dγ of channels whose terms cancel); then dx = a·g + b·(x − mean) + d per channel
- * (a = γ·rstd, b = −a·rstd·dγ/M, d = −a·dβ/M) as a normalise pass with those coefficients plus
- * one multiply-accumulate.
+ * `BatchNormReluGrad`: g (dy masked by the pre-ReLU sign) and Σ g, Σ g·x̂ in one float64 pass
+ * (`batchNormReluGradientParts`; oneDNN's float32 sums lose the small dγ of channels whose terms
+ * cancel), then dx = a·g + b·(x − mean) + d per channel in two oneDNN passes: a normalise pass
+ * with those coefficients (variance 1, epsilon 0) and a multiply-accumulate of g.
  */
 function batchNormReluGrad(args: KernelArgs): tf.TensorInfo[] {
   const { inputs: { dy, x, gamma, beta, mean, variance }, backend } = args;
@@ -261,53 +260,35 @@ function batchNormReluGrad(args: KernelArgs): tf.TensorInfo[] {
   const dx = backend.makeOutput(x!.shape, "float32");
   const dgamma = backend.makeOutput([c], "float32");
   const dbeta = backend.makeOutput([c], "float32");
-  const g = attrs.relu ? backend.makeOutput(x!.shape, "float32") : dy!;
+  const g = backend.makeOutput(x!.shape, "float32");
   // Per-channel vectors: a, b, d, and ones (the normalise pass's variance).
   const vecs = backend.makeOutput([4 * c], "float32");
   try {
     const p = (t: tf.TensorInfo) => heapPointer(backend, t);
-    const vec = (i: number) => offsetPointer(p(vecs), i * c * 4);
-    const view = (i: number) =>
-      (backend.typedArrayFromHeap(vecs) as Float32Array).subarray(i * c, (i + 1) * c);
-    const dnn = openOneDnn();
-    const { epsilon } = attrs;
-    if (attrs.relu) {
-      dnn.bnApply(
-        rows,
-        c,
-        epsilon,
-        false,
-        p(x!),
-        p(mean!),
-        p(variance!),
-        p(gamma!),
-        p(beta!),
-        p(g),
-      );
-      dnn.reluBackward(rows * c, p(g), p(dy!), p(g));
-    }
-    const sgx = new Float64Array(c);
-    const sg = new Float64Array(c);
     const f32 = (t: tf.TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
-    gradientSums(f32(g), f32(x!), f32(mean!), sg, sgx);
-    const gam = f32(gamma!);
-    const v = f32(variance!);
-    const [a, b, d, ones] = [view(0), view(1), view(2), view(3)];
-    for (let k = 0; k < c; k++) {
-      const rstd = 1 / Math.sqrt(v[k] + epsilon);
-      sgx[k] *= rstd; // dγ = Σ g·x̂ = rstd · Σ g·(x − mean)
-      a[k] = gam[k] * rstd;
-      b[k] = -gam[k] * rstd * rstd * sgx[k] / rows;
-      d[k] = -gam[k] * rstd * sg[k] / rows;
-      ones[k] = 1;
-    }
-    f32(dgamma).set(sgx);
-    f32(dbeta).set(sg);
-    // dx = b·(x − mean) + d (a normalise pass with variance 1, epsilon 0), then dx += a·g.
+    const vec = (i: number) => offsetPointer(p(vecs), i * c * 4);
+    const parts = batchNormReluGradientParts(
+      f32(dy!),
+      f32(x!),
+      f32(gamma!),
+      f32(beta!),
+      f32(mean!),
+      f32(variance!),
+      attrs,
+      f32(g),
+    );
+    f32(dgamma).set(parts.dgamma);
+    f32(dbeta).set(parts.dbeta);
+    const v = f32(vecs);
+    v.set(parts.a, 0);
+    v.set(parts.b, c);
+    v.set(parts.d, 2 * c);
+    v.fill(1, 3 * c);
+    const dnn = openOneDnn();
     dnn.bnApply(rows, c, 0, false, p(x!), p(mean!), vec(3), vec(1), vec(2), p(dx));
     dnn.scaleAccumulate(rows, c, p(g), vec(0), p(dx));
   } finally {
-    if (g !== dy) backend.disposeData(g.dataId);
+    backend.disposeData(g.dataId);
     backend.disposeData(vecs.dataId);
   }
   return [dx, dgamma, dbeta];
