@@ -105,8 +105,9 @@ export interface GradientParts {
 }
 
 /**
- * The backward's reduction pass over x, dy viewed as [M, C]: writes g (dy masked where the
- * pre-ReLU value x̂·γ + β ≤ 0) to `g` (which may be dx's buffer) and sums Σ g, Σ g·x̂ in float64.
+ * The backward's reduction pass over x, dy viewed as [M, C]: with ReLU, writes g (dy masked
+ * where the pre-ReLU value x̂·γ + β ≤ 0) to `g` (which may be dx's buffer); sums Σ g, Σ g·x̂ in
+ * float64. `g` null: dy is already masked (the native kernel masks it with oneDNN), g = dy.
  */
 export function batchNormReluGradientParts(
   dy: Float32Array,
@@ -116,7 +117,7 @@ export function batchNormReluGradientParts(
   mean: Float32Array,
   variance: Float32Array,
   attrs: BatchNormReluAttrs,
-  g: Float32Array,
+  g: Float32Array | null,
 ): GradientParts {
   const c = gamma.length;
   const m = x.length / c;
@@ -132,14 +133,26 @@ export function batchNormReluGradientParts(
   }
   const dbeta = new Float64Array(c);
   const sgx = new Float64Array(c); // Σ g·(x − mean); dgamma = rstd · sgx
-  for (let r = 0; r < m; r++) {
-    const base = r * c;
-    for (let k = 0; k < c; k++) {
-      const xv = x[base + k];
-      const gv = attrs.relu && xv * scale[k] + offset[k] <= 0 ? 0 : dy[base + k];
-      g[base + k] = gv;
-      dbeta[k] += gv;
-      sgx[k] += gv * (xv - mu[k]);
+  if (g == null || !attrs.relu) {
+    // dy is g already: a pure reading pass (g, if given, must be dy itself).
+    for (let r = 0; r < m; r++) {
+      const base = r * c;
+      for (let k = 0; k < c; k++) {
+        const gv = dy[base + k];
+        dbeta[k] += gv;
+        sgx[k] += gv * (x[base + k] - mu[k]);
+      }
+    }
+  } else {
+    for (let r = 0; r < m; r++) {
+      const base = r * c;
+      for (let k = 0; k < c; k++) {
+        const xv = x[base + k];
+        const gv = xv * scale[k] + offset[k] <= 0 ? 0 : dy[base + k];
+        g[base + k] = gv;
+        dbeta[k] += gv;
+        sgx[k] += gv * (xv - mu[k]);
+      }
     }
   }
   // dx = γ·rstd/M · (M·g − dβ − x̂·dγ) = a·g + b·(x − mean) + d.
@@ -172,6 +185,7 @@ export function batchNormReluBackward(
   const c = gamma.length;
   const m = x.length / c;
   // g goes to dx's buffer, then dx replaces it element by element.
+  if (!attrs.relu) dx.set(dy);
   const parts = batchNormReluGradientParts(dy, x, gamma, beta, mean, variance, attrs, dx);
   dgamma.set(parts.dgamma);
   dbeta.set(parts.dbeta);

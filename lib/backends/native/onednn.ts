@@ -106,6 +106,14 @@ const SYMBOLS = {
     parameters: ["buffer", "i32", "buffer", "f32", "u32"],
     result: "i32",
   },
+  dnnl_eltwise_forward_desc_init: {
+    parameters: ["buffer", "i32", "i32", "buffer", "f32", "f32"],
+    result: "i32",
+  },
+  dnnl_eltwise_backward_desc_init: {
+    parameters: ["buffer", "i32", "buffer", "buffer", "f32", "f32"],
+    result: "i32",
+  },
   dnnl_binary_desc_init: {
     parameters: ["buffer", "i32", "buffer", "buffer", "buffer"],
     result: "i32",
@@ -426,6 +434,34 @@ export class OneDnn {
       return { pd: this.#pd(desc, null, null), mds: [data, vec, vec, vec, vec, data] };
     });
     this.#runPlain(p, [src, mean, variance, gamma, beta, dst]);
+  }
+
+  /** diffDst masked where src ≤ 0 (ReLU's gradient), into diffSrc (may alias diffDst). */
+  reluBackward(size: number, src: Ptr, diffDst: Ptr, diffSrc: Ptr): void {
+    const key = `rb:${size}`;
+    const p = this.#plain(key, [ARG_SRC, ARG_DIFF_DST, ARG_DIFF_SRC], () => {
+      const data = this.#md([size], TAG_A);
+      const fwd = this.#keepBuf(OP_DESC_BYTES);
+      check(
+        this.#lib.dnnl_eltwise_forward_desc_init(
+          fwd,
+          PROP_FORWARD_TRAINING,
+          ELTWISE_RELU,
+          data,
+          0,
+          0,
+        ),
+        "dnnl_eltwise_forward_desc_init",
+      );
+      const hint = this.#pd(fwd, null, null);
+      const desc = this.#keepBuf(OP_DESC_BYTES);
+      check(
+        this.#lib.dnnl_eltwise_backward_desc_init(desc, ELTWISE_RELU, data, data, 0, 0),
+        "dnnl_eltwise_backward_desc_init",
+      );
+      return { pd: this.#pd(desc, null, { pd: hint }), mds: [data, data, data] };
+    });
+    this.#runPlain(p, [src, diffDst, diffSrc]);
   }
 
   /** dst += src0 · scale (per channel `scale`, [C]), over `rows` × `c`. */
