@@ -21,7 +21,7 @@ import {
   registerNativeKernels,
   unregisterNativeKernels,
 } from "./native/native_kernels.ts";
-import { ONEDNN_INSTALL_HINT } from "./native/onednn.ts";
+import { ONEDNN_INSTALL_HINT, OneDnnUnavailable } from "./native/onednn.ts";
 import {
   MAX_WASM_THREADS,
   resolveWasmThreads,
@@ -374,7 +374,10 @@ async function startNative(opts: InitBackendOptions, explicit: boolean): Promise
   try {
     dnn = openOneDnn();
   } catch (err) {
-    const why = `${(err as Error).message}; ${ONEDNN_INSTALL_HINT}`;
+    const msg = (err as Error).message;
+    const why = err instanceof OneDnnUnavailable && err.install
+      ? `${msg}; ${ONEDNN_INSTALL_HINT}`
+      : msg;
     if (!explicit) throw new Error(why);
     throw new UserError(`backend native cannot start: ${why}; or use --backend wasm`);
   }

@@ -41,6 +41,13 @@ const LIBRARY_NAMES = [
   "/usr/local/lib/libdnnl.2.dylib",
 ];
 
+/** Why oneDNN cannot be used; `install`: installing oneDNN 2.x would fix it. */
+export class OneDnnUnavailable extends Error {
+  constructor(message: string, readonly install: boolean) {
+    super(message);
+  }
+}
+
 /** `ONEDNN_LIBRARY` (a path) when set, else the usual names. */
 function libraryNames(): string[] {
   let chosen: string | undefined;
@@ -305,17 +312,23 @@ export class OneDnn {
         dl = Deno.dlopen(name, SYMBOLS);
         break;
       } catch (err) {
+        if (err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied) {
+          throw new OneDnnUnavailable("loading libdnnl (oneDNN) needs --allow-ffi", false);
+        }
         errors.push((err as Error).message.split("\n")[0]);
       }
     }
-    if (dl == null) throw new Error(`libdnnl (oneDNN) not found (${errors[0]})`);
+    if (dl == null) throw new OneDnnUnavailable(`libdnnl (oneDNN) not found (${errors[0]})`, true);
     const lib = dl.symbols;
     const v = new Deno.UnsafePointerView(lib.dnnl_version()!);
     const [major, minor, patch] = [v.getInt32(0), v.getInt32(4), v.getInt32(8)];
     const version = `${major}.${minor}.${patch}`;
     if (major !== 2) {
       dl.close();
-      throw new Error(`oneDNN ${version} found, but only the 2.x C API is supported`);
+      throw new OneDnnUnavailable(
+        `oneDNN ${version} found, but only the 2.x C API is supported`,
+        true,
+      );
     }
     const isa = ISA_NAMES[lib.dnnl_get_effective_cpu_isa()] ?? "unknown ISA";
     const out = new BigUint64Array(1);
