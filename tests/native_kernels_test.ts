@@ -11,6 +11,7 @@ import {
   unregisterNativeKernels,
 } from "../lib/backends/native/native_kernels.ts";
 import { Rng } from "../lib/util/rng.ts";
+import { BN_INFERENCE_KERNEL } from "../lib/backends/batchnorm_kernels.ts";
 
 const missing = (() => {
   try {
@@ -211,8 +212,21 @@ Deno.test({
       );
     await initBackend("cpu");
     const expected = run();
+    const expectedRelu = expected.map((v) => Math.max(v, 0));
     await initBackend("native", { threads: 2 });
     const err = relError(run(), expected);
     assert.ok(err < 1e-6, `relative error ${err}`);
+    // The optional fused evaluation kernel: the same normalisation, then ReLU, in one pass.
+    const fused = tf.tidy(() =>
+      (tf.engine().runKernel(BN_INFERENCE_KERNEL, {
+        x: tf.tensor4d(xs, [n, h, w, c]),
+        mean: tf.tensor1d(vecs[0]),
+        variance: tf.tensor1d(vecs[1]),
+        beta: tf.tensor1d(vecs[2]),
+        gamma: tf.tensor1d(vecs[3]),
+      }, { epsilon: 1e-5, relu: true }) as tf.Tensor).dataSync()
+    );
+    const errRelu = relError(fused, expectedRelu);
+    assert.ok(errRelu < 1e-6, `${BN_INFERENCE_KERNEL}: relative error ${errRelu}`);
   },
 });

@@ -24,6 +24,13 @@ import type { BackendWasm } from "@tensorflow/tfjs-backend-wasm";
 export const BN_TRAIN_KERNEL = "BatchNormReluTrain";
 export const BN_GRAD_KERNEL = "BatchNormReluGrad";
 
+/**
+ * Optional, not part of the seam: evaluation-mode BatchNorm(+ReLU) with the running statistics,
+ * {x, mean, variance, gamma, beta} {epsilon, relu} → y, in one pass. Only the native backend
+ * registers it; the model falls back to tfjs's batchNorm + relu elsewhere.
+ */
+export const BN_INFERENCE_KERNEL = "BatchNormReluInference";
+
 /** Attributes of both kernels. */
 export interface BatchNormReluAttrs {
   epsilon: number;

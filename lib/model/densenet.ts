@@ -20,7 +20,11 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { Rng } from "../util/rng.ts";
 import "../backends/tf_gradients.ts";
-import { BN_GRAD_KERNEL, BN_TRAIN_KERNEL } from "../backends/batchnorm_kernels.ts";
+import {
+  BN_GRAD_KERNEL,
+  BN_INFERENCE_KERNEL,
+  BN_TRAIN_KERNEL,
+} from "../backends/batchnorm_kernels.ts";
 
 /** DenseNet hyper-parameters, as torchvision's `DenseNet(...)` arguments. */
 export interface DenseNetConfig {
@@ -505,9 +509,20 @@ function fusedBatchNorm(): boolean {
  * ReLU(BatchNorm2d(x)) over NHWC. In training mode, where the backend has the fused kernels
  * (lib/backends/batchnorm_kernels.ts, or the WebGPU backend's), one kernel computes the batch
  * statistics, normalisation and ReLU, and one the gradient: 2 kernels instead of ~30. Other
- * backends get `batchNorm` + ReLU from tfjs ops.
+ * backends get `batchNorm` + ReLU from tfjs ops. Evaluation mode uses the optional
+ * `BatchNormReluInference` kernel (running statistics, one pass) where the backend has it.
  */
 function batchNormRelu(x: tf.Tensor4D, bn: BatchNorm, pass: Pass): tf.Tensor4D {
+  if (!pass.training && tf.getKernel(BN_INFERENCE_KERNEL, tf.getBackend()) != null) {
+    const inputs = {
+      x,
+      mean: bn.runningMean,
+      variance: bn.runningVar,
+      gamma: bn.weight,
+      beta: bn.bias,
+    };
+    return tf.engine().runKernel(BN_INFERENCE_KERNEL, inputs, BN_RELU_ATTRS) as tf.Tensor4D;
+  }
   if (!pass.training || !fusedBatchNorm()) return tf.relu(batchNorm(x, bn, pass));
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const [input, gamma, beta] = args as [tf.Tensor4D, tf.Tensor1D, tf.Tensor1D];

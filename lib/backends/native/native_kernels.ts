@@ -17,6 +17,7 @@ import {
   batchNormReluGradientParts,
   batchStatistics,
   BN_GRAD_KERNEL,
+  BN_INFERENCE_KERNEL,
   BN_TRAIN_KERNEL,
 } from "../batchnorm_kernels.ts";
 
@@ -27,6 +28,7 @@ export const NATIVE_KERNELS = [
   "Conv2DBackpropInput",
   "Conv2DBackpropFilter",
   "FusedBatchNorm",
+  BN_INFERENCE_KERNEL,
   BN_TRAIN_KERNEL,
   BN_GRAD_KERNEL,
 ] as const;
@@ -341,7 +343,36 @@ function fusedBatchNorm(args: KernelArgs): tf.TensorInfo {
   return out;
 }
 
+/** `BatchNormReluInference`: normalise with the running statistics and ReLU, one oneDNN pass. */
+function batchNormReluInference(args: KernelArgs): tf.TensorInfo {
+  const { inputs: { x, mean, variance, gamma, beta }, backend } = args;
+  const attrs = args.attrs as unknown as BatchNormReluAttrs;
+  const vectors = [mean!, variance!, gamma!, beta!];
+  const rc = rowsChannels([x!, ...vectors], x!);
+  if (rc == null || vectors.some((t) => tf.util.sizeFromShape(t.shape) !== rc[1])) {
+    throw new Error(`${BN_INFERENCE_KERNEL}: needs float32 x [.., C] and [C] vectors`);
+  }
+  const [rows, c] = rc;
+  for (const t of [x!, ...vectors]) backend.dataIdMap.get(t.dataId);
+  const out = backend.makeOutput(x!.shape, "float32");
+  const p = (t: tf.TensorInfo) => heapPointer(backend, t);
+  openOneDnn().bnApply(
+    rows,
+    c,
+    attrs.epsilon,
+    attrs.relu,
+    p(x!),
+    p(mean!),
+    p(variance!),
+    p(gamma!),
+    p(beta!),
+    p(out),
+  );
+  return out;
+}
+
 const KERNELS: Record<string, tf.KernelFunc> = {
+  [BN_INFERENCE_KERNEL]: batchNormReluInference as unknown as tf.KernelFunc,
   FusedBatchNorm: fusedBatchNorm as unknown as tf.KernelFunc,
   [BN_TRAIN_KERNEL]: batchNormReluTrain as unknown as tf.KernelFunc,
   [BN_GRAD_KERNEL]: batchNormReluGrad as unknown as tf.KernelFunc,
