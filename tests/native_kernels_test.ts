@@ -230,3 +230,35 @@ Deno.test({
     assert.ok(errRelu < 1e-6, `${BN_INFERENCE_KERNEL}: relative error ${errRelu}`);
   },
 });
+
+Deno.test({
+  name: "processes that used the native backend exit cleanly (OpenMP's threads vs library unload)",
+  ignore,
+  fn: async () => {
+    // Before the libraries were pinned (onednn.ts pinLibraries), about 1 in 6 of these runs
+    // ended in SIGSEGV (status 139) after writing its output: libgomp was unmapped at exit under
+    // its waiting threads. Six runs catch that two times in three.
+    const dir = await Deno.makeTempDir({ prefix: "cxr_native_exit_" });
+    try {
+      const shard = new URL("./fixtures/nih_subset/ChestXray14_val_002.tar", import.meta.url);
+      const { readShard } = await import("../lib/data/webdataset.ts");
+      for await (const s of readShard(shard.pathname)) {
+        await Deno.writeFile(`${dir}/${s.key}.png`, s.png);
+        break;
+      }
+      const model = new URL("./fixtures/torch/tiny_zip.pt", import.meta.url).pathname;
+      const script = new URL("../validate_model.ts", import.meta.url).pathname;
+      const runs = await Promise.all(
+        Array.from({ length: 6 }, () =>
+          new Deno.Command(Deno.execPath(), {
+            args: ["run", "-A", script, "-s", model, "--images", dir, "--backend", "native"],
+            stdout: "null",
+            stderr: "null",
+          }).output()),
+      );
+      assert.deepEqual(runs.map((r) => r.code), [0, 0, 0, 0, 0, 0]);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

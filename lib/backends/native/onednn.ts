@@ -250,6 +250,52 @@ interface Prepared {
   impl: string;
 }
 
+/**
+ * OpenMP threads that sleep between oneDNN calls (`OMP_WAIT_POLICY=PASSIVE`, unless the user set
+ * a policy), read by libgomp when oneDNN loads it; the returned function restores the
+ * environment once it has. By default they spin after each parallel
+ * region, and here every oneDNN call alternates with XNNPACK's thread pool and JavaScript on the
+ * same cores: a DenseNet-121 training step (batch 16, 2 threads) took 16 CPU-s spinning and
+ * 6.4 CPU-s passive, measured back to back.
+ */
+function passiveOpenMp(): () => void {
+  try {
+    if (Deno.env.get("OMP_WAIT_POLICY") != null) return () => {};
+    Deno.env.set("OMP_WAIT_POLICY", "PASSIVE");
+    // Child processes (e.g. the benchmark's PyTorch) get the environment as it was.
+    return () => Deno.env.delete("OMP_WAIT_POLICY");
+  } catch {
+    return () => {}; // no --allow-env: OpenMP's default
+  }
+}
+
+/**
+ * Keeps `names` mapped until the process ends (glibc: dlopen with RTLD_NODELETE). Deno closes
+ * its FFI libraries when it tears down, while OpenMP's worker threads still wait inside
+ * libgomp: unmapping it under them crashed about one exit in six (SIGSEGV, exit status 139).
+ * Elsewhere, or where a name is not loaded, nothing happens.
+ */
+function pinLibraries(names: string[]): void {
+  if (Deno.build.os !== "linux") return;
+  const RTLD_NOW = 2;
+  const RTLD_NOLOAD = 4;
+  const RTLD_NODELETE = 0x1000;
+  try {
+    const libc = Deno.dlopen("libc.so.6", {
+      dlopen: { parameters: ["buffer", "i32"], result: "pointer" },
+    });
+    for (const name of names) {
+      // NOLOAD: only libraries already loaded (by Deno.dlopen or as a dependency) get pinned.
+      libc.symbols.dlopen(
+        new TextEncoder().encode(`${name}\0`),
+        RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE,
+      );
+    }
+  } catch {
+    // not glibc: nothing to pin
+  }
+}
+
 /** OpenMP runtimes oneDNN builds link (Debian's: libgomp), for the thread count. */
 const OPENMP_LIBRARIES = ["libgomp.so.1", "libomp.so", "libomp.dylib", "libiomp5.so"];
 
@@ -307,17 +353,25 @@ export class OneDnn {
   static open(): OneDnn {
     let dl: Deno.DynamicLibrary<typeof SYMBOLS> | null = null;
     const errors: string[] = [];
-    for (const name of libraryNames()) {
-      try {
-        dl = Deno.dlopen(name, SYMBOLS);
-        break;
-      } catch (err) {
-        if (err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied) {
-          throw new OneDnnUnavailable("loading libdnnl (oneDNN) needs --allow-ffi", false);
+    const restoreEnv = passiveOpenMp();
+    try {
+      for (const name of libraryNames()) {
+        try {
+          dl = Deno.dlopen(name, SYMBOLS);
+          break;
+        } catch (err) {
+          if (
+            err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied
+          ) {
+            throw new OneDnnUnavailable("loading libdnnl (oneDNN) needs --allow-ffi", false);
+          }
+          errors.push((err as Error).message.split("\n")[0]);
         }
-        errors.push((err as Error).message.split("\n")[0]);
       }
+    } finally {
+      restoreEnv();
     }
+    if (dl != null) pinLibraries(["libgomp.so.1", "libdnnl.so.2"]);
     if (dl == null) throw new OneDnnUnavailable(`libdnnl (oneDNN) not found (${errors[0]})`, true);
     const lib = dl.symbols;
     const v = new Deno.UnsafePointerView(lib.dnnl_version()!);
