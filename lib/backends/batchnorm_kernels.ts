@@ -38,24 +38,63 @@ export interface BatchNormReluAttrs {
 }
 
 /**
+ * Σ (a − va) and Σ (a − va)·(b − vb) per channel over rows [r0, r1) of a and b viewed as
+ * [M, C], added into s1 and s2 (a = b, va = vb = a shift: the statistics; a = g, va = 0,
+ * vb = mean: the gradient sums). Self-contained (no closures or imports): the native backend's
+ * worker threads run its source on their share of the rows.
+ */
+export function rowSums(
+  a: Float32Array,
+  va: Float64Array,
+  b: Float32Array,
+  vb: Float64Array,
+  c: number,
+  r0: number,
+  r1: number,
+  s1: Float64Array,
+  s2: Float64Array,
+): void {
+  for (let r = r0; r < r1; r++) {
+    const base = r * c;
+    for (let k = 0; k < c; k++) {
+      const d = a[base + k] - va[k];
+      s1[k] += d;
+      s2[k] += d * (b[base + k] - vb[k]);
+    }
+  }
+}
+
+/** Runs `rowSums` over all M rows, possibly split among threads (the native backend's). */
+export type RowSums = (
+  a: Float32Array,
+  va: Float64Array,
+  b: Float32Array,
+  vb: Float64Array,
+  c: number,
+  m: number,
+  s1: Float64Array,
+  s2: Float64Array,
+) => void;
+
+const sequentialRowSums: RowSums = (a, va, b, vb, c, m, s1, s2) =>
+  rowSums(a, va, b, vb, c, 0, m, s1, s2);
+
+/**
  * Per-channel mean and biased variance of `x` viewed as [M, C] (C = mean.length), in one pass:
  * float64 sums of the values shifted by the first row (so the variance does not cancel).
  */
-export function batchStatistics(x: Float32Array, mean: Float64Array, variance: Float64Array): void {
+export function batchStatistics(
+  x: Float32Array,
+  mean: Float64Array,
+  variance: Float64Array,
+  sums: RowSums = sequentialRowSums,
+): void {
   const c = mean.length;
   const m = x.length / c;
-  const shift = new Float64Array(c);
+  const shift = Float64Array.from(x.subarray(0, c));
   const s1 = new Float64Array(c);
   const s2 = new Float64Array(c);
-  for (let k = 0; k < c; k++) shift[k] = x[k];
-  for (let r = 0; r < m; r++) {
-    const base = r * c;
-    for (let k = 0; k < c; k++) {
-      const d = x[base + k] - shift[k];
-      s1[k] += d;
-      s2[k] += d * d;
-    }
-  }
+  sums(x, shift, x, shift, c, m, s1, s2);
   for (let k = 0; k < c; k++) {
     const d = s1[k] / m;
     mean[k] = shift[k] + d;
@@ -125,6 +164,7 @@ export function batchNormReluGradientParts(
   variance: Float32Array,
   attrs: BatchNormReluAttrs,
   g: Float32Array | null,
+  sums: RowSums = sequentialRowSums,
 ): GradientParts {
   const c = gamma.length;
   const m = x.length / c;
@@ -142,14 +182,7 @@ export function batchNormReluGradientParts(
   const sgx = new Float64Array(c); // Σ g·(x − mean); dgamma = rstd · sgx
   if (g == null || !attrs.relu) {
     // dy is g already: a pure reading pass (g, if given, must be dy itself).
-    for (let r = 0; r < m; r++) {
-      const base = r * c;
-      for (let k = 0; k < c; k++) {
-        const gv = dy[base + k];
-        dbeta[k] += gv;
-        sgx[k] += gv * (x[base + k] - mu[k]);
-      }
-    }
+    sums(dy, new Float64Array(c), x, mu, c, m, dbeta, sgx);
   } else {
     for (let r = 0; r < m; r++) {
       const base = r * c;

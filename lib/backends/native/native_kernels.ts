@@ -12,6 +12,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { BackendWasm } from "@tensorflow/tfjs-backend-wasm";
 import { type ConvShape, offsetPointer, OneDnn } from "./onednn.ts";
+import { rowThreads } from "./row_threads.ts";
 import {
   type BatchNormReluAttrs,
   batchNormReluGradientParts,
@@ -19,6 +20,7 @@ import {
   BN_GRAD_KERNEL,
   BN_INFERENCE_KERNEL,
   BN_TRAIN_KERNEL,
+  type RowSums,
 } from "../batchnorm_kernels.ts";
 
 /** Kernels this module registers for the wasm backend. */
@@ -83,6 +85,21 @@ interface KernelArgs {
   inputs: Record<string, tf.TensorInfo | undefined>;
   backend: BackendWasm;
   attrs: Record<string, unknown>;
+}
+
+/** The BatchNorm reductions split over oneDNN's thread count, per wasm module. */
+const rowSumsByModule = new WeakMap<object, RowSums>();
+
+function rowSumsFor(backend: BackendWasm): RowSums {
+  const module = backend.wasm as unknown as { wasmMemory?: WebAssembly.Memory };
+  let sums = rowSumsByModule.get(module);
+  if (sums == null) {
+    const memory = module.wasmMemory;
+    const threads = memory?.buffer instanceof SharedArrayBuffer ? openOneDnn().threads ?? 1 : 1;
+    sums = rowThreads(memory!, threads);
+    rowSumsByModule.set(module, sums);
+  }
+  return sums;
 }
 
 /** Heap address of a tensor's data (after every allocation of the call: the heap may grow). */
@@ -226,7 +243,7 @@ function batchNormReluTrain(args: KernelArgs): tf.TensorInfo[] {
   const f32 = (t: tf.TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
   const m64 = new Float64Array(c);
   const v64 = new Float64Array(c);
-  batchStatistics(f32(x!), m64, v64);
+  batchStatistics(f32(x!), m64, v64, rowSumsFor(backend));
   f32(mean).set(m64);
   f32(variance).set(v64);
   const dnn = openOneDnn();
@@ -297,6 +314,7 @@ function batchNormReluGrad(args: KernelArgs): tf.TensorInfo[] {
       f32(variance!),
       attrs,
       null,
+      rowSumsFor(backend),
     );
     f32(dgamma).set(parts.dgamma);
     f32(dbeta).set(parts.dbeta);
