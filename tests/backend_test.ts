@@ -9,7 +9,7 @@ Deno.test("parseBackendName accepts the listed names and rejects others with a U
   assert.throws(() => parseBackendName("cuda"), (e: unknown) => {
     assert.ok(e instanceof UserError);
     assert.equal(e.exitCode, 2);
-    assert.match(e.message, /unknown backend 'cuda'.*auto, tensorflow, webgpu, wasm, cpu/);
+    assert.match(e.message, /unknown backend 'cuda'.*auto, tensorflow, webgpu, native, wasm, cpu/);
     return true;
   });
 });
@@ -51,7 +51,7 @@ Deno.test("explicit tensorflow without tfjs-node installed fails fast with the i
   assert.ok(performance.now() - t0 < 1000, "should not try to download anything");
 });
 
-Deno.test("auto on a machine without tfjs-node or a hardware GPU picks wasm", async () => {
+Deno.test("auto on a machine without tfjs-node or a hardware GPU picks native (libdnnl) or wasm", async () => {
   const lines: string[] = [];
   const info = await initBackend("auto", { log: (l) => lines.push(l) });
   const gpu = (navigator as Navigator & { gpu?: GPU }).gpu;
@@ -65,9 +65,14 @@ Deno.test("auto on a machine without tfjs-node or a hardware GPU picks wasm", as
     assert.equal(info.name, "webgpu");
     return;
   }
-  assert.equal(info.name, "wasm");
   assert.ok(info.notes.some((n) => n.startsWith("tensorflow skipped")));
-  assert.ok(lines.at(-1)?.startsWith("backend: wasm (CPU, WebAssembly"));
+  if (info.notes.some((n) => n.startsWith("native skipped"))) {
+    assert.equal(info.name, "wasm");
+    assert.ok(lines.at(-1)?.startsWith("backend: wasm (CPU, WebAssembly"));
+  } else {
+    assert.equal(info.name, "native");
+    assert.ok(lines.at(-1)?.startsWith("backend: native (oneDNN 2."));
+  }
 });
 
 Deno.test("unknown backend name is a UserError", async () => {

@@ -19,8 +19,32 @@ import {
 } from "../lib/model/densenet.ts";
 import { loadStateDict } from "../lib/model/model_weights.ts";
 import type { StateDict } from "../lib/torch/state_dict.ts";
+import { initBackend } from "../lib/backends/backend.ts";
+import { openOneDnn } from "../lib/backends/native/native_kernels.ts";
 
 await tf.setBackend("cpu");
+
+/** Backends the PyTorch-parity tests run on: cpu, wasm, and native where libdnnl loads. */
+const PARITY_BACKENDS = ["cpu", "wasm", "native"].filter((b) => {
+  if (b !== "native") return true;
+  try {
+    openOneDnn();
+    return true;
+  } catch (err) {
+    console.log(`skipping the native-backend parity tests: ${(err as Error).message}`);
+    return false;
+  }
+});
+
+/** Runs `fn` on `backend`, then returns to cpu (the other tests' backend). */
+async function onBackend(backend: string, fn: () => void): Promise<void> {
+  await initBackend(backend, { threads: 2 });
+  try {
+    fn();
+  } finally {
+    await tf.setBackend("cpu");
+  }
+}
 
 const FIXTURES = new URL("./fixtures/model/", import.meta.url);
 
@@ -205,73 +229,85 @@ Deno.test("initialisation is seeded and torchvision-like", () => {
   }
 });
 
-Deno.test("eval-mode predictions match PyTorch (40×40 and odd 33×33)", () => {
-  const model = referenceModel();
-  try {
-    for (const size of [40, 33]) {
-      const x = referenceImages(`input${size}`);
-      const p = predict(model, x);
-      assert.deepEqual(p.shape, [x.shape[0], 14]);
-      const worst = assertClose(p.dataSync(), ref.get(`eval${size}`).data, 0, `eval${size}`, 1e-5);
-      console.log(`eval ${size}×${size}: max abs error ${worst.toExponential(2)}`);
-      tf.dispose([x, p]);
-    }
-  } finally {
-    disposeModel(model);
-  }
-});
+for (const backend of PARITY_BACKENDS) {
+  Deno.test(`eval-mode predictions match PyTorch (40×40 and odd 33×33), ${backend}`, () =>
+    onBackend(backend, () => {
+      const model = referenceModel();
+      try {
+        for (const size of [40, 33]) {
+          const x = referenceImages(`input${size}`);
+          const p = predict(model, x);
+          assert.deepEqual(p.shape, [x.shape[0], 14]);
+          const worst = assertClose(
+            p.dataSync(),
+            ref.get(`eval${size}`).data,
+            0,
+            `eval${size}`,
+            1e-5,
+          );
+          console.log(`eval ${size}×${size}: max abs error ${worst.toExponential(2)}`);
+          tf.dispose([x, p]);
+        }
+      } finally {
+        disposeModel(model);
+      }
+    }));
+}
 
-Deno.test("training mode matches PyTorch: outputs, running stats, loss, gradients", () => {
-  const model = referenceModel();
-  const x = referenceImages("input40");
-  const labels = tf.tensor2d(ref.get("labels40").data, [4, 14]);
-  try {
-    let probs: Float32Array | null = null;
-    const { value, grads } = tf.variableGrads(() => {
-      const logits = forward(model, x, { training: true });
-      probs = tf.sigmoid(logits).dataSync() as Float32Array;
-      return bceWithLogits(logits, labels);
-    }, trainableVariables(model));
-    assertClose(probs!, ref.get("train40").data, 1e-4, "train40");
-    assertClose([value.dataSync()[0]], [ref.header.bce_loss], 1e-5, "loss");
-    for (const [prefix, bn] of model.batchNorms) {
-      assert.equal(bn.numBatchesTracked, ref.header.num_batches_tracked + 1, prefix);
-      assertClose(
-        bn.runningMean.dataSync(),
-        ref.get(`after_train/${prefix}.running_mean`).data,
-        1e-4,
-        prefix,
-      );
-      assertClose(
-        bn.runningVar.dataSync(),
-        ref.get(`after_train/${prefix}.running_var`).data,
-        1e-4,
-        prefix,
-      );
-    }
-    const gradNames = Object.keys(ref.header.tensors).filter((k) => k.startsWith("grad/"));
-    assert.ok(gradNames.length >= 8);
-    for (const name of gradNames) {
-      const key = name.slice("grad/".length);
-      const v = model.variables.get(key)!;
-      const g = grads[v.name];
-      assert.ok(g, `gradient of ${key}`);
-      const worst = assertClose(torchLayout(g), ref.get(name).data, 1e-4, name);
-      console.log(`${name}: max abs error ${worst.toExponential(2)}`);
-    }
-    tf.dispose([value, ...Object.values(grads)]);
-    // Batch statistics at an odd size, no gradient tape.
-    const x33 = referenceImages("input33");
-    const fresh = referenceModel();
-    const out = tf.tidy(() => tf.sigmoid(forward(fresh, x33, { training: true })));
-    assertClose(out.dataSync(), ref.get("train33").data, 1e-4, "train33");
-    tf.dispose([x33, out]);
-    disposeModel(fresh);
-  } finally {
-    tf.dispose([x, labels]);
-    disposeModel(model);
-  }
-});
+for (const backend of PARITY_BACKENDS) {
+  Deno.test(`training mode matches PyTorch: outputs, running stats, loss, gradients, ${backend}`, () =>
+    onBackend(backend, () => {
+      const model = referenceModel();
+      const x = referenceImages("input40");
+      const labels = tf.tensor2d(ref.get("labels40").data, [4, 14]);
+      try {
+        let probs: Float32Array | null = null;
+        const { value, grads } = tf.variableGrads(() => {
+          const logits = forward(model, x, { training: true });
+          probs = tf.sigmoid(logits).dataSync() as Float32Array;
+          return bceWithLogits(logits, labels);
+        }, trainableVariables(model));
+        assertClose(probs!, ref.get("train40").data, 1e-4, "train40");
+        assertClose([value.dataSync()[0]], [ref.header.bce_loss], 1e-5, "loss");
+        for (const [prefix, bn] of model.batchNorms) {
+          assert.equal(bn.numBatchesTracked, ref.header.num_batches_tracked + 1, prefix);
+          assertClose(
+            bn.runningMean.dataSync(),
+            ref.get(`after_train/${prefix}.running_mean`).data,
+            1e-4,
+            prefix,
+          );
+          assertClose(
+            bn.runningVar.dataSync(),
+            ref.get(`after_train/${prefix}.running_var`).data,
+            1e-4,
+            prefix,
+          );
+        }
+        const gradNames = Object.keys(ref.header.tensors).filter((k) => k.startsWith("grad/"));
+        assert.ok(gradNames.length >= 8);
+        for (const name of gradNames) {
+          const key = name.slice("grad/".length);
+          const v = model.variables.get(key)!;
+          const g = grads[v.name];
+          assert.ok(g, `gradient of ${key}`);
+          const worst = assertClose(torchLayout(g), ref.get(name).data, 1e-4, name);
+          console.log(`${name}: max abs error ${worst.toExponential(2)}`);
+        }
+        tf.dispose([value, ...Object.values(grads)]);
+        // Batch statistics at an odd size, no gradient tape.
+        const x33 = referenceImages("input33");
+        const fresh = referenceModel();
+        const out = tf.tidy(() => tf.sigmoid(forward(fresh, x33, { training: true })));
+        assertClose(out.dataSync(), ref.get("train33").data, 1e-4, "train33");
+        tf.dispose([x33, out]);
+        disposeModel(fresh);
+      } finally {
+        tf.dispose([x, labels]);
+        disposeModel(model);
+      }
+    }));
+}
 
 function lossAndGrads(
   model: DenseNet,

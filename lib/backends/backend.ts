@@ -1,9 +1,10 @@
 /**
- * Chooses where the tensor math runs: `--backend auto|tensorflow|webgpu|wasm|cpu`.
+ * Chooses where the tensor math runs: `--backend auto|tensorflow|webgpu|native|wasm|cpu`.
  *
  * `auto` takes the first that starts: `tensorflow` (libtensorflow through tfjs-node-gpu, then
  * tfjs-node — only when installed with its install script), `webgpu` (Deno's built-in WebGPU on
- * a real GPU, not a software adapter), `wasm` (XNNPACK SIMD, multi-threaded where it starts,
+ * a real GPU, not a software adapter), `native` (the wasm backend with its convolutions run by
+ * oneDNN through FFI, when libdnnl 2.x loads: `native/`), `wasm` (XNNPACK SIMD, multi-threaded where it starts,
  * plus the training kernels of `wasm_kernels.ts`), `cpu` (pure JS, a last resort: one
  * DenseNet-121 training step takes minutes). An explicitly requested backend that cannot start
  * is a `UserError` saying how to fix it. Backend packages are imported lazily, so importing this
@@ -17,6 +18,12 @@ import { UserError } from "../util/errors.ts";
 import { registerWasmTrainingKernels } from "./wasm_kernels.ts";
 import { registerWebgpuKernels } from "./webgpu/kernels.ts";
 import {
+  openOneDnn,
+  registerNativeKernels,
+  unregisterNativeKernels,
+} from "./native/native_kernels.ts";
+import { ONEDNN_INSTALL_HINT, OneDnnUnavailable } from "./native/onednn.ts";
+import {
   MAX_WASM_THREADS,
   resolveWasmThreads,
   startThreadedWasm,
@@ -24,13 +31,16 @@ import {
 } from "./wasm_threads.ts";
 
 /** Values accepted by `--backend`. */
-export const BACKENDS = ["auto", "tensorflow", "webgpu", "wasm", "cpu"] as const;
+export const BACKENDS = ["auto", "tensorflow", "webgpu", "native", "wasm", "cpu"] as const;
 /** A `--backend` value. */
 export type BackendName = typeof BACKENDS[number];
 
 /** What `initBackend` started. */
 export interface BackendInfo {
-  /** tfjs backend name now active: `tensorflow`, `webgpu`, `wasm` or `cpu`. */
+  /**
+   * The backend started: `tensorflow`, `webgpu`, `native`, `wasm` or `cpu`; the tfjs backend
+   * name now active is the same, except for `native`, which runs on tfjs's `wasm`.
+   */
   name: string;
   /** The hardware or library doing the math, in words. */
   device: string;
@@ -78,7 +88,7 @@ export async function initBackend(
   const notes: string[] = [];
   let info: BackendInfo | null = null;
   if (requested === "auto") {
-    for (const candidate of ["tensorflow", "webgpu", "wasm", "cpu"] as const) {
+    for (const candidate of ["tensorflow", "webgpu", "native", "wasm", "cpu"] as const) {
       try {
         info = await STARTERS[candidate](opts, false);
         break;
@@ -110,6 +120,7 @@ type Starter = (opts: InitBackendOptions, explicit: boolean) => Promise<BackendI
 const STARTERS: Record<Exclude<BackendName, "auto">, Starter> = {
   tensorflow: startTensorflow,
   webgpu: startWebgpu,
+  native: startNative,
   wasm: startWasm,
   cpu: startCpu,
 };
@@ -304,6 +315,7 @@ function describeAdapter(adapter: GPUAdapter): { device: string; software: boole
  */
 async function startWasm(opts: InitBackendOptions): Promise<BackendInfo> {
   const wasm = await import("@tensorflow/tfjs-backend-wasm");
+  unregisterNativeKernels(); // plain wasm after native in one process
   const notes: string[] = [];
   const threads = resolveWasmThreads(opts.threads);
   if (opts.threads != null && opts.threads > MAX_WASM_THREADS) {
@@ -350,6 +362,36 @@ async function startWasm(opts: InitBackendOptions): Promise<BackendInfo> {
     name: "wasm",
     device: `CPU, WebAssembly${simd ? " SIMD" : ""} (XNNPACK${running > 1 ? ", threaded" : ""})`,
     threads: running,
+    notes,
+  };
+}
+
+/**
+ * The wasm backend (same threads) with its convolutions replaced by oneDNN's, run on the wasm
+ * heap (`native/native_kernels.ts`). The library is opened first, so that without it nothing
+ * is started and `auto` moves on to plain wasm with a note naming the package.
+ */
+async function startNative(opts: InitBackendOptions, explicit: boolean): Promise<BackendInfo> {
+  let dnn;
+  try {
+    dnn = openOneDnn();
+  } catch (err) {
+    const msg = (err as Error).message;
+    const why = err instanceof OneDnnUnavailable && err.install
+      ? `${msg}; ${ONEDNN_INSTALL_HINT}`
+      : msg;
+    if (!explicit) throw new Error(why);
+    throw new UserError(`backend native cannot start: ${why}; or use --backend wasm`);
+  }
+  const wasm = await startWasm(opts);
+  registerNativeKernels();
+  dnn.setThreads(wasm.threads ?? 1);
+  const notes = [...wasm.notes];
+  if (dnn.threads == null) notes.push("oneDNN's thread count could not be set (no OpenMP found)");
+  return {
+    name: "native",
+    device: `oneDNN ${dnn.version} ${dnn.isa}, wasm heap`,
+    threads: wasm.threads,
     notes,
   };
 }

@@ -11,6 +11,10 @@
  * - `Sum`, `Mean` over leading axes (BatchNorm's per-channel statistics and gradients over
  *   N·H·W): column sums; wasm's transpose the whole tensor first.
  * - `MaxPoolGrad`: one pass over the windows (wasm's is ~3× slower).
+ * - `Identity`: shares the input's buffer (reference-counted, as wasm's Reshape and the cpu
+ *   backend's Identity do) instead of copying it. The gradient tape clones every tensor it saves
+ *   for the backward pass through Identity: ~1,200 full activation copies per DenseNet-121
+ *   training step with wasm's copying kernel.
  * Anything these do not cover (other dtypes, NCHW, strides ≠ 1 for Conv2DBackpropInput, other
  * reduction axes) goes to tfjs's own kernel.
  *
@@ -40,6 +44,7 @@ export const WASM_TRAINING_KERNELS = [
   "Sum",
   "Mean",
   "MaxPoolGrad",
+  "Identity",
 ] as const;
 
 /** Bytes one patch matrix may take on the wasm heap (the heap is limited to 4 GB). */
@@ -119,6 +124,11 @@ function ownKernels(): OwnKernel[] {
     {
       kernelName: "MaxPoolGrad",
       kernelFunc: maxPoolGradKernel as unknown as tf.KernelFunc,
+      replaces: true,
+    },
+    {
+      kernelName: "Identity",
+      kernelFunc: identityKernel as unknown as tf.KernelFunc,
       replaces: true,
     },
   ];
@@ -480,6 +490,16 @@ function leadingReduce(args: ReduceArgs, mean: boolean): tf.TensorInfo | null {
   const dst = f32(backend, out);
   for (let c = 0; c < cols; c++) dst[c] = mean ? acc[c] / rows : acc[c];
   return out;
+}
+
+/** Identity without a copy: the output shares the input's heap buffer (tensors are immutable). */
+function identityKernel(
+  args: { inputs: { x: tf.TensorInfo }; backend: BackendWasm },
+): tf.TensorInfo {
+  const { inputs: { x }, backend } = args;
+  if (x.dtype === "string") return runNative("Identity", args);
+  backend.incRef(x.dataId);
+  return { dataId: x.dataId, shape: [...x.shape], dtype: x.dtype };
 }
 
 interface MaxPoolGradArgs {

@@ -13,13 +13,23 @@
  * `numBatchesTracked += 1`): the new values are assigned to the (non-trainable) variables inside
  * `forward`, which is safe inside `tf.variableGrads` / `optimizer.minimize` because the running
  * statistics are not read by a training-mode forward. So one training-mode `forward` = one
- * update, exactly as one `model(x)` call in torch.
+ * update, exactly as one `model(x)` call in torch. (The updates of all BatchNorms are applied
+ * together at the end of the forward pass, ~15 kernels in all.)
+ *
+ * Where the backend registers them, BatchNorm + ReLU runs as fused kernels with a custom
+ * gradient (`BatchNormReluTrain` / `BatchNormReluGrad`, lib/backends/batchnorm_kernels.ts; the
+ * WebGPU backend registers its own), and evaluation mode folds norm0 into conv0.
  * @module
  */
 
 import * as tf from "@tensorflow/tfjs-core";
 import { Rng } from "../util/rng.ts";
 import "../backends/tf_gradients.ts";
+import {
+  BN_GRAD_KERNEL,
+  BN_INFERENCE_KERNEL,
+  BN_TRAIN_KERNEL,
+} from "../backends/batchnorm_kernels.ts";
 
 /** DenseNet hyper-parameters, as torchvision's `DenseNet(...)` arguments. */
 export interface DenseNetConfig {
@@ -248,7 +258,24 @@ export function features(
   }
   const pass = passFor(opts);
   const checkpointed = pass.checkpoint !== "none";
-  return tf.tidy(() => {
+  try {
+    return tf.tidy(() => {
+      const out = featuresPass(model, x, pass, checkpointed);
+      applyRunningStats(pass.stats);
+      return out;
+    });
+  } finally {
+    for (const u of pass.stats) tf.dispose([u.mean, u.variance]);
+  }
+}
+
+function featuresPass(
+  model: DenseNet,
+  x: tf.Tensor4D,
+  pass: Pass,
+  checkpointed: boolean,
+): tf.Tensor4D {
+  {
     // The image batch needs no gradient: the stem's checkpoint saves it as a constant.
     let h = checkpointed
       ? checkpoint((xs, p) => stem(xs[0], model, p), [x], stemParams(model), pass, false)
@@ -271,8 +298,8 @@ export function features(
         ? checkpoint((xs, p) => transition(xs[0], t, p), [input], transitionParams(t), pass)
         : tf.tidy(() => transition(input, t, pass));
     });
-    return tf.relu(batchNorm(h, model.norm5, pass));
-  });
+    return batchNormRelu(h, model.norm5, pass);
+  }
 }
 
 /** How one forward pass runs; a backward-pass recompute is the same pass without stat updates. */
@@ -284,6 +311,16 @@ interface Pass {
   checkpoint: "none" | "block" | "layer";
   /** False in a recompute, so running statistics move exactly once per training forward. */
   updateStats: boolean;
+  /** Batch statistics waiting to update the running ones, at the end of the forward pass. */
+  stats: PendingStats[];
+}
+
+/** One BatchNorm's batch statistics (kept tensors) and its M = N·H·W. */
+interface PendingStats {
+  bn: BatchNorm;
+  mean: tf.Tensor1D;
+  variance: tf.Tensor1D;
+  n: number;
 }
 
 function passFor(opts: ForwardOptions): Pass {
@@ -301,15 +338,36 @@ function passFor(opts: ForwardOptions): Pass {
     bottleneck: level === "bottleneck" || level === "block",
     checkpoint: level === "block" || level === "layer" ? level : "none",
     updateStats: true,
+    stats: [],
   };
 }
 
 function stem(x: tf.Tensor4D, model: DenseNet, pass: Pass): tf.Tensor4D {
+  if (!pass.training) return tf.tidy(() => tf.maxPool(foldedStem(x, model), 3, 2, 1));
   return tf.tidy(() => {
     // torch pads symmetrically; tfjs 'same' would pad only bottom/right for even sizes.
     const h: tf.Tensor4D = tf.conv2d(x, model.conv0, 2, [[0, 0], [3, 3], [3, 3], [0, 0]]);
     // Numeric padding in tfjs pooling ignores the padded cells (-inf semantics), as torch.
-    return tf.maxPool(tf.relu(batchNorm(h, model.norm0, pass)), 3, 2, 1);
+    return tf.maxPool(batchNormRelu(h, model.norm0, pass), 3, 2, 1);
+  });
+}
+
+/**
+ * Evaluation mode: norm0 (running statistics) folded into conv0 — w·s per output channel and
+ * bias β − μ·s, s = γ/√(σ² + ε) — with the ReLU as the convolution's post-op: one FusedConv2D
+ * instead of a convolution, a BatchNorm and a ReLU over the largest feature map. The other
+ * BatchNorms precede their convolution through a ReLU, so they cannot be folded.
+ */
+function foldedStem(x: tf.Tensor4D, model: DenseNet): tf.Tensor4D {
+  const bn = model.norm0;
+  const s = tf.mul(bn.weight, tf.rsqrt(tf.add(bn.runningVar, BN_EPS)));
+  return tf.fused.conv2d({
+    x,
+    filter: tf.mul(model.conv0, s) as tf.Tensor4D,
+    strides: 2,
+    pad: [[0, 0], [3, 3], [3, 3], [0, 0]],
+    bias: tf.sub(bn.bias, tf.mul(bn.runningMean, s)),
+    activation: "relu",
   });
 }
 
@@ -384,6 +442,20 @@ export function predict(model: DenseNet, x: tf.Tensor4D): tf.Tensor2D {
 }
 
 function denseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.Tensor4D {
+  if (pass.checkpoint === "none" && !pass.bottleneck) {
+    // Each layer reads the block so far and appends its channels to it. The block tensor has
+    // two consumers (the layer and the next append), so its gradient is accumulated once per
+    // layer; with the features as separate tensors each would get one Add per later layer
+    // (~500 per DenseNet-121 step). Memory is the same: each layer's BatchNorm keeps its input,
+    // the block so far, for its gradient either way (the memory-efficient levels keep less and
+    // take the path below).
+    let block = x;
+    for (const layer of layers) {
+      const input = block;
+      block = tf.tidy(() => concat([input, denseLayer([input], layer, pass)]));
+    }
+    return block;
+  }
   const features: tf.Tensor4D[] = [x];
   for (const layer of layers) {
     // Per-layer tidy frees what the backward pass does not need (the tape keeps its own).
@@ -395,26 +467,114 @@ function denseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.Tensor
       ),
     );
   }
-  return tf.concat(features, 3);
+  return concat(features);
 }
 
 function denseLayer(features: tf.Tensor4D[], layer: DenseLayer, pass: Pass): tf.Tensor4D {
   const bottleneck = pass.bottleneck
     ? efficientBottleneck(features, layer.norm1, layer.conv1, pass)
-    : tf.conv2d(tf.relu(batchNorm(concat(features), layer.norm1, pass)), layer.conv1, 1, "valid");
+    : tf.conv2d(batchNormRelu(concat(features), layer.norm1, pass), layer.conv1, 1, "valid");
   // 3×3, stride 1: 'same' pads 1 on each side, as torch's padding=1.
-  return tf.conv2d(tf.relu(batchNorm(bottleneck, layer.norm2, pass)), layer.conv2, 1, "same");
+  return tf.conv2d(batchNormRelu(bottleneck, layer.norm2, pass), layer.conv2, 1, "same");
 }
 
 function transition(x: tf.Tensor4D, t: Transition, pass: Pass): tf.Tensor4D {
   return tf.tidy(() => {
-    const h = tf.conv2d(tf.relu(batchNorm(x, t.norm, pass)), t.conv, 1, "valid");
+    const h = tf.conv2d(batchNormRelu(x, t.norm, pass), t.conv, 1, "valid");
     return tf.avgPool(h, 2, 2, "valid");
   });
 }
 
+/**
+ * Channel concatenation whose gradient is the split of dy (as tfjs's own), as a custom op: tfjs's
+ * Concat keeps a copy of every input for its gradient (a copy kernel each, ~600 per DenseNet-121
+ * step), though only their channel counts are needed.
+ */
 function concat(features: tf.Tensor4D[]): tf.Tensor4D {
-  return features.length === 1 ? features[0] : tf.concat(features, 3);
+  if (features.length === 1) return features[0];
+  const sizes = features.map((f) => f.shape[3]);
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => ({
+    value: tf.concat(args.slice(0, -1) as tf.Tensor4D[], 3),
+    gradFunc: (dy: tf.Tensor4D) => tf.split(dy, sizes, 3),
+  }));
+  return op(...features) as tf.Tensor4D;
+}
+
+/** Attributes of the fused BatchNorm kernels: every DenseNet BatchNorm is followed by a ReLU. */
+const BN_RELU_ATTRS = { epsilon: BN_EPS, relu: true };
+
+/** True when the active backend has both fused BatchNorm+ReLU kernels (the seam). */
+function fusedBatchNorm(): boolean {
+  const backend = tf.getBackend();
+  return tf.getKernel(BN_TRAIN_KERNEL, backend) != null &&
+    tf.getKernel(BN_GRAD_KERNEL, backend) != null;
+}
+
+/**
+ * ReLU(BatchNorm2d(x)) over NHWC. In training mode, where the backend has the fused kernels
+ * (lib/backends/batchnorm_kernels.ts, or the WebGPU backend's), one kernel computes the batch
+ * statistics, normalisation and ReLU, and one the gradient: 2 kernels instead of ~30. Other
+ * backends get `batchNorm` + ReLU from tfjs ops. Evaluation mode uses the optional
+ * `BatchNormReluInference` kernel (running statistics, one pass) where the backend has it.
+ */
+function batchNormRelu(x: tf.Tensor4D, bn: BatchNorm, pass: Pass): tf.Tensor4D {
+  if (!pass.training && tf.getKernel(BN_INFERENCE_KERNEL, tf.getBackend()) != null) {
+    const inputs = {
+      x,
+      mean: bn.runningMean,
+      variance: bn.runningVar,
+      gamma: bn.weight,
+      beta: bn.bias,
+    };
+    return tf.engine().runKernel(BN_INFERENCE_KERNEL, inputs, BN_RELU_ATTRS) as tf.Tensor4D;
+  }
+  if (!pass.training || !fusedBatchNorm()) return tf.relu(batchNorm(x, bn, pass));
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [input, gamma, beta] = args as [tf.Tensor4D, tf.Tensor1D, tf.Tensor1D];
+    const save = args[3] as tf.GradSaveFunc;
+    const [value, mean, variance] = fusedTrainForward(input, gamma, beta);
+    if (pass.updateStats) updateRunningStats(bn, mean, variance, input.shape, pass);
+    // γ and β are the BatchNorm's variables, read when the gradient runs: saving them would
+    // cost the tape a copy kernel each.
+    save([input, mean, variance]);
+    return {
+      value,
+      gradFunc: (dy: tf.Tensor4D, saved: tf.Tensor[]) => {
+        const [xs, m, v] = saved;
+        return fusedBackward(dy, xs as tf.Tensor4D, bn.weight, bn.bias, m, v);
+      },
+    };
+  });
+  return op(x, bn.weight, bn.bias) as tf.Tensor4D;
+}
+
+/** `BatchNormReluTrain`: [ReLU(BN(x)), batch mean, biased batch variance]. */
+function fusedTrainForward(
+  x: tf.Tensor4D,
+  gamma: tf.Tensor1D,
+  beta: tf.Tensor1D,
+): [tf.Tensor4D, tf.Tensor1D, tf.Tensor1D] {
+  return tf.engine().runKernel(
+    BN_TRAIN_KERNEL,
+    { x, gamma, beta },
+    BN_RELU_ATTRS,
+  ) as unknown as [tf.Tensor4D, tf.Tensor1D, tf.Tensor1D];
+}
+
+/** `BatchNormReluGrad`: [dx, dgamma, dbeta]. */
+function fusedBackward(
+  dy: tf.Tensor4D,
+  x: tf.Tensor4D,
+  gamma: tf.Tensor,
+  beta: tf.Tensor,
+  mean: tf.Tensor,
+  variance: tf.Tensor,
+): tf.Tensor[] {
+  return tf.engine().runKernel(
+    BN_GRAD_KERNEL,
+    { dy, x, gamma, beta, mean, variance },
+    BN_RELU_ATTRS,
+  ) as unknown as tf.Tensor[];
 }
 
 /**
@@ -458,7 +618,7 @@ function batchNormTrainForward(
   const moments = tf.moments(x, [0, 1, 2]);
   const mean = moments.mean as tf.Tensor1D;
   const variance = moments.variance as tf.Tensor1D;
-  if (pass.updateStats) updateRunningStats(bn, mean, variance, x.shape);
+  if (pass.updateStats) updateRunningStats(bn, mean, variance, x.shape, pass);
   return { value: tf.batchNorm4d(x, mean, variance, beta, gamma, BN_EPS), mean, variance };
 }
 
@@ -494,12 +654,16 @@ function batchNormBackward(
   return { dx, dgamma, dbeta };
 }
 
-/** torch: running = (1 - momentum)·running + momentum·batch, with the UNBIASED batch variance. */
+/**
+ * Queues the running-statistics update of `bn` from its batch statistics (applied by
+ * `applyRunningStats` at the end of the forward pass) and counts the batch, as torch does.
+ */
 function updateRunningStats(
   bn: BatchNorm,
   mean: tf.Tensor1D,
   variance: tf.Tensor1D,
   shape: number[],
+  pass: Pass,
 ): void {
   const n = shape[0] * shape[1] * shape[2];
   if (n <= 1) {
@@ -507,12 +671,53 @@ function updateRunningStats(
       `BatchNorm in training mode needs more than 1 value per channel, got input [${shape}]`,
     );
   }
-  tf.tidy(() => {
-    const m = BN_MOMENTUM;
-    bn.runningMean.assign(tf.add(tf.mul(bn.runningMean, 1 - m), tf.mul(mean, m)));
-    bn.runningVar.assign(tf.add(tf.mul(bn.runningVar, 1 - m), tf.mul(variance, m * n / (n - 1))));
-  });
+  pass.stats.push({ bn, mean: tf.keep(mean), variance: tf.keep(variance), n });
   bn.numBatchesTracked += 1;
+}
+
+/**
+ * torch: running = (1 - momentum)·running + momentum·batch, with the UNBIASED batch variance,
+ * for every BatchNorm of the pass at once: the statistics are concatenated so the update is ~15
+ * kernels instead of 6 per BatchNorm (~730 for DenseNet-121). Same ops per element, so the same
+ * values. Run with the gradient tape paused: no gradient flows into running statistics, and the
+ * tape would otherwise keep a copy of each input.
+ */
+function applyRunningStats(updates: PendingStats[]): void {
+  if (updates.length === 0) return;
+  const engine = tf.engine();
+  const depth = engine.state.gradientDepth;
+  engine.state.gradientDepth = 0;
+  try {
+    tf.tidy(() => {
+      const m = BN_MOMENTUM;
+      const cat = (ts: tf.Tensor1D[]) => (ts.length === 1 ? ts[0] : tf.concat(ts, 0));
+      const sizes = updates.map((u) => u.mean.size);
+      const unbias = new Float32Array(sizes.reduce((a, b) => a + b, 0));
+      let at = 0;
+      for (const u of updates) {
+        unbias.fill(m * u.n / (u.n - 1), at, at + u.mean.size);
+        at += u.mean.size;
+      }
+      const runningMean = cat(updates.map((u) => u.bn.runningMean));
+      const runningVar = cat(updates.map((u) => u.bn.runningVar));
+      const newMean = tf.add(
+        tf.mul(runningMean, 1 - m),
+        tf.mul(cat(updates.map((u) => u.mean)), m),
+      );
+      const newVar = tf.add(
+        tf.mul(runningVar, 1 - m),
+        tf.mul(cat(updates.map((u) => u.variance)), tf.tensor1d(unbias)),
+      );
+      const means = updates.length === 1 ? [newMean] : tf.split(newMean, sizes);
+      const vars = updates.length === 1 ? [newVar] : tf.split(newVar, sizes);
+      updates.forEach((u, i) => {
+        u.bn.runningMean.assign(means[i] as tf.Tensor1D);
+        u.bn.runningVar.assign(vars[i] as tf.Tensor1D);
+      });
+    });
+  } finally {
+    engine.state.gradientDepth = depth;
+  }
 }
 
 const CONV1X1 = { strides: 1, pad: "valid", dataFormat: "NHWC", dimRoundingMode: undefined };
@@ -536,8 +741,15 @@ function efficientBottleneck(
     const inputs = args.slice(0, -1) as tf.Tensor[];
     const x = concat(inputs.slice(0, n) as tf.Tensor4D[]);
     const [gamma, beta, w] = inputs.slice(n) as [tf.Tensor1D, tf.Tensor1D, tf.Tensor4D];
-    const { value: normed } = batchNormTrainForward(x, gamma, beta, bn, pass);
-    const value: tf.Tensor4D = tf.conv2d(tf.relu(normed), w, 1, "valid");
+    let r: tf.Tensor4D;
+    if (fusedBatchNorm()) {
+      const [y, mean, variance] = fusedTrainForward(x, gamma, beta);
+      if (pass.updateStats) updateRunningStats(bn, mean, variance, x.shape, pass);
+      r = y;
+    } else {
+      r = tf.relu(batchNormTrainForward(x, gamma, beta, bn, pass).value);
+    }
+    const value: tf.Tensor4D = tf.conv2d(r, w, 1, "valid");
     save(inputs);
     return {
       value,
@@ -553,12 +765,18 @@ function bottleneckBackward(dy: tf.Tensor4D, saved: tf.Tensor[], n: number): tf.
   const feats = saved.slice(0, n) as tf.Tensor4D[];
   const [gamma, beta, w] = saved.slice(n) as [tf.Tensor1D, tf.Tensor1D, tf.Tensor4D];
   const x = concat(feats);
+  const fused = fusedBatchNorm();
   // Recompute exactly as the forward did (same kernels, same values).
-  const moments = tf.moments(x, [0, 1, 2]);
-  const mean = moments.mean as tf.Tensor1D;
-  const variance = moments.variance as tf.Tensor1D;
-  const normed = tf.batchNorm4d(x, mean, variance, beta, gamma, BN_EPS);
-  const r = tf.relu(normed);
+  let mean: tf.Tensor1D, variance: tf.Tensor1D, r: tf.Tensor4D, normed: tf.Tensor4D | null = null;
+  if (fused) {
+    [r, mean, variance] = fusedTrainForward(x, gamma, beta);
+  } else {
+    const moments = tf.moments(x, [0, 1, 2]);
+    mean = moments.mean as tf.Tensor1D;
+    variance = moments.variance as tf.Tensor1D;
+    normed = tf.batchNorm4d(x, mean, variance, beta, gamma, BN_EPS);
+    r = tf.relu(normed);
+  }
   const engine = tf.engine();
   const dw = engine.runKernel("Conv2DBackpropFilter", { x: r, dy }, {
     ...CONV1X1,
@@ -568,8 +786,18 @@ function bottleneckBackward(dy: tf.Tensor4D, saved: tf.Tensor[], n: number): tf.
     ...CONV1X1,
     inputShape: r.shape,
   } as unknown as tf.NamedAttrMap) as tf.Tensor4D;
-  const dyBn: tf.Tensor4D = tf.mul(dr, tf.step(normed));
-  const { dx, dgamma, dbeta } = batchNormBackward(x, mean, variance, gamma, dyBn);
+  let dx: tf.Tensor, dgamma: tf.Tensor, dbeta: tf.Tensor;
+  if (fused) {
+    [dx, dgamma, dbeta] = fusedBackward(dr, x, gamma, beta, mean, variance);
+  } else {
+    ({ dx, dgamma, dbeta } = batchNormBackward(
+      x,
+      mean,
+      variance,
+      gamma,
+      tf.mul(dr, tf.step(normed!)),
+    ));
+  }
   const dfeats = n === 1 ? [dx] : tf.split(dx, feats.map((f) => f.shape[3]), 3);
   return [...dfeats, dgamma, dbeta, dw];
 }

@@ -1,0 +1,264 @@
+/**
+ * The `native` backend (oneDNN convolutions on the wasm heap) against tfjs's cpu backend, and
+ * its selection rules. Tests that need libdnnl are skipped, with a message, where it is absent.
+ */
+import assert from "node:assert/strict";
+import * as tf from "@tensorflow/tfjs-core";
+import { initBackend } from "../lib/backends/backend.ts";
+import {
+  nativeKernelsActive,
+  openOneDnn,
+  unregisterNativeKernels,
+} from "../lib/backends/native/native_kernels.ts";
+import { Rng } from "../lib/util/rng.ts";
+import { BN_INFERENCE_KERNEL } from "../lib/backends/batchnorm_kernels.ts";
+
+const missing = (() => {
+  try {
+    openOneDnn();
+    return null;
+  } catch (err) {
+    return (err as Error).message;
+  }
+})();
+if (missing != null) console.log(`skipping the native-backend tests: ${missing}`);
+const ignore = missing != null;
+
+type Pad = "valid" | "same" | number | number[][];
+interface Case {
+  name: string;
+  x: [number, number, number, number];
+  filter: [number, number, number, number];
+  strides: number | [number, number];
+  pad: Pad;
+}
+
+const CASES: Case[] = [
+  { name: "1x1", x: [2, 6, 5, 12], filter: [1, 1, 12, 7], strides: 1, pad: "valid" },
+  { name: "3x3 same", x: [3, 7, 6, 16], filter: [3, 3, 16, 5], strides: 1, pad: "same" },
+  {
+    name: "7x7/2 pad 3 (the stem)",
+    x: [2, 17, 15, 3],
+    filter: [7, 7, 3, 8],
+    strides: 2,
+    pad: [[0, 0], [3, 3], [3, 3], [0, 0]],
+  },
+  { name: "3x3/2 same, odd", x: [2, 9, 8, 40], filter: [3, 3, 40, 6], strides: 2, pad: "same" },
+  {
+    name: "2x3 s(2,1) valid",
+    x: [2, 8, 7, 5],
+    filter: [2, 3, 5, 3],
+    strides: [2, 1],
+    pad: "valid",
+  },
+  {
+    name: "5x5 asymmetric pad",
+    x: [2, 9, 8, 6],
+    filter: [5, 5, 6, 5],
+    strides: 1,
+    pad: [[0, 0], [2, 1], [0, 2], [0, 0]],
+  },
+];
+
+const size = (s: number[]) => s.reduce((a, b) => a * b, 1);
+const random = (rng: Rng, n: number) => Float32Array.from({ length: n }, () => rng.normal());
+
+/** max |a − b| / max |b|. */
+function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length);
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < a.length; i++) {
+    diff = Math.max(diff, Math.abs(a[i] - b[i]));
+    scale = Math.max(scale, Math.abs(b[i]));
+  }
+  return scale === 0 ? diff : diff / scale;
+}
+
+/** The four convolution kernels of `c` on the active backend, for fixed inputs. */
+function convKernels(c: Case, seed: number): Float32Array[] {
+  const rng = new Rng(seed);
+  const engine = tf.engine();
+  return tf.tidy(() => {
+    const x = tf.tensor4d(random(rng, size(c.x)), c.x);
+    const w = tf.tensor4d(random(rng, size(c.filter)), c.filter);
+    const bias = tf.tensor1d(random(rng, c.filter[3]));
+    const outShape = tf.backend_util.computeConv2DInfo(c.x, c.filter, c.strides, 1, c.pad as "same")
+      .outShape;
+    const dy = tf.tensor(random(rng, size(outShape)), outShape);
+    const attrs = { strides: c.strides, pad: c.pad, dataFormat: "NHWC" };
+    const run = (name: string, inputs: tf.NamedTensorMap, extra: object) =>
+      (engine.runKernel(name, inputs, { ...attrs, ...extra } as tf.NamedAttrMap) as tf.Tensor)
+        .dataSync() as Float32Array;
+    return [
+      run("Conv2D", { x, filter: w }, { dilations: 1 }),
+      run("FusedConv2D", { x, filter: w, bias }, { dilations: 1, activation: "relu" }),
+      run("Conv2DBackpropInput", { dy, filter: w }, { inputShape: c.x }),
+      run("Conv2DBackpropFilter", { x, dy }, { filterShape: c.filter }),
+    ];
+  });
+}
+
+for (const [i, c] of CASES.entries()) {
+  Deno.test({
+    name: `native convolutions match tfjs's cpu backend: ${c.name}`,
+    ignore,
+    fn: async () => {
+      await initBackend("cpu");
+      const expected = convKernels(c, 100 + i);
+      const info = await initBackend("native", { threads: 2 });
+      assert.ok(nativeKernelsActive());
+      assert.equal(tf.getBackend(), "wasm");
+      assert.equal(info.name, "native");
+      const actual = convKernels(c, 100 + i);
+      ["Conv2D", "FusedConv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter"].forEach((k, j) => {
+        const err = relError(actual[j], expected[j]);
+        assert.ok(err < 1e-5, `${k}: relative error ${err}`);
+      });
+    },
+  });
+}
+
+Deno.test({
+  name: "native kernels leak no tensors and fall back for what oneDNN does not take",
+  ignore,
+  fn: async () => {
+    await initBackend("native", { threads: 2 });
+    const x = tf.ones([1, 6, 6, 2]) as tf.Tensor4D;
+    const w = tf.ones([3, 3, 2, 3]) as tf.Tensor4D;
+    tf.conv2d(x, w, 1, "same").dispose();
+    const before = tf.memory().numTensors;
+    const ids = (tf.backend() as unknown as { numDataIds(): number }).numDataIds();
+    for (let i = 0; i < 3; i++) tf.tidy(() => tf.conv2d(x, w, 1, "same").dataSync());
+    assert.equal(tf.memory().numTensors, before);
+    assert.equal((tf.backend() as unknown as { numDataIds(): number }).numDataIds(), ids);
+    // Dilation 2 is not a native case: tfjs's wasm kernel answers, with the same numbers as cpu.
+    const dilated = tf.conv2d(x, w, 1, "same", "NHWC", 2).dataSync();
+    await initBackend("cpu");
+    assert.deepEqual(
+      Array.from(dilated),
+      Array.from(tf.conv2d(x, w, 1, "same", "NHWC", 2).dataSync()),
+    );
+    tf.dispose([x, w]);
+  },
+});
+
+Deno.test({
+  name: "the backend line names oneDNN, its ISA and the threads; wasm afterwards is plain wasm",
+  ignore,
+  fn: async () => {
+    const lines: string[] = [];
+    await initBackend("native", { threads: 2, log: (l) => lines.push(l) });
+    assert.match(
+      lines.at(-1)!,
+      /^backend: native \(oneDNN 2\.\d+\.\d+ \w+, wasm heap, 2 threads\)$/,
+    );
+    await initBackend("wasm", { threads: 2 });
+    assert.ok(!nativeKernelsActive());
+    await initBackend("native", { threads: 2 });
+    assert.ok(nativeKernelsActive());
+    unregisterNativeKernels();
+  },
+});
+
+Deno.test("without libdnnl, --backend native is a one-line UserError and auto falls back to wasm", async () => {
+  // A child process told to load a library that does not exist (ONEDNN_LIBRARY).
+  const code = `
+    import { initBackend } from "${new URL("../lib/backends/backend.ts", import.meta.url)}";
+    const lines = [];
+    const info = await initBackend("auto", { threads: 1, log: (l) => lines.push(l) });
+    console.log(JSON.stringify({ name: info.name, lines }));
+    try { await initBackend("native"); } catch (e) { console.log(e.constructor.name + ": " + e.message); }
+  `;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--config", new URL("../deno.json", import.meta.url).pathname, code],
+    env: { ONEDNN_LIBRARY: "/nonexistent/libdnnl.so.2" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout).trim().split("\n");
+  assert.ok(out.success, new TextDecoder().decode(out.stderr));
+  const first = JSON.parse(text[0]) as { name: string; lines: string[] };
+  assert.notEqual(first.name, "native");
+  const notes = first.lines.filter((l) => l.startsWith("note: native skipped"));
+  assert.equal(notes.length, 1, first.lines.join("\n"));
+  assert.match(notes[0], /apt install libdnnl2/);
+  assert.equal(text.length, 2);
+  assert.match(
+    text[1],
+    /^UserError: backend native cannot start: .*apt install libdnnl2.*--backend wasm$/,
+  );
+});
+
+Deno.test({
+  name: "native evaluation-mode BatchNorm (FusedBatchNorm) matches tfjs's cpu backend",
+  ignore,
+  fn: async () => {
+    const rng = new Rng(77);
+    const [n, h, w, c] = [2, 9, 7, 24];
+    const xs = random(rng, n * h * w * c);
+    const vecs = [0, 1, 2, 3].map(() => random(rng, c));
+    vecs[1] = vecs[1].map((v) => v * v + 0.1); // a variance
+    const run = () =>
+      tf.tidy(() =>
+        tf.batchNorm4d(
+          tf.tensor4d(xs, [n, h, w, c]),
+          tf.tensor1d(vecs[0]),
+          tf.tensor1d(vecs[1]),
+          tf.tensor1d(vecs[2]),
+          tf.tensor1d(vecs[3]),
+          1e-5,
+        ).dataSync()
+      );
+    await initBackend("cpu");
+    const expected = run();
+    const expectedRelu = expected.map((v) => Math.max(v, 0));
+    await initBackend("native", { threads: 2 });
+    const err = relError(run(), expected);
+    assert.ok(err < 1e-6, `relative error ${err}`);
+    // The optional fused evaluation kernel: the same normalisation, then ReLU, in one pass.
+    const fused = tf.tidy(() =>
+      (tf.engine().runKernel(BN_INFERENCE_KERNEL, {
+        x: tf.tensor4d(xs, [n, h, w, c]),
+        mean: tf.tensor1d(vecs[0]),
+        variance: tf.tensor1d(vecs[1]),
+        beta: tf.tensor1d(vecs[2]),
+        gamma: tf.tensor1d(vecs[3]),
+      }, { epsilon: 1e-5, relu: true }) as tf.Tensor).dataSync()
+    );
+    const errRelu = relError(fused, expectedRelu);
+    assert.ok(errRelu < 1e-6, `${BN_INFERENCE_KERNEL}: relative error ${errRelu}`);
+  },
+});
+
+Deno.test({
+  name: "processes that used the native backend exit cleanly (OpenMP's threads vs library unload)",
+  ignore,
+  fn: async () => {
+    // Before the libraries were pinned (onednn.ts pinLibraries), about 1 in 6 of these runs
+    // ended in SIGSEGV (status 139) after writing its output: libgomp was unmapped at exit under
+    // its waiting threads. Six runs catch that two times in three.
+    const dir = await Deno.makeTempDir({ prefix: "cxr_native_exit_" });
+    try {
+      const shard = new URL("./fixtures/nih_subset/ChestXray14_val_002.tar", import.meta.url);
+      const { readShard } = await import("../lib/data/webdataset.ts");
+      for await (const s of readShard(shard.pathname)) {
+        await Deno.writeFile(`${dir}/${s.key}.png`, s.png);
+        break;
+      }
+      const model = new URL("./fixtures/torch/tiny_zip.pt", import.meta.url).pathname;
+      const script = new URL("../validate_model.ts", import.meta.url).pathname;
+      const runs = await Promise.all(
+        Array.from({ length: 6 }, () =>
+          new Deno.Command(Deno.execPath(), {
+            args: ["run", "-A", script, "-s", model, "--images", dir, "--backend", "native"],
+            stdout: "null",
+            stderr: "null",
+          }).output()),
+      );
+      assert.deepEqual(runs.map((r) => r.code), [0, 0, 0, 0, 0, 0]);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
