@@ -65,6 +65,11 @@ const SPECS = {
     help:
       "wasm: this project's training kernels (lib/backends/wasm_kernels.ts) or tfjs's own (before/after)",
   },
+  kernel_histogram: {
+    kind: "boolean",
+    default: false,
+    help: "print the most frequent kernels of the profiled training step (what to fuse next)",
+  },
   model_only: {
     kind: "boolean",
     default: false,
@@ -197,7 +202,10 @@ interface KernelProfile {
  * backend are not counted) and, on webgpu, the compute dispatches, by counting the backend's
  * program submissions while `f` runs.
  */
-async function profileKernels(f: () => Promise<unknown>): Promise<KernelProfile> {
+async function profileKernels(
+  f: () => Promise<unknown>,
+  histogram = false,
+): Promise<KernelProfile> {
   // Profiling reads every kernel output back to check it unless told not to: a copy each.
   const check = tf.env().getBool("CHECK_COMPUTATION_FOR_ERRORS");
   tf.env().set("CHECK_COMPUTATION_FOR_ERRORS", false);
@@ -225,6 +233,12 @@ async function profileKernels(f: () => Promise<unknown>): Promise<KernelProfile>
     const profile = await tf.profile(async () => {
       await f();
     });
+    if (histogram) {
+      const counts = new Map<string, number>();
+      for (const k of profile.kernels) counts.set(k.name, (counts.get(k.name) ?? 0) + 1);
+      const top = [...counts].sort((a, b) => b[1] - a[1]).slice(0, 15);
+      console.error(`kernels by name: ${top.map(([n, c]) => `${n} ${c}`).join(", ")}`);
+    }
     return {
       kernels: profile.kernels.length,
       dispatches: record ? dispatches : undefined,
@@ -257,6 +271,7 @@ async function benchModel(
   steps: number,
   memoryEfficient: MemoryEfficiency,
   tensorMemory = false,
+  kernelHistogram = false,
 ): Promise<ModelRates> {
   const model = createDenseNet(DENSENET121, { seed: 0 });
   const adam = new Adam({ lr: 1e-4 });
@@ -279,8 +294,9 @@ async function benchModel(
       );
       if (s > 0) accumulate(train, t, trainStepS);
     }
-    const trainProfile = await profileKernels(() =>
-      trainStep(model, adam, x as tf.Tensor4D, y, { memoryEfficient })
+    const trainProfile = await profileKernels(
+      () => trainStep(model, adam, x as tf.Tensor4D, y, { memoryEfficient }),
+      kernelHistogram,
     );
     log(
       `profiled train step: ${trainProfile.kernels} kernels` +
@@ -453,6 +469,7 @@ async function main(args: string[]) {
         flags.steps,
         memoryEfficient,
         flags.tensor_memory,
+        flags.kernel_histogram,
       );
     } catch (err) {
       // Emscripten aborts when the 4 GB wasm heap is exhausted; the backend is unusable after.
