@@ -30,6 +30,9 @@ Deno.test("parseFlags: defaults, short and long forms, leading -- from deno task
     "m.pt",
   ]);
   assertEquals(parse(["--images", "a.png", "--images", "b.png"]).images, ["a.png", "b.png"]);
+  // A task with options of its own (`bench: ... bench.ts --batch 12`) run as `deno task bench --
+  // --batch 16`: the user's option comes after the `--` and wins.
+  assertEquals(parse(["-b", "12", "--", "-b", "16"]).batch_size, 16);
 });
 
 Deno.test("parseFlags: unknown flags and bad values are usage errors naming the flag", () => {

@@ -86,7 +86,10 @@ export function parseFlags<S extends FlagSpecs>(
   description: string,
 ): Flags<S & typeof COMMON_FLAGS> {
   const all: FlagSpecs = { ...specs, ...COMMON_FLAGS };
-  const argv = joinNegativeValues(args[0] === "--" ? args.slice(1) : args, all);
+  // `deno task NAME -- ARGS` passes the `--` on, after any options the task itself gives (the
+  // bench task's `--batch 12`): it separates the task's options from the user's, not options from
+  // positionals, so every `--` is dropped and a later option wins over the task's.
+  const argv = joinNegativeValues(args.filter((a) => a !== "--"), all);
   const options: Record<
     string,
     { type: "string" | "boolean"; short?: string; multiple?: boolean }

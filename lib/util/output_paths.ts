@@ -66,7 +66,7 @@ export async function commandWithWriteAccess(
       typeof t === "string" && t.startsWith("deno run ") && t.split(/\s+/).includes(script)
     );
   } catch { /* no deno.json (compiled binary): fall through */ }
-  const argv = args[0] === "--" ? args.slice(1) : args;
+  const argv = args.filter((a) => a !== "--"); // as parseFlags reads them
   const tail = argv.map(shellQuote).join(" ");
   const extra = extraDirs.map(shellQuote).join(",");
   if (task === undefined) {
