@@ -21,6 +21,7 @@ import { Adam } from "./lib/train/adam.ts";
 import { ensureDir, writeFileAtomic } from "./lib/util/atomic_file.ts";
 import { RUN_FLAGS, startBackend } from "./lib/run_flags.ts";
 import { resolveMemoryEfficient } from "./lib/backends/memory_efficient.ts";
+import { checkTrainingFits } from "./lib/model/training_memory.ts";
 import { checkOutputPaths } from "./lib/util/output_paths.ts";
 import { type FlagSpecs, givenFlags, parseFlags } from "./lib/util/cli.ts";
 import { loadSubset } from "./lib/data/dataset.ts";
@@ -303,6 +304,13 @@ async function main(args: string[]): Promise<void> {
   const memoryEfficient = memory.on;
   // A setting of the run (it decides speed and memory), not a backend note: always shown.
   if (memory.note) console.error(memory.note);
+  checkTrainingFits(
+    backend.name,
+    model.config,
+    flags.batch_size,
+    flags.image_size,
+    memoryEfficient,
+  );
   const classWeights = flags.loss === "weighted_bce"
     ? classBalanceWeights(
       (await readLabelsCsv(`${flags.labels_dir}/train_labels.csv`)).flatMap((r) =>

@@ -13,6 +13,15 @@ import type { WebGPUBackendInternals } from "./webgpu/program.ts";
  * 224×224, measured; it scales with the number of pixels.
  */
 export const PLAIN_BYTES_PER_IMAGE_224 = 465 * 2 ** 20;
+/**
+ * Tensor bytes a training step may use on a backend whose tensors live in the 4 GiB wasm heap
+ * (`wasm`, and `native`, which computes on that heap): the address space less what tfjs, XNNPACK
+ * and the allocator keep. Null for backends without such a hard limit.
+ */
+export function heapBudgetBytes(backendName: string): number | null {
+  return backendName === "wasm" || backendName === "native" ? 3.6 * 2 ** 30 : null;
+}
+
 /** Headroom over the estimate (weights, Adam's moments, the allocator's pooling). */
 const HEADROOM = 1.25;
 
