@@ -471,11 +471,58 @@ function denseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.Tensor
 }
 
 function denseLayer(features: tf.Tensor4D[], layer: DenseLayer, pass: Pass): tf.Tensor4D {
+  if (pass.training && !pass.bottleneck && fusedBatchNorm()) {
+    return fusedDenseLayer(concat(features), layer, pass);
+  }
   const bottleneck = pass.bottleneck
     ? efficientBottleneck(features, layer.norm1, layer.conv1, pass)
     : tf.conv2d(batchNormRelu(concat(features), layer.norm1, pass), layer.conv1, 1, "valid");
   // 3×3, stride 1: 'same' pads 1 on each side, as torch's padding=1.
   return tf.conv2d(batchNormRelu(bottleneck, layer.norm2, pass), layer.conv2, 1, "same");
+}
+
+/**
+ * A training-mode dense layer, BN-ReLU-1×1 conv-BN-ReLU-3×3 conv, as one custom op over the
+ * fused BatchNorm kernels: the tape records one node and keeps the eight tensors the backward
+ * needs (input, both batch statistics, both ReLU outputs, the bottleneck), where recording its
+ * four ops kept ten copies (the filters among them) and two nodes. The backward runs the same
+ * gradient kernels as tfjs's own conv2d gradient and the fused BatchNorm gradient, so the
+ * numbers are those of the op-by-op path.
+ */
+function fusedDenseLayer(x: tf.Tensor4D, layer: DenseLayer, pass: Pass): tf.Tensor4D {
+  const { norm1, conv1, norm2, conv2 } = layer;
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [input, g1, b1, w1, g2, b2, w2] = args as tf.Tensor[];
+    const save = args[7] as tf.GradSaveFunc;
+    const [y1, m1, v1] = fusedTrainForward(
+      input as tf.Tensor4D,
+      g1 as tf.Tensor1D,
+      b1 as tf.Tensor1D,
+    );
+    const h: tf.Tensor4D = tf.conv2d(y1, w1 as tf.Tensor4D, 1, "valid");
+    const [y2, m2, v2] = fusedTrainForward(h, g2 as tf.Tensor1D, b2 as tf.Tensor1D);
+    const value: tf.Tensor4D = tf.conv2d(y2, w2 as tf.Tensor4D, 1, "same");
+    if (pass.updateStats) {
+      updateRunningStats(norm1, m1, v1, input.shape, pass);
+      updateRunningStats(norm2, m2, v2, h.shape, pass);
+    }
+    // The variables (γ, β, filters) are read when the gradient runs: saving them would cost
+    // the tape a copy kernel each.
+    save([input, m1, v1, y1, h, m2, v2, y2]);
+    return {
+      value,
+      gradFunc: (dy: tf.Tensor4D, saved: tf.Tensor[]) =>
+        tf.tidy(() => {
+          const [xs, m1s, v1s, y1s, hs, m2s, v2s, y2s] = saved as tf.Tensor4D[];
+          const [dy2, dw2] = convGradients(dy, y2s, conv2, CONV3X3);
+          const [dh, dg2, db2] = fusedBackward(dy2, hs, norm2.weight, norm2.bias, m2s, v2s);
+          const [dy1, dw1] = convGradients(dh as tf.Tensor4D, y1s, conv1, CONV1X1);
+          const [dx, dg1, db1] = fusedBackward(dy1, xs, norm1.weight, norm1.bias, m1s, v1s);
+          return [dx, dg1, db1, dw1, dg2, db2, dw2];
+        }),
+    };
+  });
+  return op(x, norm1.weight, norm1.bias, conv1, norm2.weight, norm2.bias, conv2) as tf.Tensor4D;
 }
 
 function transition(x: tf.Tensor4D, t: Transition, pass: Pass): tf.Tensor4D {
@@ -721,6 +768,30 @@ function applyRunningStats(updates: PendingStats[]): void {
 }
 
 const CONV1X1 = { strides: 1, pad: "valid", dataFormat: "NHWC", dimRoundingMode: undefined };
+/** 3×3, stride 1: 'same' pads 1 on each side, as torch's padding=1. */
+const CONV3X3 = { strides: 1, pad: "same", dataFormat: "NHWC", dimRoundingMode: undefined };
+
+/**
+ * Gradients of `conv2d(x, w)` (stride 1) for `dy`: [dx, dw], with the kernels tfjs's own conv2d
+ * gradient runs (Conv2DBackpropInput, Conv2DBackpropFilter).
+ */
+function convGradients(
+  dy: tf.Tensor4D,
+  x: tf.Tensor4D,
+  w: tf.Tensor4D,
+  conv: typeof CONV1X1 | typeof CONV3X3,
+): [tf.Tensor4D, tf.Tensor4D] {
+  const engine = tf.engine();
+  const dw = engine.runKernel("Conv2DBackpropFilter", { x, dy }, {
+    ...conv,
+    filterShape: w.shape,
+  } as unknown as tf.NamedAttrMap) as tf.Tensor4D;
+  const dx = engine.runKernel("Conv2DBackpropInput", { dy, filter: w }, {
+    ...conv,
+    inputShape: x.shape,
+  } as unknown as tf.NamedAttrMap) as tf.Tensor4D;
+  return [dx, dw];
+}
 
 /**
  * concat + BN (batch statistics) + ReLU + 1×1 conv whose intermediates are not kept for the
@@ -777,15 +848,7 @@ function bottleneckBackward(dy: tf.Tensor4D, saved: tf.Tensor[], n: number): tf.
     normed = tf.batchNorm4d(x, mean, variance, beta, gamma, BN_EPS);
     r = tf.relu(normed);
   }
-  const engine = tf.engine();
-  const dw = engine.runKernel("Conv2DBackpropFilter", { x: r, dy }, {
-    ...CONV1X1,
-    filterShape: w.shape,
-  } as unknown as tf.NamedAttrMap) as tf.Tensor4D;
-  const dr = engine.runKernel("Conv2DBackpropInput", { dy, filter: w }, {
-    ...CONV1X1,
-    inputShape: r.shape,
-  } as unknown as tf.NamedAttrMap) as tf.Tensor4D;
+  const [dr, dw] = convGradients(dy, r, w, CONV1X1);
   let dx: tf.Tensor, dgamma: tf.Tensor, dbeta: tf.Tensor;
   if (fused) {
     [dx, dgamma, dbeta] = fusedBackward(dr, x, gamma, beta, mean, variance);
