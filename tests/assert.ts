@@ -37,3 +37,15 @@ export function assertClose(
     `${what}: max |diff| ${worst} at ${at} (${actual[at]} vs ${expected[at]}) > ${tol}`,
   );
 }
+
+/** max |a − b| / max |b|: relative to the values' scale, robust to entries near zero. */
+export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length);
+  let diff = 0;
+  let scale = 0;
+  for (let i = 0; i < a.length; i++) {
+    diff = Math.max(diff, Math.abs(a[i] - b[i]));
+    scale = Math.max(scale, Math.abs(b[i]));
+  }
+  return scale === 0 ? diff : diff / scale;
+}

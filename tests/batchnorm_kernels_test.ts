@@ -4,6 +4,7 @@
  * DenseNet-sized channel (M = 16·56·56) with means large against the spread, where float32
  * sums lose digits. The native backend's are skipped, with a message, without libdnnl.
  */
+import { relError } from "./assert.ts";
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../lib/backends/backend.ts";
@@ -66,18 +67,6 @@ function reference(relu: boolean) {
     dx[i] = gammas[k] * rstd[k] / M * (M * g[i] - dbeta[k] - xhat * dgamma[k]);
   }
   return { y, mean, variance, dx, dgamma, dbeta };
-}
-
-/** max |a − b| / max |b|. */
-function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < b.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i] - b[i]));
-    scale = Math.max(scale, Math.abs(b[i]));
-  }
-  return diff / scale;
 }
 
 for (const backend of ["cpu", "wasm", "native"]) {

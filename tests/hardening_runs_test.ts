@@ -10,6 +10,7 @@ import {
   runScript,
   type ScriptResult,
   startScriptUntil,
+  TINY_TRAIN_ARGS,
 } from "./helpers/scripts.ts";
 import { buildOriginalData } from "./helpers/original_data.ts";
 import { loadCheckpoint, writeCheckpoint } from "../lib/torch/torch_checkpoint.ts";
@@ -21,7 +22,7 @@ import { loadStateDict } from "../lib/model/model_weights.ts";
 import { initBackend } from "../lib/backends/backend.ts";
 
 const TINY = new URL("./fixtures/torch/tiny_zip.pt", import.meta.url).pathname;
-const TRAIN = ["--arch", "densenet_tiny", "--weights", "none", "--image_size", "40", "-b", "25"];
+const TRAIN = [...TINY_TRAIN_ARGS, "-b", "25"];
 const VALIDATE = ["--image_size", "48", "-b", "25"];
 
 /** The single `error:` line of a failed run (asserts there is exactly one). */

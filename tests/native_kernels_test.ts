@@ -2,6 +2,7 @@
  * The `native` backend (oneDNN convolutions on the wasm heap) against tfjs's cpu backend, and
  * its selection rules. Tests that need libdnnl are skipped, with a message, where it is absent.
  */
+import { relError } from "./assert.ts";
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../lib/backends/backend.ts";
@@ -62,18 +63,6 @@ const CASES: Case[] = [
 
 const size = (s: number[]) => s.reduce((a, b) => a * b, 1);
 const random = (rng: Rng, n: number) => Float32Array.from({ length: n }, () => rng.normal());
-
-/** max |a − b| / max |b|. */
-function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < a.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i] - b[i]));
-    scale = Math.max(scale, Math.abs(b[i]));
-  }
-  return scale === 0 ? diff : diff / scale;
-}
 
 /** The four convolution kernels of `c` on the active backend, for fixed inputs. */
 function convKernels(c: Case, seed: number): Float32Array[] {

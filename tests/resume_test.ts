@@ -9,19 +9,19 @@ import "@tensorflow/tfjs-backend-cpu";
 import { Adam } from "../lib/train/adam.ts";
 import { ReduceLROnPlateau } from "../lib/train/scheduler.ts";
 import { Rng } from "../lib/util/rng.ts";
-import { fixtureDatasetDir, runScript, startScriptUntil } from "./helpers/scripts.ts";
+import {
+  fixtureDatasetDir,
+  runScript,
+  startScriptUntil,
+  TINY_TRAIN_ARGS,
+} from "./helpers/scripts.ts";
 import { loadCheckpoint } from "../lib/torch/torch_checkpoint.ts";
 import { checkAdamFits, readTrainState } from "../lib/train/train_state.ts";
 import { createDenseNet, disposeModel, TINY_DENSENET } from "../lib/model/densenet.ts";
 
 // Augmentation, a patience of 0 and factor 0.5 make the RNG and the scheduler matter.
 const ARGS = [
-  "--arch",
-  "densenet_tiny",
-  "--weights",
-  "none",
-  "--image_size",
-  "40",
+  ...TINY_TRAIN_ARGS,
   "-b",
   "10",
   "-a",

@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
-import { fixtureDatasetDir, runScript, startScriptUntil } from "./helpers/scripts.ts";
+import {
+  fixtureDatasetDir,
+  runScript,
+  startScriptUntil,
+  TINY_TRAIN_ARGS,
+} from "./helpers/scripts.ts";
 import { initBackend } from "../lib/backends/backend.ts";
 import { Adam } from "../lib/train/adam.ts";
 import { loadSubset } from "../lib/data/dataset.ts";
@@ -67,12 +72,7 @@ Deno.test("a training epoch on the fixture shard lowers the loss and leaks no te
 });
 
 const TRAIN_ARGS = [
-  "--arch",
-  "densenet_tiny",
-  "--weights",
-  "none",
-  "--image_size",
-  "40",
+  ...TINY_TRAIN_ARGS,
   "-b",
   "25",
 ];

@@ -6,7 +6,7 @@
  * "Best model results" summary.
  */
 import assert from "node:assert/strict";
-import { fixtureDatasetDir, runScript } from "./helpers/scripts.ts";
+import { fixtureDatasetDir, runScript, TINY_TRAIN_ARGS } from "./helpers/scripts.ts";
 import { LABELS } from "../config.ts";
 import {
   EstimatingProgress,
@@ -133,12 +133,7 @@ Deno.test("settings block and time estimate", () => {
 });
 
 const TRAIN = [
-  "--arch",
-  "densenet_tiny",
-  "--weights",
-  "none",
-  "--image_size",
-  "40",
+  ...TINY_TRAIN_ARGS,
   "-b",
   "2",
   "-e",

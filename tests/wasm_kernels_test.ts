@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { relError } from "./assert.ts";
 import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../lib/backends/backend.ts";
 import {
@@ -91,18 +92,6 @@ function filterGrad(backend: string, c: Case, xs: Float32Array, dys: Float32Arra
     assert.deepEqual(dw.shape, c.filter);
     return dw.dataSync() as Float32Array;
   });
-}
-
-/** max |a − b| / max |b|: relative to the gradient's scale, robust to entries near zero. */
-function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  assert.equal(a.length, b.length);
-  let diff = 0;
-  let scale = 0;
-  for (let i = 0; i < a.length; i++) {
-    diff = Math.max(diff, Math.abs(a[i] - b[i]));
-    scale = Math.max(scale, Math.abs(b[i]));
-  }
-  return scale === 0 ? diff : diff / scale;
 }
 
 Deno.test("registerWasmTrainingKernels registers its kernels once", async () => {

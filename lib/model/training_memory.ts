@@ -6,12 +6,12 @@
  * 120 MB checkpointed) by the network's activation count, computed from its configuration.
  * @module
  */
-import { heapBudgetBytes } from "../backends/memory_efficient.ts";
+import { heapBudgetBytes, PLAIN_BYTES_PER_IMAGE_224 } from "../backends/memory_efficient.ts";
 import { UserError } from "../util/errors.ts";
 import { DENSENET121, type DenseNetConfig } from "./densenet.ts";
 
 /** Measured live-tensor bytes per image of DenseNet-121 training at 224², by memory level. */
-const BYTES_PER_IMAGE_224 = { plain: 465 * 2 ** 20, checkpointed: 120 * 2 ** 20 };
+const BYTES_PER_IMAGE_224 = { plain: PLAIN_BYTES_PER_IMAGE_224, checkpointed: 120 * 2 ** 20 };
 
 /**
  * Activation values one image produces in a forward pass (every conv, BatchNorm, ReLU, concat

@@ -8,6 +8,16 @@ import { FIXTURE_SHARD } from "./original_data.ts";
 const ROOT = new URL("../../", import.meta.url).pathname;
 const PERMISSIONS = ["--allow-read", "--allow-env", "--allow-ffi", "--allow-sys"];
 
+/** train_model.ts flags for a quick run: the small DenseNet from random weights at 40 px. */
+export const TINY_TRAIN_ARGS = [
+  "--arch",
+  "densenet_tiny",
+  "--weights",
+  "none",
+  "--image_size",
+  "40",
+] as const;
+
 /** The output of a script run. */
 export interface ScriptResult {
   code: number;
