@@ -13,6 +13,7 @@ import {
 } from "../lib/backends/native/native_kernels.ts";
 import { Rng } from "../lib/util/rng.ts";
 import { BN_INFERENCE_KERNEL } from "../lib/backends/batchnorm_kernels.ts";
+import "../lib/backends/tf_gradients.ts";
 
 const missing = (() => {
   try {
@@ -217,6 +218,93 @@ Deno.test({
     );
     const errRelu = relError(fused, expectedRelu);
     assert.ok(errRelu < 1e-6, `${BN_INFERENCE_KERNEL}: relative error ${errRelu}`);
+  },
+});
+
+Deno.test({
+  name: "native Concat and SplitV (oneDNN strided copies) equal tfjs's cpu backend on every axis",
+  ignore,
+  fn: async () => {
+    const rng = new Rng(91);
+    // [shapes, axis]: DenseNet's channel joins (odd widths, many inputs), inner axes, and sizes
+    // under the native threshold (tfjs's own loop).
+    const cases: [number[][], number][] = [
+      [[[2, 9, 7, 64], [2, 9, 7, 32], [2, 9, 7, 32]], 3],
+      [[[3, 5, 11, 13], [3, 5, 11, 3]], 3],
+      [Array.from({ length: 24 }, (_, i) => [2, 14, 14, i === 0 ? 256 : 32]), 3],
+      [[[4, 6, 50, 20], [4, 7, 50, 20]], 1],
+      [[[40, 30, 20], [40, 30, 5]], 2],
+      [[[2, 3, 4, 5], [2, 3, 4, 6]], 3],
+    ];
+    const data = cases.map(([shapes]) => shapes.map((s) => random(rng, size(s))));
+    const run = () =>
+      cases.map(([shapes, axis], i) =>
+        tf.tidy(() => {
+          const xs = shapes.map((s, j) => tf.tensor(data[i][j], s));
+          const joined = tf.concat(xs, axis);
+          const parts = tf.split(joined, shapes.map((s) => s[axis]), axis);
+          return [joined, ...parts].map((t) => t.dataSync() as Float32Array);
+        })
+      );
+    await initBackend("cpu");
+    const expected = run();
+    await initBackend("native", { threads: 2 });
+    const before = tf.memory().numTensors;
+    const got = run();
+    assert.equal(tf.memory().numTensors, before, "no tensor left behind");
+    got.forEach((outs, i) =>
+      outs.forEach((out, j) => {
+        assert.deepEqual(out, expected[i][j], `case ${i}, output ${j}`);
+        if (j > 0) assert.deepEqual(out, data[i][j - 1], `case ${i}: split ${j - 1} is its input`);
+      })
+    );
+  },
+});
+
+Deno.test({
+  name: "native MaxPoolGrad and AvgPoolGrad (oneDNN pooling backward) equal tfjs's cpu backend",
+  ignore,
+  fn: async () => {
+    const rng = new Rng(5);
+    // [kind, x shape, filter, stride, pad]: DenseNet's stem max pooling and transition average
+    // pooling, odd sizes, 'same' padding (ignored by the max; a padded average is tfjs's own).
+    const cases: [
+      "max" | "avg",
+      [number, number, number, number],
+      number,
+      number,
+      "valid" | "same" | number,
+    ][] = [
+      ["max", [2, 17, 15, 8], 3, 2, 1],
+      ["max", [3, 9, 9, 4], 2, 2, "valid"],
+      ["avg", [2, 14, 14, 12], 2, 2, "valid"],
+      ["avg", [2, 7, 9, 4], 2, 2, "valid"],
+      ["avg", [1, 8, 7, 4], 3, 1, "valid"],
+      ["max", [1, 8, 7, 4], 3, 1, "same"],
+    ];
+    const data = cases.map(([, shape]) => random(rng, size(shape)));
+    const run = () =>
+      cases.map(([kind, shape, f, st, pad], i) =>
+        tf.tidy(() => {
+          const x = tf.tensor4d(data[i], shape);
+          const pool = (t: tf.Tensor4D) =>
+            kind === "max" ? tf.maxPool(t, f, st, pad) : tf.avgPool(t, f, st, pad);
+          const out = pool(x);
+          const dy = tf.tensor(random(new Rng(i), out.size), out.shape);
+          return (tf.grad((t: tf.Tensor) => tf.sum(tf.mul(pool(t as tf.Tensor4D), dy)))(x))
+            .dataSync() as Float32Array;
+        })
+      );
+    await initBackend("cpu");
+    const expected = run();
+    await initBackend("native", { threads: 2 });
+    const before = tf.memory().numTensors;
+    const got = run();
+    assert.equal(tf.memory().numTensors, before, "no tensor left behind");
+    got.forEach((g, i) => {
+      const err = relError(g, expected[i]);
+      assert.ok(err < 1e-6, `case ${i} (${cases[i][0]}): relative error ${err}`);
+    });
   },
 });
 

@@ -2,7 +2,7 @@
  * The `native` backend's kernels: tfjs's wasm backend with its convolutions (Conv2D, FusedConv2D
  * with bias / ReLU, both gradients), evaluation-mode BatchNorm and the passes of the fused
  * training BatchNorm seam run by oneDNN (`onednn.ts`) directly on the wasm heap, its reductions
- * in float64 here. Registered for the `wasm` backend name, replacing
+ * in float64 here (WebAssembly SIMD, `simd_sums.ts`). Registered for the `wasm` backend name, replacing
  * the kernels there (tfjs's or `wasm_kernels.ts`'s), which stay the fallback for what these do
  * not cover (dilations, NCHW, other dtypes, empty tensors, fused activations other than ReLU).
  * `unregisterNativeKernels()` puts the replaced kernels back (wasm without native, in one process).
@@ -11,8 +11,8 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import type { BackendWasm } from "@tensorflow/tfjs-backend-wasm";
-import { type ConvShape, offsetPointer, OneDnn } from "./onednn.ts";
-import { rowThreads } from "./row_threads.ts";
+import { type ConvShape, offsetPointer, OneDnn, type PoolShape } from "./onednn.ts";
+import { type HeapThreads, heapThreads } from "./row_threads.ts";
 import {
   type BatchNormReluAttrs,
   batchNormReluGradientParts,
@@ -20,7 +20,6 @@ import {
   BN_GRAD_KERNEL,
   BN_INFERENCE_KERNEL,
   BN_TRAIN_KERNEL,
-  type RowSums,
 } from "../batchnorm_kernels.ts";
 
 /** Kernels this module registers for the wasm backend. */
@@ -33,6 +32,10 @@ export const NATIVE_KERNELS = [
   BN_INFERENCE_KERNEL,
   BN_TRAIN_KERNEL,
   BN_GRAD_KERNEL,
+  "Concat",
+  "SplitV",
+  "MaxPoolGrad",
+  "AvgPoolGrad",
 ] as const;
 
 let dnn: OneDnn | null = null;
@@ -87,19 +90,27 @@ interface KernelArgs {
   attrs: Record<string, unknown>;
 }
 
-/** The BatchNorm reductions split over oneDNN's thread count, per wasm module. */
-const rowSumsByModule = new WeakMap<object, RowSums>();
+/** The BatchNorm passes split over oneDNN's thread count, per wasm module. */
+const threadsByModule = new WeakMap<object, HeapThreads>();
 
-function rowSumsFor(backend: BackendWasm): RowSums {
-  const module = backend.wasm as unknown as { wasmMemory?: WebAssembly.Memory };
-  let sums = rowSumsByModule.get(module);
-  if (sums == null) {
-    const memory = module.wasmMemory;
-    const threads = memory?.buffer instanceof SharedArrayBuffer ? openOneDnn().threads ?? 1 : 1;
-    sums = rowThreads(memory!, threads);
-    rowSumsByModule.set(module, sums);
+function threadsFor(backend: BackendWasm): HeapThreads {
+  const module = backend.wasm as unknown as {
+    wasmMemory?: WebAssembly.Memory;
+    _malloc: (bytes: number) => number;
+  };
+  let threads = threadsByModule.get(module);
+  if (threads == null) {
+    const memory = module.wasmMemory!;
+    const n = memory.buffer instanceof SharedArrayBuffer ? openOneDnn().threads ?? 1 : 1;
+    threads = heapThreads(memory, n, (bytes) => module._malloc(bytes));
+    threadsByModule.set(module, threads);
   }
-  return sums;
+  return threads;
+}
+
+/** Byte offset of a tensor's data in the wasm heap. */
+function heapOffset(backend: BackendWasm, t: tf.TensorInfo): number {
+  return backend.dataIdMap.get(t.dataId)!.memoryOffset;
 }
 
 /** Heap address of a tensor's data (after every allocation of the call: the heap may grow). */
@@ -243,7 +254,7 @@ function batchNormReluTrain(args: KernelArgs): tf.TensorInfo[] {
   const f32 = (t: tf.TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
   const m64 = new Float64Array(c);
   const v64 = new Float64Array(c);
-  batchStatistics(f32(x!), m64, v64, rowSumsFor(backend));
+  batchStatistics(f32(x!), m64, v64, threadsFor(backend).rowSums);
   f32(mean).set(m64);
   f32(variance).set(v64);
   const dnn = openOneDnn();
@@ -263,12 +274,10 @@ function batchNormReluTrain(args: KernelArgs): tf.TensorInfo[] {
 }
 
 /**
- * `BatchNormReluGrad`: g = dy masked by the pre-ReLU sign (oneDNN: a normalise pass into g, then
- * ReLU's backward in place); Σ g and Σ g·x̂ in one float64 reading pass
- * (`batchNormReluGradientParts`; oneDNN's float32 sums lose the small dγ of channels whose terms
- * cancel); then dx = a·g + b·(x − mean) + d per channel in two oneDNN passes: a normalise pass
- * with those coefficients (variance 1, epsilon 0) and a multiply-accumulate of g. (Masking in
- * the JavaScript pass instead measured slower: a data-dependent branch per element.)
+ * `BatchNormReluGrad` in two reading passes of SIMD threads (row_threads.ts): Σ g and Σ g·x̂ in
+ * float64 with g = dy masked by the pre-ReLU sign as it is read, then dx = a·g + b·x + d per
+ * channel, the mask recomputed (float32, as the forward's). Where the SIMD passes are missing
+ * or the channels are not a multiple of 4: `oneDnnBatchNormReluGrad`.
  */
 function batchNormReluGrad(args: KernelArgs): tf.TensorInfo[] {
   const { inputs: { dy, x, gamma, beta, mean, variance }, backend } = args;
@@ -277,7 +286,58 @@ function batchNormReluGrad(args: KernelArgs): tf.TensorInfo[] {
   const rc = rowsChannels(all, x!);
   if (rc == null) return fallback(BN_GRAD_KERNEL, args) as unknown as tf.TensorInfo[];
   const [rows, c] = rc;
+  const threads = threadsFor(backend);
+  const { maskedSums, gradApply } = threads;
+  if (maskedSums == null || gradApply == null || c % 4 !== 0) {
+    return oneDnnBatchNormReluGrad(args, rows, c);
+  }
   for (const t of all) backend.dataIdMap.get(t.dataId);
+  const dx = backend.makeOutput(x!.shape, "float32");
+  const dgamma = backend.makeOutput([c], "float32");
+  const dbeta = backend.makeOutput([c], "float32");
+  const f32 = (t: tf.TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
+  const [dyAt, xAt] = [heapOffset(backend, dy!), heapOffset(backend, x!)];
+  let mask: [Float64Array, Float64Array] | null = null;
+  const parts = batchNormReluGradientParts(
+    f32(dy!),
+    f32(x!),
+    f32(gamma!),
+    f32(beta!),
+    f32(mean!),
+    f32(variance!),
+    attrs,
+    null,
+    threads.rowSums,
+    (scale, offset, mu, s1, s2) => {
+      mask = [scale, offset];
+      maskedSums(dyAt, xAt, c, rows, mu, scale, offset, s1, s2);
+    },
+  );
+  f32(dgamma).set(parts.dgamma);
+  f32(dbeta).set(parts.dbeta);
+  const [scale, offset] = mask!;
+  const mu = f32(mean!);
+  gradApply(dyAt, xAt, heapOffset(backend, dx), c, rows, {
+    scale,
+    offset,
+    a: parts.a,
+    b: parts.b,
+    d: parts.d.map((v, k) => v - parts.b[k] * mu[k]),
+  });
+  return [dx, dgamma, dbeta];
+}
+
+/**
+ * `BatchNormReluGrad` with oneDNN passes: g = dy masked by the pre-ReLU sign (a normalise pass
+ * into g, then ReLU's backward in place); Σ g and Σ g·x̂ in one float64 reading pass
+ * (`batchNormReluGradientParts`; oneDNN's float32 sums lose the small dγ of channels whose terms
+ * cancel); then dx = a·g + b·(x − mean) + d per channel in two oneDNN passes: a normalise pass
+ * with those coefficients (variance 1, epsilon 0) and a multiply-accumulate of g.
+ */
+function oneDnnBatchNormReluGrad(args: KernelArgs, rows: number, c: number): tf.TensorInfo[] {
+  const { inputs: { dy, x, gamma, beta, mean, variance }, backend } = args;
+  const attrs = args.attrs as unknown as BatchNormReluAttrs;
+  for (const t of [dy!, x!, gamma!, beta!, mean!, variance!]) backend.dataIdMap.get(t.dataId);
   const dx = backend.makeOutput(x!.shape, "float32");
   const dgamma = backend.makeOutput([c], "float32");
   const dbeta = backend.makeOutput([c], "float32");
@@ -314,7 +374,7 @@ function batchNormReluGrad(args: KernelArgs): tf.TensorInfo[] {
       f32(variance!),
       attrs,
       null,
-      rowSumsFor(backend),
+      threadsFor(backend).rowSums,
     );
     f32(dgamma).set(parts.dgamma);
     f32(dbeta).set(parts.dbeta);
@@ -389,7 +449,150 @@ function batchNormReluInference(args: KernelArgs): tf.TensorInfo {
   return out;
 }
 
+/** Below this many values tfjs's own copy loop beats a oneDNN call (and keeps its cache small). */
+const MIN_COPY_VALUES = 1 << 14;
+
+/**
+ * `Concat` of float32 tensors as [outer, inner] matrices joined along their columns (any axis):
+ * one multi-threaded oneDNN copy per input into its column range of the output, where tfjs's
+ * loop copies row by row on one thread (a DenseNet dense layer joins up to 24 inputs of
+ * 50,176 rows).
+ */
+function concat(args: KernelArgs): tf.TensorInfo {
+  const inputs = Object.values(args.inputs).filter((t) => t != null) as tf.TensorInfo[];
+  const { backend } = args;
+  const shape = inputs[0]?.shape ?? [];
+  const axis = tf.util.parseAxisParam(args.attrs.axis as number, shape)[0];
+  const outShape = tf.backend_util.computeOutShape(inputs.map((t) => t.shape), axis);
+  const rows = tf.util.sizeFromShape(shape.slice(0, axis));
+  const total = tf.util.sizeFromShape(outShape);
+  if (
+    inputs.length < 2 || inputs.some((t) => t.dtype !== "float32") || rows < 2 ||
+    total < MIN_COPY_VALUES || inputs.some((t) => tf.util.sizeFromShape(t.shape) === 0)
+  ) {
+    return fallback("Concat", args);
+  }
+  const out = backend.makeOutput(outShape, "float32");
+  const width = total / rows;
+  const dnn = openOneDnn();
+  let column = 0;
+  for (const t of inputs) {
+    const cols = tf.util.sizeFromShape(t.shape) / rows;
+    dnn.copyRows(
+      rows,
+      cols,
+      heapPointer(backend, t),
+      cols,
+      offsetPointer(heapPointer(backend, out), 4 * column),
+      width,
+    );
+    column += cols;
+  }
+  return out;
+}
+
+/** `SplitV`: the inverse of `concat`, one oneDNN copy per output from its column range. */
+function splitV(args: KernelArgs): tf.TensorInfo[] {
+  const { backend } = args;
+  const x = args.inputs.x!;
+  const axis = tf.util.parseAxisParam(args.attrs.axis as number, x.shape)[0];
+  const sizes = tf.backend_util.prepareSplitSize(
+    x as unknown as tf.Tensor,
+    args.attrs.numOrSizeSplits as number[] | number,
+    axis,
+  );
+  const rows = tf.util.sizeFromShape(x.shape.slice(0, axis));
+  const total = tf.util.sizeFromShape(x.shape);
+  if (x.dtype !== "float32" || rows < 2 || total < MIN_COPY_VALUES || sizes.some((s) => s <= 0)) {
+    return fallback("SplitV", args) as unknown as tf.TensorInfo[];
+  }
+  const width = total / rows;
+  const inner = width / x.shape[axis];
+  const dnn = openOneDnn();
+  let column = 0;
+  return sizes.map((size) => {
+    const shape = x.shape.slice();
+    shape[axis] = size;
+    const out = backend.makeOutput(shape, "float32");
+    const cols = size * inner;
+    dnn.copyRows(
+      rows,
+      cols,
+      offsetPointer(heapPointer(backend, x), 4 * column),
+      width,
+      heapPointer(backend, out),
+      cols,
+    );
+    column += cols;
+    return out;
+  });
+}
+
+/** The pooling as oneDNN takes it; null for what the native kernels do not take. */
+function poolShape(x: tf.TensorInfo, attrs: Record<string, unknown>): PoolShape | null {
+  if (x.dtype !== "float32" || x.shape.length !== 4) return null;
+  const info = tf.backend_util.computePool2DInfo(
+    x.shape as [number, number, number, number],
+    attrs.filterSize as [number, number] | number,
+    attrs.strides as [number, number] | number,
+    1,
+    attrs.pad as "valid",
+    attrs.dimRoundingMode as "floor" | undefined,
+  );
+  const p = info.padInfo;
+  if (info.dilationHeight !== 1 || info.dilationWidth !== 1) return null;
+  if ([p.top, p.left, p.bottom, p.right].some((v) => v < 0)) return null;
+  return {
+    n: info.batchSize,
+    h: info.inHeight,
+    w: info.inWidth,
+    c: info.inChannels,
+    oh: info.outHeight,
+    ow: info.outWidth,
+    fh: info.filterHeight,
+    fw: info.filterWidth,
+    sh: info.strideHeight,
+    sw: info.strideWidth,
+    pad: [p.top, p.left, p.bottom, p.right],
+  };
+}
+
+/**
+ * `MaxPoolGrad` / `AvgPoolGrad` (unpadded) as one multi-threaded oneDNN pooling backward (tfjs's wasm
+ * kernels loop on one thread: ~0.1 s each for DenseNet-121's stem pooling at batch 16).
+ */
+function poolGrad(kind: "max" | "avg") {
+  const name = kind === "max" ? "MaxPoolGrad" : "AvgPoolGrad";
+  return (args: KernelArgs): tf.TensorInfo => {
+    const { backend } = args;
+    const { dy, input } = args.inputs;
+    const s = poolShape(input!, args.attrs);
+    // A padded average: tfjs's forward divides by the cells inside, its gradient by the whole
+    // window; its own kernel keeps that pair consistent with itself.
+    const padded = s != null && s.pad.some((v) => v > 0);
+    if (
+      s == null || dy!.dtype !== "float32" || s.n * s.h * s.w * s.c === 0 ||
+      (kind === "avg" && padded)
+    ) {
+      return fallback(name, args);
+    }
+    const dx = backend.makeOutput(input!.shape, "float32");
+    openOneDnn().poolBackward(
+      kind,
+      s,
+      heapPointer(backend, input!),
+      heapPointer(backend, dy!),
+      heapPointer(backend, dx),
+    );
+    return dx;
+  };
+}
+
 const KERNELS: Record<string, tf.KernelFunc> = {
+  MaxPoolGrad: poolGrad("max") as unknown as tf.KernelFunc,
+  AvgPoolGrad: poolGrad("avg") as unknown as tf.KernelFunc,
+  Concat: concat as unknown as tf.KernelFunc,
+  SplitV: splitV as unknown as tf.KernelFunc,
   [BN_INFERENCE_KERNEL]: batchNormReluInference as unknown as tf.KernelFunc,
   FusedBatchNorm: fusedBatchNorm as unknown as tf.KernelFunc,
   [BN_TRAIN_KERNEL]: batchNormReluTrain as unknown as tf.KernelFunc,

@@ -74,6 +74,10 @@ const SYMBOLS = {
     parameters: ["buffer", "i32", "buffer", "i32", "i32"],
     result: "i32",
   },
+  dnnl_memory_desc_init_by_strides: {
+    parameters: ["buffer", "i32", "buffer", "i32", "buffer"],
+    result: "i32",
+  },
   dnnl_memory_desc_equal: { parameters: ["pointer", "pointer"], result: "i32" },
   dnnl_memory_desc_get_size: { parameters: ["pointer"], result: "usize" },
   dnnl_convolution_forward_desc_init: {
@@ -111,6 +115,24 @@ const SYMBOLS = {
   },
   dnnl_batch_normalization_forward_desc_init: {
     parameters: ["buffer", "i32", "buffer", "f32", "u32"],
+    result: "i32",
+  },
+  dnnl_pooling_forward_desc_init: {
+    parameters: [
+      "buffer",
+      "i32",
+      "i32",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+    ],
+    result: "i32",
+  },
+  dnnl_pooling_backward_desc_init: {
+    parameters: ["buffer", "i32", "buffer", "buffer", "buffer", "buffer", "buffer", "buffer"],
     result: "i32",
   },
   dnnl_eltwise_forward_desc_init: {
@@ -189,8 +211,13 @@ const QUERY_WEIGHTS_MD = 131;
 const QUERY_DIFF_WEIGHTS_MD = 132;
 const QUERY_DST_MD = 133;
 const QUERY_DIFF_DST_MD = 134;
+const QUERY_WORKSPACE_MD = 135;
+const ARG_WORKSPACE = 64;
+const POOLING_MAX = 0x1ff;
+const POOLING_AVG_EXCLUDE_PADDING = 0x3ff;
 /** sizeof(dnnl_memory_desc_t) in v2 is 696; ops descriptors are at most ~6 KB. */
 const MD_BYTES = 1024;
+const MD_STRUCT_BYTES = 696;
 const OP_DESC_BYTES = 16384;
 
 const ISA_NAMES: Record<number, string> = {
@@ -223,6 +250,22 @@ export interface ConvShape {
   oh: number;
   ow: number;
   co: number;
+  fh: number;
+  fw: number;
+  sh: number;
+  sw: number;
+  /** Padding top, left, bottom, right. */
+  pad: [number, number, number, number];
+}
+
+/** A 2-D pooling window over NHWC (tfjs's Pool2DInfo). */
+export interface PoolShape {
+  n: number;
+  h: number;
+  w: number;
+  c: number;
+  oh: number;
+  ow: number;
   fh: number;
   fw: number;
   sh: number;
@@ -338,6 +381,8 @@ export class OneDnn {
   #stream: Ptr;
   #cache = new Map<string, Prepared>();
   #plainCache = new Map<string, Plain>();
+  /** Max pooling's forward outputs (dst, argmax workspace and its descriptor), by shape. */
+  #poolBuffers = new Map<string, { dst: Uint8Array; workspace: Uint8Array; wsMd: Uint8Array }>();
   /** Keeps descriptor buffers alive as long as the primitives that may refer to them. */
   #keep: Uint8Array[] = [];
 
@@ -553,6 +598,143 @@ export class OneDnn {
     this.#runPlain(p, [src0, scale, dst]);
   }
 
+  /**
+   * dst[r, 0..cols) = src[r, 0..cols), or += with `accumulate`, for `rows` float32 rows at row
+   * strides `srcStride` and `dstStride` (elements): one multi-threaded reorder between strided
+   * views. The copies of a channel concat or split in NHWC (rows = N·H·W).
+   */
+  copyRows(
+    rows: number,
+    cols: number,
+    src: Ptr,
+    srcStride: number,
+    dst: Ptr,
+    dstStride: number,
+    accumulate = false,
+  ): void {
+    const key = `cr:${rows},${cols},${srcStride},${dstStride},${accumulate}`;
+    const p = this.#plain(key, [ARG_FROM, ARG_TO], () => {
+      const from = this.#stridedMd([rows, cols], [srcStride, 1]);
+      const to = this.#stridedMd([rows, cols], [dstStride, 1]);
+      const out = new BigUint64Array(1);
+      let attr: Ptr = null;
+      if (accumulate) {
+        check(this.#lib.dnnl_post_ops_create(u8(out)), "dnnl_post_ops_create");
+        const ops = ptr(out[0]);
+        check(this.#lib.dnnl_post_ops_append_sum(ops, 1), "post-op sum");
+        check(this.#lib.dnnl_primitive_attr_create(u8(out)), "dnnl_primitive_attr_create");
+        attr = ptr(out[0]);
+        check(this.#lib.dnnl_primitive_attr_set_post_ops(attr, ops), "set_post_ops");
+      }
+      const fromPtr = Deno.UnsafePointer.of(from);
+      const toPtr = Deno.UnsafePointer.of(to);
+      check(
+        this.#lib.dnnl_reorder_primitive_desc_create(
+          u8(out),
+          fromPtr,
+          this.#engine,
+          toPtr,
+          this.#engine,
+          attr,
+        ),
+        "dnnl_reorder_primitive_desc_create",
+      );
+      return { pd: ptr(out[0]), mds: [from, to] };
+    });
+    this.#runPlain(p, [src, dst]);
+  }
+
+  /**
+   * The gradient of a max pooling (`max`, padding ignored) or an average pooling over the
+   * cells inside the input (padding excluded), as tfjs's MaxPoolGrad / AvgPoolGrad. Max
+   * pooling's backward needs the forward's argmax workspace: the forward runs again first,
+   * into buffers of its own (the ties of a window go to its first maximum either way).
+   */
+  poolBackward(kind: "max" | "avg", s: PoolShape, src: Ptr, diffDst: Ptr, diffSrc: Ptr): void {
+    const alg = kind === "max" ? POOLING_MAX : POOLING_AVG_EXCLUDE_PADDING;
+    const shape = JSON.stringify([
+      s.n,
+      s.h,
+      s.w,
+      s.c,
+      s.oh,
+      s.ow,
+      s.fh,
+      s.fw,
+      s.sh,
+      s.sw,
+      ...s.pad,
+    ]);
+    const srcMd = () => this.#md([s.n, s.c, s.h, s.w], TAG_NHWC);
+    const dstMd = () => this.#md([s.n, s.c, s.oh, s.ow], TAG_NHWC);
+    const window = () => ({
+      strides: dims([s.sh, s.sw]),
+      kernel: dims([s.fh, s.fw]),
+      pl: dims([s.pad[0], s.pad[1]]),
+      pr: dims([s.pad[2], s.pad[3]]),
+    });
+    const forwardPd = (src: Uint8Array, dst: Uint8Array) => {
+      const { strides, kernel, pl, pr } = window();
+      const desc = this.#keepBuf(OP_DESC_BYTES);
+      check(
+        this.#lib.dnnl_pooling_forward_desc_init(
+          desc,
+          PROP_FORWARD_TRAINING,
+          alg,
+          src,
+          dst,
+          strides,
+          kernel,
+          pl,
+          pr,
+        ),
+        "dnnl_pooling_forward_desc_init",
+      );
+      return this.#pd(desc, null, null);
+    };
+    let workspace: Ptr = null;
+    if (kind === "max") {
+      const buffers = this.#poolBuffers.get(shape) ?? (() => {
+        const src = srcMd(), dst = dstMd();
+        const pd = forwardPd(src, dst);
+        const wsMd = this.#lib.dnnl_primitive_desc_query_md(pd, QUERY_WORKSPACE_MD, 0)!;
+        const bytes = (md: Ptr) => Number(this.#lib.dnnl_memory_desc_get_size(md));
+        const b = {
+          dst: this.#keepBuf(bytes(Deno.UnsafePointer.of(dst))),
+          workspace: this.#keepBuf(Math.max(1, bytes(wsMd))),
+          wsMd: this.#keepBuf(MD_BYTES),
+        };
+        b.wsMd.set(
+          new Uint8Array(new Deno.UnsafePointerView(wsMd).getArrayBuffer(MD_STRUCT_BYTES)),
+        );
+        this.#poolBuffers.set(shape, b);
+        return b;
+      })();
+      workspace = Deno.UnsafePointer.of(buffers.workspace);
+      const fwd = this.#plain(`pf:${shape}`, [ARG_SRC, ARG_DST, ARG_WORKSPACE], () => {
+        const src = srcMd(), dst = dstMd();
+        return { pd: forwardPd(src, dst), mds: [src, dst, buffers.wsMd] };
+      });
+      this.#runPlain(fwd, [src, Deno.UnsafePointer.of(buffers.dst), workspace]);
+    }
+    const args = kind === "max"
+      ? [ARG_DIFF_DST, ARG_WORKSPACE, ARG_DIFF_SRC]
+      : [ARG_DIFF_DST, ARG_DIFF_SRC];
+    const bwd = this.#plain(`pb:${kind}:${shape}`, args, () => {
+      const src = srcMd(), dst = dstMd();
+      const hint = forwardPd(src, dst);
+      const { strides, kernel, pl, pr } = window();
+      const desc = this.#keepBuf(OP_DESC_BYTES);
+      check(
+        this.#lib.dnnl_pooling_backward_desc_init(desc, alg, src, dst, strides, kernel, pl, pr),
+        "dnnl_pooling_backward_desc_init",
+      );
+      const mds = kind === "max" ? [dst, this.#poolBuffers.get(shape)!.wsMd, src] : [dst, src];
+      return { pd: this.#pd(desc, null, { pd: hint }), mds };
+    });
+    this.#runPlain(bwd, kind === "max" ? [diffDst, workspace, diffSrc] : [diffDst, diffSrc]);
+  }
+
   /** A cached primitive whose memories all have the caller's descriptors (no reorders). */
   #plain(
     key: string,
@@ -765,6 +947,15 @@ export class OneDnn {
     check(
       this.#lib.dnnl_memory_desc_init_by_tag(md, d.length, dims(d), F32, tag),
       "dnnl_memory_desc_init_by_tag",
+    );
+    return md;
+  }
+
+  #stridedMd(d: number[], strides: number[]): Uint8Array {
+    const md = this.#keepBuf(MD_BYTES);
+    check(
+      this.#lib.dnnl_memory_desc_init_by_strides(md, d.length, dims(d), F32, dims(strides)),
+      "dnnl_memory_desc_init_by_strides",
     );
     return md;
   }

@@ -1,36 +1,45 @@
 /**
- * The float64 reductions of the native BatchNorm (`rowSums`, lib/backends/batchnorm_kernels.ts)
- * split by rows across threads: they are single-threaded JavaScript otherwise, ~45 % of a
- * DenseNet-121 training step. The wasm heap is shared memory, so worker threads read the
- * tensors in place; each is handed its rows through a small shared control block and the
- * calling thread, which takes the last share, waits for them with `Atomics.wait` (kernels are
- * synchronous). The workers run `rowSums`'s own source, so the arithmetic is the same code.
- * Workers are unref'd: they never keep the process alive.
+ * The native BatchNorm's own passes (`simd_batchnorm.ts`: float64 reductions, the masked
+ * gradient sums, the dx pass) split by rows across threads. The wasm heap is shared memory, so
+ * worker threads, each with its own instance of the SIMD module over that memory, work on the
+ * tensors in place: each is handed a function and its rows through a small shared control
+ * block, reads the per-channel vectors from one block on the heap and adds its sums into a block
+ * of its own; the calling thread, which takes the last share, waits for them with
+ * `Atomics.wait` (kernels are synchronous). Workers are unref'd: they never keep the process
+ * alive. Without WebAssembly SIMD (or a shared heap) the reductions run as `rowSums` in
+ * JavaScript on the calling thread and the other passes are unavailable (null).
  * @module
  */
 
 import { Worker } from "node:worker_threads";
 import { type RowSums, rowSums } from "../batchnorm_kernels.ts";
+import { simdBatchNorm, simdBatchNormModuleBytes } from "./simd_batchnorm.ts";
 
-/** Largest channel count a worker's result block holds (DenseNet-121: 1,024). */
+/** Largest channel count the vector blocks hold (DenseNet-121: 1,024). */
 const MAX_CHANNELS = 4096;
 /** Below this many values a split costs more than it saves. */
 const MIN_VALUES = 1 << 16;
+/** Rows per reduction tile (accumulators in registers across a tile; 8–32 measured alike). */
+const TILE_ROWS = 16;
+/** Per-thread block: s1, s2 (float64). */
+const SUMS_BYTES = 2 * 8 * MAX_CHANNELS;
+/** Shared block: va, vb (float64), then five float32 vectors. */
+const VECTORS_BYTES = 2 * 8 * MAX_CHANNELS + 5 * 4 * MAX_CHANNELS;
+/** The module's functions by index, as the control block names them. */
+const FUNCTIONS = ["sums", "maskedSums", "gradApply"] as const;
+type FunctionName = typeof FUNCTIONS[number];
+/** Most arguments a function takes (gradApply: 14). */
+const MAX_ARGS = 16;
 
-/** Control words: [0] job posted (1) / idle (0), [1] done (1). */
+/** Control words: [0] job posted (1) / idle (0), [1] done (1), [2] function index. */
 const WORKER_SOURCE = `
 const { workerData } = require("node:worker_threads");
-const { memory, control, params, va, vb, s1, s2 } = workerData;
-${rowSums.toString()}
+const { memory, control, args, moduleBytes, names } = workerData;
+const instance = new WebAssembly.Instance(new WebAssembly.Module(moduleBytes), { env: { memory } });
+const fns = names.map((n) => instance.exports[n]);
 for (;;) {
   Atomics.wait(control, 0, 0);
-  const heap = new Float32Array(memory.buffer);
-  const [aOffset, bOffset, length, c, r0, r1] = params;
-  const a = heap.subarray(aOffset, aOffset + length);
-  const b = heap.subarray(bOffset, bOffset + length);
-  s1.fill(0, 0, c);
-  s2.fill(0, 0, c);
-  rowSums(a, va.subarray(0, c), b, vb.subarray(0, c), c, r0, r1, s1.subarray(0, c), s2.subarray(0, c));
+  fns[control[2]](...args);
   Atomics.store(control, 0, 0);
   Atomics.store(control, 1, 1);
   Atomics.notify(control, 1);
@@ -39,66 +48,196 @@ for (;;) {
 
 interface RowWorker {
   control: Int32Array;
-  params: Float64Array;
-  va: Float64Array;
-  vb: Float64Array;
-  s1: Float64Array;
-  s2: Float64Array;
+  args: Float64Array;
+  sums: number;
 }
 
-const f64 = (n: number) => new Float64Array(new SharedArrayBuffer(8 * n));
+/** A float32 [C] per-channel vector, as the passes take it. */
+type Vector = ArrayLike<number>;
+
+/** The passes over the heap, threaded. Addresses are byte offsets into the heap. */
+export interface HeapThreads {
+  /** `rowSums` over all rows (the `RowSums` contract). */
+  rowSums: RowSums;
+  /**
+   * Σ g and Σ g·(x − mean) per channel into s1, s2 (added), g = dy masked where
+   * x·scale + offset ≤ 0; [m, c] dense dy and x. Null without SIMD.
+   */
+  maskedSums:
+    | ((
+      dy: number,
+      x: number,
+      c: number,
+      m: number,
+      mean: Float64Array,
+      scale: Vector,
+      offset: Vector,
+      s1: Float64Array,
+      s2: Float64Array,
+    ) => void)
+    | null;
+  /** dx = a·g + b·x + d per channel, g masked as in `maskedSums`; [m, c] dense. */
+  gradApply:
+    | ((
+      dy: number,
+      x: number,
+      dx: number,
+      c: number,
+      m: number,
+      vectors: { scale: Vector; offset: Vector; a: Vector; b: Vector; d: Vector },
+    ) => void)
+    | null;
+}
 
 /**
- * A `RowSums` over `threads` threads (the caller plus threads − 1 workers) for arrays on
- * `memory`; the sequential `rowSums` where workers cannot start, for small tensors and for
- * arrays elsewhere.
+ * The passes over `threads` threads (the caller plus threads − 1 workers) for tensors on
+ * `memory`, with blocks from `malloc` (the wasm module's).
  */
-export function rowThreads(memory: WebAssembly.Memory, threads: number): RowSums {
+export function heapThreads(
+  memory: WebAssembly.Memory,
+  threads: number,
+  malloc: (bytes: number) => number,
+): HeapThreads {
+  const simd = simdBatchNorm(memory);
+  const sequential: RowSums = (a, va, b, vb, c, m, s1, s2) =>
+    rowSums(a, va, b, vb, c, 0, m, s1, s2);
+  if (simd == null) return { rowSums: sequential, maskedSums: null, gradApply: null };
+  const vectors = malloc(VECTORS_BYTES);
+  const mainSums = malloc(SUMS_BYTES);
   const workers: RowWorker[] = [];
   try {
     for (let i = 1; i < threads; i++) {
       const w: RowWorker = {
-        control: new Int32Array(new SharedArrayBuffer(8)),
-        params: f64(6),
-        va: f64(MAX_CHANNELS),
-        vb: f64(MAX_CHANNELS),
-        s1: f64(MAX_CHANNELS),
-        s2: f64(MAX_CHANNELS),
+        control: new Int32Array(new SharedArrayBuffer(12)),
+        args: new Float64Array(new SharedArrayBuffer(8 * MAX_ARGS)),
+        sums: malloc(SUMS_BYTES),
       };
-      new Worker(WORKER_SOURCE, { eval: true, workerData: { memory, ...w } }).unref();
+      new Worker(WORKER_SOURCE, {
+        eval: true,
+        workerData: {
+          memory,
+          control: w.control,
+          args: w.args,
+          moduleBytes: simdBatchNormModuleBytes(),
+          names: FUNCTIONS,
+        },
+      }).unref();
       workers.push(w);
     }
   } catch {
     // no worker threads here: the calling thread does all rows
   }
-  return (a, va, b, vb, c, m, s1, s2) => {
-    if (
-      workers.length === 0 || c > MAX_CHANNELS || m * c < MIN_VALUES ||
-      a.buffer !== memory.buffer || b.buffer !== memory.buffer
-    ) {
-      rowSums(a, va, b, vb, c, 0, m, s1, s2);
-      return;
+  // Views made per call: the heap may have grown since.
+  const f64 = (at: number, c: number) => new Float64Array(memory.buffer, at, c);
+  const f32 = (at: number, c: number) => new Float32Array(memory.buffer, at, c);
+  const va = vectors, vb = vectors + 8 * MAX_CHANNELS;
+  const f32Vector = (i: number) => vectors + 16 * MAX_CHANNELS + 4 * MAX_CHANNELS * i;
+  const s1At = (block: number) => block, s2At = (block: number) => block + 8 * MAX_CHANNELS;
+
+  /**
+   * Runs `fn` over rows [0, m), `args(r0, r1, sums)` giving a share's arguments; with `sums`,
+   * each thread's s1, s2 block is zeroed first and added into `sums` after.
+   */
+  const parallel = (
+    fn: FunctionName,
+    m: number,
+    c: number,
+    args: (r0: number, r1: number, block: number) => number[],
+    sums?: [Float64Array, Float64Array],
+  ) => {
+    const split = workers.length > 0 && m * c >= MIN_VALUES;
+    const team = split ? workers : [];
+    const share = Math.ceil(m / (team.length + 1));
+    const blocks = [...team.map((w) => w.sums), mainSums];
+    if (sums) {
+      for (const b of blocks) {
+        f64(s1At(b), c).fill(0);
+        f64(s2At(b), c).fill(0);
+      }
     }
-    const share = Math.ceil(m / (workers.length + 1));
-    workers.forEach((w, i) => {
-      const [r0, r1] = [Math.min(m, i * share), Math.min(m, (i + 1) * share)];
-      w.params.set([a.byteOffset / 4, b.byteOffset / 4, a.length, c, r0, r1]);
-      w.va.set(va);
-      w.vb.set(vb);
+    team.forEach((w, i) => {
+      w.args.set(args(Math.min(m, i * share), Math.min(m, (i + 1) * share), w.sums));
+      w.control[2] = FUNCTIONS.indexOf(fn);
       Atomics.store(w.control, 1, 0);
       Atomics.store(w.control, 0, 1);
       Atomics.notify(w.control, 0);
     });
-    rowSums(a, va, b, vb, c, Math.min(m, workers.length * share), m, s1, s2);
-    for (const w of workers) {
+    simd[fn](...args(Math.min(m, team.length * share), m, mainSums));
+    for (const w of team) {
       for (let waited = 0; Atomics.load(w.control, 1) === 0; waited++) {
-        if (waited === 60) throw new Error("a BatchNorm reduction thread stopped answering");
+        if (waited === 60) throw new Error("a BatchNorm thread stopped answering");
         Atomics.wait(w.control, 1, 0, 1000);
       }
-      for (let k = 0; k < c; k++) {
-        s1[k] += w.s1[k];
-        s2[k] += w.s2[k];
+    }
+    if (sums) {
+      for (const b of blocks) {
+        const [t1, t2] = [f64(s1At(b), c), f64(s2At(b), c)];
+        for (let k = 0; k < c; k++) {
+          sums[0][k] += t1[k];
+          sums[1][k] += t2[k];
+        }
       }
     }
+  };
+  const fits = (c: number) => c % 4 === 0 && c > 0 && c <= MAX_CHANNELS;
+  const onHeap = (...arrays: ArrayBufferView[]) => arrays.every((a) => a.buffer === memory.buffer);
+
+  return {
+    rowSums: (a, vA, b, vB, c, m, s1, s2) => {
+      if (!fits(c) || !onHeap(a, b)) return sequential(a, vA, b, vB, c, m, s1, s2);
+      f64(va, c).set(vA);
+      f64(vb, c).set(vB);
+      parallel("sums", m, c, (r0, r1, block) => [
+        a.byteOffset,
+        b.byteOffset,
+        va,
+        vb,
+        c,
+        4 * c,
+        4 * c,
+        r0,
+        r1,
+        s1At(block),
+        s2At(block),
+        TILE_ROWS,
+      ], [s1, s2]);
+    },
+    maskedSums: (dy, x, c, m, mean, scale, offset, s1, s2) => {
+      if (!fits(c)) throw new Error(`maskedSums: ${c} channels (a multiple of 4 is needed)`);
+      f64(va, c).set(mean);
+      f32(f32Vector(0), c).set(scale);
+      f32(f32Vector(1), c).set(offset);
+      parallel("maskedSums", m, c, (r0, r1, block) => [
+        dy,
+        x,
+        va,
+        c,
+        4 * c,
+        4 * c,
+        r0,
+        r1,
+        s1At(block),
+        s2At(block),
+        TILE_ROWS,
+        f32Vector(0),
+        f32Vector(1),
+      ], [s1, s2]);
+    },
+    gradApply: (dy, x, dx, c, m, v) => {
+      if (!fits(c)) throw new Error(`gradApply: ${c} channels (a multiple of 4 is needed)`);
+      [v.scale, v.offset, v.a, v.b, v.d].forEach((values, i) => f32(f32Vector(i), c).set(values));
+      parallel("gradApply", m, c, (r0, r1) => [
+        dy,
+        x,
+        c,
+        4 * c,
+        4 * c,
+        r0,
+        r1,
+        dx,
+        4 * c,
+        ...[0, 1, 2, 3, 4].map(f32Vector),
+      ]);
+    },
   };
 }

@@ -1,0 +1,539 @@
+/**
+ * The passes of the native BatchNorm(+ReLU) that oneDNN cannot do in float64, as WebAssembly
+ * SIMD functions over the wasm heap itself: float32 loads and stores, float64 accumulation,
+ * four channels per step. The module imports the tfjs wasm backend's shared memory, so it works
+ * on the tensors where they are, on any thread that instantiates it (row_threads.ts). It is a
+ * few hundred bytes, assembled here from opcodes: no toolchain, no binary in the repository.
+ *
+ * Every function takes i32 arguments: byte addresses and byte row strides into the heap, a
+ * channel count c (a multiple of 4), rows r0 ≤ r < r1 of a [rows, c] view; per-channel vectors
+ * are float64 (`f64`) or float32 (`f32`) as named.
+ * - `sums(a, b, va, vb, c, strideA, strideB, r0, r1, s1, s2, tile)`:
+ *   s1[k] += Σ (a − va[k]), s2[k] += Σ (a − va[k])·(b − vb[k]) (va, vb, s1, s2 f64): the batch
+ *   statistics (a = b = x, va = vb = a shift) and the gradient sums of an unmasked dy.
+ * - `maskedSums(dy, x, mean, c, strideDy, strideX, r0, r1, s1, s2, tile, scale, offset)`:
+ *   g = dy where x·scale[k] + offset[k] > 0 (the pre-ReLU value; scale, offset f32), else 0;
+ *   s1[k] += Σ g, s2[k] += Σ g·(x − mean[k]) (mean, s1, s2 f64), without writing g.
+ * - `gradApply(dy, x, c, strideDy, strideX, r0, r1, dx, strideDx, scale, offset, a, b, d)`:
+ *   dx = a[k]·g + b[k]·x + d[k] with g masked as in `maskedSums` (all vectors f32; offset 0
+ *   and scale 0 with offset 1 give an unmasked g).
+ * The sums go in tiles of `tile` rows, four channels at a time kept in registers across a
+ * tile, so the accumulators touch memory once per tile; float64 sums in another order than the
+ * JavaScript loops' differ from them only in the last bits.
+ * @module
+ */
+
+// Value types, control flow, locals.
+const I32 = 0x7f, V128 = 0x7b;
+const BLOCK = 0x02, LOOP = 0x03, BR = 0x0c, BR_IF = 0x0d, END = 0x0b, SELECT = 0x1b, VOID = 0x40;
+const GET = 0x20, SET = 0x21;
+const I32_CONST = 0x41, I32_LT_U = 0x49, I32_GE_U = 0x4f, I32_ADD = 0x6a, I32_MUL = 0x6c;
+const I32_SHL = 0x74;
+// Fixed-width SIMD (prefix 0xfd).
+const V_LOAD = 0x00, V_STORE = 0x0b, V_CONST = 0x0c, SHUFFLE = 0x0d, V_AND = 0x4e;
+const F32X4_GT = 0x44, F32X4_ADD = 0xe4, F32X4_MUL = 0xe6;
+const F64X2_PROMOTE_LOW = 0x5f, F64X2_ADD = 0xf0, F64X2_SUB = 0xf1, F64X2_MUL = 0xf2;
+
+function uleb(n: number): number[] {
+  const out: number[] = [];
+  do {
+    let byte = n & 0x7f;
+    n >>>= 7;
+    if (n !== 0) byte |= 0x80;
+    out.push(byte);
+  } while (n !== 0);
+  return out;
+}
+
+const vec = (bytes: number[]) => [...uleb(bytes.length), ...bytes];
+const section = (id: number, body: number[]) => [id, ...vec(body)];
+const name = (s: string) => vec([...new TextEncoder().encode(s)]);
+
+/** A function's parameters (i32) and locals by name, and the instruction helpers over them. */
+class Fn {
+  readonly index = new Map<string, number>();
+  readonly i32Locals: string[];
+  readonly v128Locals: string[];
+
+  constructor(readonly params: string[], i32Locals: string[], v128Locals: string[]) {
+    [...params, ...i32Locals, ...v128Locals].forEach((n, i) => this.index.set(n, i));
+    this.i32Locals = i32Locals;
+    this.v128Locals = v128Locals;
+  }
+
+  get = (n: string) => [GET, this.#at(n)];
+  set = (n: string) => [SET, this.#at(n)];
+
+  #at(n: string): number {
+    const i = this.index.get(n);
+    if (i == null) throw new Error(`simd_batchnorm: no local ${n}`);
+    return i;
+  }
+
+  /** The encoded body: local declarations, then `code`, then `end`. */
+  body(code: number[]): number[] {
+    const locals = [
+      ...uleb(2),
+      ...uleb(this.i32Locals.length),
+      I32,
+      ...uleb(this.v128Locals.length),
+      V128,
+    ];
+    return vec([...locals, ...code, END]);
+  }
+}
+
+const simd = (op: number) => [0xfd, ...uleb(op)];
+// memarg: alignment exponent 0 (nothing promised), then the offset.
+const load = (offset = 0) => [...simd(V_LOAD), 0, ...uleb(offset)];
+const store = (offset = 0) => [...simd(V_STORE), 0, ...uleb(offset)];
+const zero = [...simd(V_CONST), ...new Array(16).fill(0)];
+/** Lanes 2, 3 of a f32x4 moved to lanes 0, 1, for the second promote. */
+const high = [...simd(SHUFFLE), 8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
+const promote = simd(F64X2_PROMOTE_LOW);
+const dadd = simd(F64X2_ADD), dsub = simd(F64X2_SUB), dmul = simd(F64X2_MUL);
+const fadd = simd(F32X4_ADD), fmul = simd(F32X4_MUL), fgt = simd(F32X4_GT), vand = simd(V_AND);
+const i32 = (v: number) => [I32_CONST, ...uleb(v)]; // small non-negative constants only
+
+/** k·shift bytes from `base`: the address of channel k in a vector of 2^shift-byte values. */
+const at = (f: Fn, base: string, shift: number) => [
+  ...f.get(base),
+  ...f.get("k"),
+  ...i32(shift),
+  I32_SHL,
+  I32_ADD,
+];
+
+/**
+ * The tiled reduction skeleton shared by `sums` and `maskedSums`: for each tile of rows and each
+ * group of four channels, `setup` loads per-channel values, `row` adds one row's terms to the
+ * register accumulators (pointers pa, pb at the row's channel group), then the tile's sums are
+ * added into s1, s2.
+ */
+function reduction(f: Fn, strideA: string, strideB: string, setup: number[], row: number[]) {
+  const addInto = (p: string, off: number, v: string) => [
+    ...at(f, p, 3),
+    ...at(f, p, 3),
+    ...load(off),
+    ...f.get(v),
+    ...dadd,
+    ...store(off),
+  ];
+  return [
+    ...f.get("r0"),
+    ...f.set("r"),
+    BLOCK,
+    VOID,
+    LOOP,
+    VOID,
+    ...f.get("r"),
+    ...f.get("r1"),
+    I32_GE_U,
+    BR_IF,
+    1,
+    // rEnd = min(r + tile, r1)
+    ...f.get("r"),
+    ...f.get("tile"),
+    I32_ADD,
+    ...f.get("r1"),
+    ...f.get("r"),
+    ...f.get("tile"),
+    I32_ADD,
+    ...f.get("r1"),
+    I32_LT_U,
+    SELECT,
+    ...f.set("rEnd"),
+    ...i32(0),
+    ...f.set("k"),
+    LOOP,
+    VOID,
+    ...setup,
+    ...zero,
+    ...f.set("s1Lo"),
+    ...zero,
+    ...f.set("s1Hi"),
+    ...zero,
+    ...f.set("s2Lo"),
+    ...zero,
+    ...f.set("s2Hi"),
+    // pa = a + r·strideA + k·4, pb likewise
+    ...f.get("a"),
+    ...f.get("r"),
+    ...f.get(strideA),
+    I32_MUL,
+    I32_ADD,
+    ...f.get("k"),
+    ...i32(2),
+    I32_SHL,
+    I32_ADD,
+    ...f.set("pa"),
+    ...f.get("b"),
+    ...f.get("r"),
+    ...f.get(strideB),
+    I32_MUL,
+    I32_ADD,
+    ...f.get("k"),
+    ...i32(2),
+    I32_SHL,
+    I32_ADD,
+    ...f.set("pb"),
+    ...f.get("r"),
+    ...f.set("rr"),
+    LOOP,
+    VOID,
+    ...row,
+    ...f.get("pa"),
+    ...f.get(strideA),
+    I32_ADD,
+    ...f.set("pa"),
+    ...f.get("pb"),
+    ...f.get(strideB),
+    I32_ADD,
+    ...f.set("pb"),
+    ...f.get("rr"),
+    ...i32(1),
+    I32_ADD,
+    ...f.set("rr"),
+    ...f.get("rr"),
+    ...f.get("rEnd"),
+    I32_LT_U,
+    BR_IF,
+    0,
+    END,
+    ...addInto("s1", 0, "s1Lo"),
+    ...addInto("s1", 16, "s1Hi"),
+    ...addInto("s2", 0, "s2Lo"),
+    ...addInto("s2", 16, "s2Hi"),
+    ...f.get("k"),
+    ...i32(4),
+    I32_ADD,
+    ...f.set("k"),
+    ...f.get("k"),
+    ...f.get("c"),
+    I32_LT_U,
+    BR_IF,
+    0,
+    END,
+    ...f.get("rEnd"),
+    ...f.set("r"),
+    BR,
+    0,
+    END,
+    END,
+  ];
+}
+
+const REDUCTION_I32 = ["r", "rEnd", "k", "pa", "pb", "rr"];
+const REDUCTION_V128 = ["s1Lo", "s1Hi", "s2Lo", "s2Hi", "t", "xLo", "xHi", "vaLo", "vaHi"];
+
+/** acc += v, both f64x2 locals or expressions. */
+const accumulate = (
+  f: Fn,
+  acc: string,
+  v: number[],
+) => [...f.get(acc), ...v, ...dadd, ...f.set(acc)];
+
+function sumsFn(): number[] {
+  const f = new Fn(
+    ["a", "b", "va", "vb", "c", "strideA", "strideB", "r0", "r1", "s1", "s2", "tile"],
+    REDUCTION_I32,
+    [...REDUCTION_V128, "vbLo", "vbHi"],
+  );
+  const setup = [
+    ...at(f, "va", 3),
+    ...load(0),
+    ...f.set("vaLo"),
+    ...at(f, "va", 3),
+    ...load(16),
+    ...f.set("vaHi"),
+    ...at(f, "vb", 3),
+    ...load(0),
+    ...f.set("vbLo"),
+    ...at(f, "vb", 3),
+    ...load(16),
+    ...f.set("vbHi"),
+  ];
+  const row = [
+    // x = promote(a[rr, k..k+3]) − va
+    ...f.get("pa"),
+    ...load(0),
+    ...f.set("t"),
+    ...f.get("t"),
+    ...promote,
+    ...f.get("vaLo"),
+    ...dsub,
+    ...f.set("xLo"),
+    ...f.get("t"),
+    ...f.get("t"),
+    ...high,
+    ...promote,
+    ...f.get("vaHi"),
+    ...dsub,
+    ...f.set("xHi"),
+    ...accumulate(f, "s1Lo", f.get("xLo")),
+    ...accumulate(f, "s1Hi", f.get("xHi")),
+    // s2 += x · (promote(b[rr, k..k+3]) − vb)
+    ...f.get("pb"),
+    ...load(0),
+    ...f.set("t"),
+    ...accumulate(f, "s2Lo", [
+      ...f.get("t"),
+      ...promote,
+      ...f.get("vbLo"),
+      ...dsub,
+      ...f.get("xLo"),
+      ...dmul,
+    ]),
+    ...accumulate(f, "s2Hi", [
+      ...f.get("t"),
+      ...f.get("t"),
+      ...high,
+      ...promote,
+      ...f.get("vbHi"),
+      ...dsub,
+      ...f.get("xHi"),
+      ...dmul,
+    ]),
+  ];
+  return f.body(reduction(f, "strideA", "strideB", setup, row));
+}
+
+function maskedSumsFn(): number[] {
+  // a = dy, b = x, va = mean.
+  const f = new Fn(
+    [
+      "a",
+      "b",
+      "va",
+      "c",
+      "strideA",
+      "strideB",
+      "r0",
+      "r1",
+      "s1",
+      "s2",
+      "tile",
+      "scale",
+      "offset",
+    ],
+    REDUCTION_I32,
+    [...REDUCTION_V128, "sc", "of", "g"],
+  );
+  const setup = [
+    ...at(f, "va", 3),
+    ...load(0),
+    ...f.set("vaLo"),
+    ...at(f, "va", 3),
+    ...load(16),
+    ...f.set("vaHi"),
+    ...at(f, "scale", 2),
+    ...load(0),
+    ...f.set("sc"),
+    ...at(f, "offset", 2),
+    ...load(0),
+    ...f.set("of"),
+  ];
+  const row = [
+    // t = x; g = dy & (x·scale + offset > 0)
+    ...f.get("pb"),
+    ...load(0),
+    ...f.set("t"),
+    ...f.get("pa"),
+    ...load(0),
+    ...f.get("t"),
+    ...f.get("sc"),
+    ...fmul,
+    ...f.get("of"),
+    ...fadd,
+    ...zero,
+    ...fgt,
+    ...vand,
+    ...f.set("g"),
+    // x − mean, in float64
+    ...f.get("t"),
+    ...promote,
+    ...f.get("vaLo"),
+    ...dsub,
+    ...f.set("xLo"),
+    ...f.get("t"),
+    ...f.get("t"),
+    ...high,
+    ...promote,
+    ...f.get("vaHi"),
+    ...dsub,
+    ...f.set("xHi"),
+    // s1 += g, s2 += g·(x − mean)
+    ...f.get("g"),
+    ...promote,
+    ...f.set("t"),
+    ...accumulate(f, "s1Lo", f.get("t")),
+    ...accumulate(f, "s2Lo", [...f.get("t"), ...f.get("xLo"), ...dmul]),
+    ...f.get("g"),
+    ...f.get("g"),
+    ...high,
+    ...promote,
+    ...f.set("t"),
+    ...accumulate(f, "s1Hi", f.get("t")),
+    ...accumulate(f, "s2Hi", [...f.get("t"), ...f.get("xHi"), ...dmul]),
+  ];
+  return f.body(reduction(f, "strideA", "strideB", setup, row));
+}
+
+function gradApplyFn(): number[] {
+  const f = new Fn(
+    [
+      "g",
+      "x",
+      "c",
+      "strideG",
+      "strideX",
+      "r0",
+      "r1",
+      "dx",
+      "strideDx",
+      "scale",
+      "offset",
+      "ca",
+      "cb",
+      "cd",
+    ],
+    ["r", "k", "pg", "px", "pd"],
+    ["t"],
+  );
+  // Row pointers advance by their strides; within a row, channel groups by 16 bytes.
+  const rowStart = (base: string, stride: string, p: string) => [
+    ...f.get(base),
+    ...f.get("r"),
+    ...f.get(stride),
+    I32_MUL,
+    I32_ADD,
+    ...f.set(p),
+  ];
+  const step = (p: string) => [...f.get(p), ...i32(16), I32_ADD, ...f.set(p)];
+  const vector = (v: string) => [...at(f, v, 2), ...load(0)];
+  return f.body([
+    ...f.get("r0"),
+    ...f.set("r"),
+    BLOCK,
+    VOID,
+    LOOP,
+    VOID,
+    ...f.get("r"),
+    ...f.get("r1"),
+    I32_GE_U,
+    BR_IF,
+    1,
+    ...rowStart("g", "strideG", "pg"),
+    ...rowStart("x", "strideX", "px"),
+    ...rowStart("dx", "strideDx", "pd"),
+    ...i32(0),
+    ...f.set("k"),
+    LOOP,
+    VOID,
+    // t = x; dx = (g & (t·scale + offset > 0))·a + t·b + d
+    ...f.get("px"),
+    ...load(0),
+    ...f.set("t"),
+    ...f.get("pd"),
+    ...f.get("pg"),
+    ...load(0),
+    ...f.get("t"),
+    ...vector("scale"),
+    ...fmul,
+    ...vector("offset"),
+    ...fadd,
+    ...zero,
+    ...fgt,
+    ...vand,
+    ...vector("ca"),
+    ...fmul,
+    ...f.get("t"),
+    ...vector("cb"),
+    ...fmul,
+    ...fadd,
+    ...vector("cd"),
+    ...fadd,
+    ...store(0),
+    ...step("pg"),
+    ...step("px"),
+    ...step("pd"),
+    ...f.get("k"),
+    ...i32(4),
+    I32_ADD,
+    ...f.set("k"),
+    ...f.get("k"),
+    ...f.get("c"),
+    I32_LT_U,
+    BR_IF,
+    0,
+    END,
+    ...f.get("r"),
+    ...i32(1),
+    I32_ADD,
+    ...f.set("r"),
+    BR,
+    0,
+    END,
+    END,
+  ]);
+}
+
+/** The exported functions, in order, with their parameter counts. */
+const FUNCTIONS: [string, () => number[], number][] = [
+  ["sums", sumsFn, 12],
+  ["maskedSums", maskedSumsFn, 13],
+  ["gradApply", gradApplyFn, 14],
+];
+
+let bytes: Uint8Array | null = null;
+
+/** The module's bytes: imports `env.memory` (shared, up to 4 GiB), exports the functions. */
+export function simdBatchNormModuleBytes(): Uint8Array {
+  if (bytes != null) return bytes;
+  const types = section(1, [
+    ...uleb(FUNCTIONS.length),
+    ...FUNCTIONS.flatMap(([, , n]) => [0x60, ...vec(new Array(n).fill(I32)), 0]),
+  ]);
+  // Import kind 2 (memory), limits flag 3 (shared, with a maximum): 1 page up to 65,536.
+  const imports = section(2, [1, ...name("env"), ...name("memory"), 2, 3, 1, ...uleb(65536)]);
+  const funcs = section(3, [...uleb(FUNCTIONS.length), ...FUNCTIONS.map((_, i) => i)]);
+  const exports = section(7, [
+    ...uleb(FUNCTIONS.length),
+    ...FUNCTIONS.flatMap(([n], i) => [...name(n), 0, i]),
+  ]);
+  const code = section(10, [
+    ...uleb(FUNCTIONS.length),
+    ...FUNCTIONS.flatMap(([, make]) => make()),
+  ]);
+  bytes = new Uint8Array([
+    ...[0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0],
+    ...types,
+    ...imports,
+    ...funcs,
+    ...exports,
+    ...code,
+  ]);
+  return bytes;
+}
+
+/** The module's functions (arguments as in the module comment). */
+export interface SimdBatchNorm {
+  sums(...args: number[]): void;
+  maskedSums(...args: number[]): void;
+  gradApply(...args: number[]): void;
+}
+
+/**
+ * The functions bound to `memory` (a shared WebAssembly.Memory: the threaded wasm backend's
+ * heap); null where this engine has no WebAssembly SIMD or the memory is not shared.
+ */
+export function simdBatchNorm(memory: WebAssembly.Memory): SimdBatchNorm | null {
+  if (!(memory.buffer instanceof SharedArrayBuffer)) return null;
+  try {
+    const module = new WebAssembly.Module(simdBatchNormModuleBytes() as BufferSource);
+    const instance = new WebAssembly.Instance(module, { env: { memory } });
+    return instance.exports as unknown as SimdBatchNorm;
+  } catch {
+    return null;
+  }
+}
