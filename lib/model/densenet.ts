@@ -456,6 +456,7 @@ function denseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.Tensor
     }
     return block;
   }
+  if (pass.checkpoint === "layer" && fusedBatchNorm()) return fusedDenseBlock(x, layers, pass);
   const features: tf.Tensor4D[] = [x];
   for (const layer of layers) {
     // Per-layer tidy frees what the backward pass does not need (the tape keeps its own).
@@ -523,6 +524,77 @@ function fusedDenseLayer(x: tf.Tensor4D, layer: DenseLayer, pass: Pass): tf.Tens
     };
   });
   return op(x, norm1.weight, norm1.bias, conv1, norm2.weight, norm2.bias, conv2) as tf.Tensor4D;
+}
+
+/**
+ * A training-mode dense block as one custom op over the fused BatchNorm kernels (the `"layer"`
+ * memory level): the tape keeps only the block's output, the concatenation of its input and
+ * every new feature, from which each layer's input is a channel prefix. The backward walks the
+ * layers last to first with a running gradient of that prefix: each layer's slice of it is the
+ * gradient of its new feature; the layer is recomputed up to its second BatchNorm + ReLU (its
+ * 3×3 conv output is not needed), back-propagated with the gradient kernels of
+ * `fusedDenseLayer`, and its input gradient added to the rest of the prefix gradient, which is
+ * how the plain path (one block tensor growing by concat) accumulates it. Only one layer's
+ * intermediates are alive at a time in either pass, as with per-layer checkpointing, without a
+ * nested tape per layer (its saved-tensor copies and one gradient Add per feature per later
+ * layer). The recompute repeats the forward's kernels, so the same batch statistics and values;
+ * the running statistics are updated in the forward only.
+ */
+function fusedDenseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.Tensor4D {
+  const params = layers.flatMap(layerParams);
+  const cin0 = x.shape[3];
+  const growth = layers[0].conv2.shape[3];
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const input = args[0] as tf.Tensor4D;
+    const save = args[args.length - 1] as tf.GradSaveFunc;
+    const features: tf.Tensor4D[] = [input];
+    for (const layer of layers) {
+      const { norm1, conv1, norm2, conv2 } = layer;
+      features.push(tf.tidy(() => {
+        const xi = features.length === 1 ? input : tf.concat(features, 3);
+        const [y1, m1, v1] = fusedTrainForward(xi, norm1.weight, norm1.bias);
+        const h: tf.Tensor4D = tf.conv2d(y1, conv1, 1, "valid");
+        const [y2, m2, v2] = fusedTrainForward(h, norm2.weight, norm2.bias);
+        if (pass.updateStats) {
+          updateRunningStats(norm1, m1, v1, xi.shape, pass);
+          updateRunningStats(norm2, m2, v2, h.shape, pass);
+        }
+        return tf.conv2d(y2, conv2, 1, "same") as tf.Tensor4D;
+      }));
+    }
+    const value = tf.concat(features, 3);
+    save([value]);
+    return {
+      value,
+      gradFunc: (dy: tf.Tensor4D, saved: tf.Tensor[]) => {
+        const out = saved[0] as tf.Tensor4D;
+        const grads: tf.Tensor[][] = [];
+        let dPrefix = dy;
+        for (let i = layers.length - 1; i >= 0; i--) {
+          const { norm1, conv1, norm2, conv2 } = layers[i];
+          const cin = cin0 + i * growth;
+          const [dRest, ...layerGrads] = tf.tidy(() => {
+            const [dRest, dNew] = tf.split(dPrefix, [cin, growth], 3) as tf.Tensor4D[];
+            const xi = tf.slice(out, [0, 0, 0, 0], [-1, -1, -1, cin]);
+            const [y1, m1, v1] = fusedTrainForward(xi, norm1.weight, norm1.bias);
+            const h: tf.Tensor4D = tf.conv2d(y1, conv1, 1, "valid");
+            const [y2, m2, v2] = fusedTrainForward(h, norm2.weight, norm2.bias);
+            // fusedDenseLayer's gradient, with dNew for its output's.
+            const [dy2, dw2] = convGradients(dNew, y2, conv2, CONV3X3);
+            const [dh, dg2, db2] = fusedBackward(dy2, h, norm2.weight, norm2.bias, m2, v2);
+            const [dy1, dw1] = convGradients(dh as tf.Tensor4D, y1, conv1, CONV1X1);
+            const [dx, dg1, db1] = fusedBackward(dy1, xi, norm1.weight, norm1.bias, m1, v1);
+            return [tf.add(dRest, dx) as tf.Tensor4D, dg1, db1, dw1, dg2, db2, dw2];
+          });
+          if (dPrefix !== dy) dPrefix.dispose();
+          dPrefix = dRest as tf.Tensor4D;
+          grads[i] = layerGrads;
+        }
+        return [dPrefix, ...grads.flat()];
+      },
+    };
+  });
+  return op(x, ...params) as tf.Tensor4D;
 }
 
 function transition(x: tf.Tensor4D, t: Transition, pass: Pass): tf.Tensor4D {
