@@ -353,22 +353,51 @@ function stem(x: tf.Tensor4D, model: DenseNet, pass: Pass): tf.Tensor4D {
 }
 
 /**
- * Evaluation mode: norm0 (running statistics) folded into conv0 — w·s per output channel and
- * bias β − μ·s, s = γ/√(σ² + ε) — with the ReLU as the convolution's post-op: one FusedConv2D
- * instead of a convolution, a BatchNorm and a ReLU over the largest feature map. The other
- * BatchNorms precede their convolution through a ReLU, so they cannot be folded.
+ * Evaluation mode: norm0 (running statistics) folded into conv0 (`foldBatchNorms`), with the
+ * ReLU as the convolution's post-op: one FusedConv2D instead of a convolution, a BatchNorm and a
+ * ReLU over the largest feature map.
  */
 function foldedStem(x: tf.Tensor4D, model: DenseNet): tf.Tensor4D {
-  const bn = model.norm0;
-  const s = tf.mul(bn.weight, tf.rsqrt(tf.add(bn.runningVar, BN_EPS)));
+  const [{ filter, bias }] = foldBatchNorms([model.conv0], [model.norm0]);
   return tf.fused.conv2d({
     x,
-    filter: tf.mul(model.conv0, s) as tf.Tensor4D,
+    filter,
     strides: 2,
     pad: [[0, 0], [3, 3], [3, 3], [0, 0]],
-    bias: tf.sub(bn.bias, tf.mul(bn.runningMean, s)),
+    bias,
     activation: "relu",
   });
+}
+
+/** A convolution with the BatchNorm after it folded in (evaluation mode). */
+interface FoldedConv {
+  filter: tf.Tensor4D;
+  bias: tf.Tensor1D;
+}
+
+/**
+ * Evaluation mode: each BatchNorm (running statistics) folded into the convolution right before
+ * it — filter w·s per output channel and bias β − μ·s, s = γ/√(σ² + ε) — for several pairs at
+ * once: the statistics are concatenated, so the fold is a few kernels for all of them plus one
+ * filter multiply each. Only a BatchNorm directly after a convolution folds: norm0 (after conv0)
+ * and each dense layer's norm2 (after its 1×1 conv1). norm1, the transitions' norms and norm5
+ * reach their convolution (or the pooling) through a ReLU, so they cannot be folded.
+ */
+function foldBatchNorms(convs: tf.Tensor4D[], bns: BatchNorm[]): FoldedConv[] {
+  const cat = (ts: tf.Tensor1D[]) => (ts.length === 1 ? ts[0] : tf.concat(ts, 0));
+  const gamma = cat(bns.map((bn) => bn.weight));
+  const s = tf.mul(gamma, tf.rsqrt(tf.add(cat(bns.map((bn) => bn.runningVar)), BN_EPS)));
+  const bias = tf.sub(
+    cat(bns.map((bn) => bn.bias)),
+    tf.mul(cat(bns.map((bn) => bn.runningMean)), s),
+  );
+  const sizes = bns.map((bn) => bn.weight.size);
+  const scales = bns.length === 1 ? [s] : tf.split(s, sizes);
+  const biases = bns.length === 1 ? [bias] : tf.split(bias, sizes);
+  return convs.map((w, i) => ({
+    filter: tf.mul(w, scales[i]) as tf.Tensor4D,
+    bias: biases[i] as tf.Tensor1D,
+  }));
 }
 
 const bnParams = (bn: BatchNorm): tf.Variable[] => [bn.weight, bn.bias];
@@ -449,11 +478,16 @@ function denseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.Tensor
     // (~500 per DenseNet-121 step). Memory is the same: each layer's BatchNorm keeps its input,
     // the block so far, for its gradient either way (the memory-efficient levels keep less and
     // take the path below).
+    // Evaluation mode folds each layer's norm2 into its conv1, for the whole block at once.
+    const folded = pass.training
+      ? null
+      : foldBatchNorms(layers.map((l) => l.conv1), layers.map((l) => l.norm2));
     let block = x;
-    for (const layer of layers) {
+    layers.forEach((layer, i) => {
       const input = block;
-      block = tf.tidy(() => concat([input, denseLayer([input], layer, pass)]));
-    }
+      block = tf.tidy(() => concat([input, denseLayer([input], layer, pass, folded?.[i])]));
+    });
+    if (folded) { for (const f of folded) tf.dispose([f.filter, f.bias]); }
     return block;
   }
   if (pass.checkpoint === "layer" && fusedBatchNorm()) return fusedDenseBlock(x, layers, pass);
@@ -471,9 +505,27 @@ function denseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.Tensor
   return concat(features);
 }
 
-function denseLayer(features: tf.Tensor4D[], layer: DenseLayer, pass: Pass): tf.Tensor4D {
+/** `folded`: evaluation mode's conv1 with norm2 folded in (`foldBatchNorms`). */
+function denseLayer(
+  features: tf.Tensor4D[],
+  layer: DenseLayer,
+  pass: Pass,
+  folded?: FoldedConv,
+): tf.Tensor4D {
   if (pass.training && !pass.bottleneck && fusedBatchNorm()) {
     return fusedDenseLayer(concat(features), layer, pass);
+  }
+  if (folded) {
+    // conv1 + norm2 + ReLU as one FusedConv2D.
+    const h = tf.fused.conv2d({
+      x: batchNormRelu(concat(features), layer.norm1, pass),
+      filter: folded.filter,
+      strides: 1,
+      pad: "valid",
+      bias: folded.bias,
+      activation: "relu",
+    });
+    return tf.conv2d(h, layer.conv2, 1, "same");
   }
   const bottleneck = pass.bottleneck
     ? efficientBottleneck(features, layer.norm1, layer.conv1, pass)
