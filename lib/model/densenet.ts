@@ -280,6 +280,7 @@ function featuresPass(
     let h = checkpointed
       ? checkpoint((xs, p) => stem(xs[0], model, p), [x], stemParams(model), pass, false)
       : stem(x, model, pass);
+    const folds = norm2Folds(model, pass);
     model.blocks.forEach((layers, b) => {
       const t: Transition | undefined = model.transitions[b];
       if (pass.checkpoint === "block") {
@@ -291,7 +292,7 @@ function featuresPass(
         h = checkpoint(segment, [h], params, pass);
         return;
       }
-      h = denseBlock(h, layers, pass);
+      h = denseBlock(h, layers, pass, folds?.[b]);
       if (!t) return;
       const input = h;
       h = pass.checkpoint === "layer"
@@ -358,10 +359,10 @@ function stem(x: tf.Tensor4D, model: DenseNet, pass: Pass): tf.Tensor4D {
  * ReLU over the largest feature map.
  */
 function foldedStem(x: tf.Tensor4D, model: DenseNet): tf.Tensor4D {
-  const [{ filter, bias }] = foldBatchNorms([model.conv0], [model.norm0]);
+  const [{ scale, bias }] = foldBatchNorms([model.norm0]);
   return tf.fused.conv2d({
     x,
-    filter,
+    filter: tf.mul(model.conv0, scale) as tf.Tensor4D,
     strides: 2,
     pad: [[0, 0], [3, 3], [3, 3], [0, 0]],
     bias,
@@ -369,35 +370,52 @@ function foldedStem(x: tf.Tensor4D, model: DenseNet): tf.Tensor4D {
   });
 }
 
-/** A convolution with the BatchNorm after it folded in (evaluation mode). */
-interface FoldedConv {
-  filter: tf.Tensor4D;
+/**
+ * A BatchNorm (running statistics) folded into the convolution right before it: the filter
+ * times `scale` per output channel, plus `bias`.
+ */
+interface FoldedBatchNorm {
+  scale: tf.Tensor1D;
   bias: tf.Tensor1D;
 }
 
 /**
- * Evaluation mode: each BatchNorm (running statistics) folded into the convolution right before
- * it — filter w·s per output channel and bias β − μ·s, s = γ/√(σ² + ε) — for several pairs at
- * once: the statistics are concatenated, so the fold is a few kernels for all of them plus one
- * filter multiply each. Only a BatchNorm directly after a convolution folds: norm0 (after conv0)
- * and each dense layer's norm2 (after its 1×1 conv1). norm1, the transitions' norms and norm5
- * reach their convolution (or the pooling) through a ReLU, so they cannot be folded.
+ * Evaluation mode: s = γ/√(σ² + ε) and β − μ·s of each BatchNorm, which fold it into the
+ * convolution right before it (filter w·s per output channel, bias β − μ·s), for several at once
+ * (the statistics concatenated: ~11 kernels however many). Only a BatchNorm directly after a
+ * convolution folds: norm0 (after conv0) and each dense layer's norm2 (after its 1×1 conv1).
+ * norm1, the transitions' norms and norm5 reach their convolution (or the pooling) through a
+ * ReLU, so they cannot be folded.
  */
-function foldBatchNorms(convs: tf.Tensor4D[], bns: BatchNorm[]): FoldedConv[] {
-  const cat = (ts: tf.Tensor1D[]) => (ts.length === 1 ? ts[0] : tf.concat(ts, 0));
-  const gamma = cat(bns.map((bn) => bn.weight));
-  const s = tf.mul(gamma, tf.rsqrt(tf.add(cat(bns.map((bn) => bn.runningVar)), BN_EPS)));
-  const bias = tf.sub(
-    cat(bns.map((bn) => bn.bias)),
-    tf.mul(cat(bns.map((bn) => bn.runningMean)), s),
-  );
-  const sizes = bns.map((bn) => bn.weight.size);
-  const scales = bns.length === 1 ? [s] : tf.split(s, sizes);
-  const biases = bns.length === 1 ? [bias] : tf.split(bias, sizes);
-  return convs.map((w, i) => ({
-    filter: tf.mul(w, scales[i]) as tf.Tensor4D,
-    bias: biases[i] as tf.Tensor1D,
-  }));
+function foldBatchNorms(bns: BatchNorm[]): FoldedBatchNorm[] {
+  return tf.tidy(() => {
+    const cat = (ts: tf.Tensor1D[]) => (ts.length === 1 ? ts[0] : tf.concat(ts, 0));
+    const gamma = cat(bns.map((bn) => bn.weight));
+    const s = tf.mul(gamma, tf.rsqrt(tf.add(cat(bns.map((bn) => bn.runningVar)), BN_EPS)));
+    const bias = tf.sub(
+      cat(bns.map((bn) => bn.bias)),
+      tf.mul(cat(bns.map((bn) => bn.runningMean)), s),
+    );
+    const sizes = bns.map((bn) => bn.weight.size);
+    const scales = bns.length === 1 ? [s] : tf.split(s, sizes);
+    const biases = bns.length === 1 ? [bias] : tf.split(bias, sizes);
+    return bns.map((_, i) => ({
+      scale: scales[i] as tf.Tensor1D,
+      bias: biases[i] as tf.Tensor1D,
+    }));
+  });
+}
+
+/**
+ * Evaluation mode: every dense layer's norm2 folded (`foldBatchNorms`), by block, so its conv1 +
+ * norm2 + ReLU is one FusedConv2D. Not where the backend has the one-pass
+ * `BatchNormReluInference` kernel (native): there the fold would trade that kernel for a filter
+ * multiply per layer, no faster (measured at 224 px).
+ */
+function norm2Folds(model: DenseNet, pass: Pass): FoldedBatchNorm[][] | null {
+  if (pass.training || tf.getKernel(BN_INFERENCE_KERNEL, tf.getBackend()) != null) return null;
+  const folds = foldBatchNorms(model.blocks.flat().map((l) => l.norm2));
+  return model.blocks.map((layers) => folds.splice(0, layers.length));
 }
 
 const bnParams = (bn: BatchNorm): tf.Variable[] => [bn.weight, bn.bias];
@@ -470,7 +488,13 @@ export function predict(model: DenseNet, x: tf.Tensor4D): tf.Tensor2D {
   return tf.tidy(() => tf.sigmoid(forward(model, x, { training: false })));
 }
 
-function denseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.Tensor4D {
+/** `folded`: evaluation mode's norm2 of each layer, folded (`norm2Folds`). */
+function denseBlock(
+  x: tf.Tensor4D,
+  layers: DenseLayer[],
+  pass: Pass,
+  folded: FoldedBatchNorm[] | null = null,
+): tf.Tensor4D {
   if (pass.checkpoint === "none" && !pass.bottleneck) {
     // Each layer reads the block so far and appends its channels to it. The block tensor has
     // two consumers (the layer and the next append), so its gradient is accumulated once per
@@ -478,16 +502,11 @@ function denseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.Tensor
     // (~500 per DenseNet-121 step). Memory is the same: each layer's BatchNorm keeps its input,
     // the block so far, for its gradient either way (the memory-efficient levels keep less and
     // take the path below).
-    // Evaluation mode folds each layer's norm2 into its conv1, for the whole block at once.
-    const folded = pass.training
-      ? null
-      : foldBatchNorms(layers.map((l) => l.conv1), layers.map((l) => l.norm2));
     let block = x;
     layers.forEach((layer, i) => {
       const input = block;
       block = tf.tidy(() => concat([input, denseLayer([input], layer, pass, folded?.[i])]));
     });
-    if (folded) { for (const f of folded) tf.dispose([f.filter, f.bias]); }
     return block;
   }
   if (pass.checkpoint === "layer" && fusedBatchNorm()) return fusedDenseBlock(x, layers, pass);
@@ -505,12 +524,12 @@ function denseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.Tensor
   return concat(features);
 }
 
-/** `folded`: evaluation mode's conv1 with norm2 folded in (`foldBatchNorms`). */
+/** `folded`: evaluation mode's norm2, folded into conv1 (`norm2Folds`). */
 function denseLayer(
   features: tf.Tensor4D[],
   layer: DenseLayer,
   pass: Pass,
-  folded?: FoldedConv,
+  folded?: FoldedBatchNorm,
 ): tf.Tensor4D {
   if (pass.training && !pass.bottleneck && fusedBatchNorm()) {
     return fusedDenseLayer(concat(features), layer, pass);
@@ -519,7 +538,7 @@ function denseLayer(
     // conv1 + norm2 + ReLU as one FusedConv2D.
     const h = tf.fused.conv2d({
       x: batchNormRelu(concat(features), layer.norm1, pass),
-      filter: folded.filter,
+      filter: tf.mul(layer.conv1, folded.scale) as tf.Tensor4D,
       strides: 1,
       pad: "valid",
       bias: folded.bias,
