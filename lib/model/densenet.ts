@@ -18,7 +18,8 @@
  *
  * Where the backend registers them, BatchNorm + ReLU runs as fused kernels with a custom
  * gradient (`BatchNormReluTrain` / `BatchNormReluGrad`, lib/backends/batchnorm_kernels.ts; the
- * WebGPU backend registers its own), and evaluation mode folds norm0 into conv0.
+ * WebGPU backend registers its own), and evaluation mode folds norm0 into conv0 and (where the
+ * backend lacks the one-pass inference kernel) each dense layer's norm2 into its conv1.
  * @module
  */
 
@@ -226,7 +227,9 @@ export interface ForwardOptions {
  *   the forward keeps only each segment's input; the backward re-runs the segment under its own
  *   tape (with `"bottleneck"` layers inside) and frees that tape before the next segment.
  * - `"layer"`: the same checkpointing per dense layer, transition and the stem; the smallest
- *   peak, at one extra forward pass.
+ *   peak, at one extra forward pass. With the fused BatchNorm kernels each dense block is one
+ *   custom op instead (`fusedDenseBlock`: same numbers, fewer kernels, its layers' 3×3 convs
+ *   not recomputed).
  * - `true`: `"layer"`.
  */
 export type MemoryEfficiency = boolean | "off" | "bottleneck" | "block" | "layer";
