@@ -18,7 +18,8 @@
  *
  * Where the backend registers them, BatchNorm + ReLU runs as fused kernels with a custom
  * gradient (`BatchNormReluTrain` / `BatchNormReluGrad`, lib/backends/batchnorm_kernels.ts; the
- * WebGPU backend registers its own), and evaluation mode folds norm0 into conv0.
+ * WebGPU backend registers its own), and evaluation mode folds norm0 into conv0 and (where the
+ * backend lacks the one-pass inference kernel) each dense layer's norm2 into its conv1.
  * @module
  */
 
@@ -226,7 +227,9 @@ export interface ForwardOptions {
  *   the forward keeps only each segment's input; the backward re-runs the segment under its own
  *   tape (with `"bottleneck"` layers inside) and frees that tape before the next segment.
  * - `"layer"`: the same checkpointing per dense layer, transition and the stem; the smallest
- *   peak, at one extra forward pass.
+ *   peak, at one extra forward pass. With the fused BatchNorm kernels each dense block is one
+ *   custom op instead (`fusedDenseBlock`: same numbers, fewer kernels, its layers' 3×3 convs
+ *   not recomputed).
  * - `true`: `"layer"`.
  */
 export type MemoryEfficiency = boolean | "off" | "bottleneck" | "block" | "layer";
@@ -280,6 +283,7 @@ function featuresPass(
     let h = checkpointed
       ? checkpoint((xs, p) => stem(xs[0], model, p), [x], stemParams(model), pass, false)
       : stem(x, model, pass);
+    const folds = norm2Folds(model, pass);
     model.blocks.forEach((layers, b) => {
       const t: Transition | undefined = model.transitions[b];
       if (pass.checkpoint === "block") {
@@ -291,7 +295,7 @@ function featuresPass(
         h = checkpoint(segment, [h], params, pass);
         return;
       }
-      h = denseBlock(h, layers, pass);
+      h = denseBlock(h, layers, pass, folds?.[b]);
       if (!t) return;
       const input = h;
       h = pass.checkpoint === "layer"
@@ -353,22 +357,68 @@ function stem(x: tf.Tensor4D, model: DenseNet, pass: Pass): tf.Tensor4D {
 }
 
 /**
- * Evaluation mode: norm0 (running statistics) folded into conv0 — w·s per output channel and
- * bias β − μ·s, s = γ/√(σ² + ε) — with the ReLU as the convolution's post-op: one FusedConv2D
- * instead of a convolution, a BatchNorm and a ReLU over the largest feature map. The other
- * BatchNorms precede their convolution through a ReLU, so they cannot be folded.
+ * Evaluation mode: norm0 (running statistics) folded into conv0 (`foldBatchNorms`), with the
+ * ReLU as the convolution's post-op: one FusedConv2D instead of a convolution, a BatchNorm and a
+ * ReLU over the largest feature map.
  */
 function foldedStem(x: tf.Tensor4D, model: DenseNet): tf.Tensor4D {
-  const bn = model.norm0;
-  const s = tf.mul(bn.weight, tf.rsqrt(tf.add(bn.runningVar, BN_EPS)));
+  const [{ scale, bias }] = foldBatchNorms([model.norm0]);
   return tf.fused.conv2d({
     x,
-    filter: tf.mul(model.conv0, s) as tf.Tensor4D,
+    filter: tf.mul(model.conv0, scale) as tf.Tensor4D,
     strides: 2,
     pad: [[0, 0], [3, 3], [3, 3], [0, 0]],
-    bias: tf.sub(bn.bias, tf.mul(bn.runningMean, s)),
+    bias,
     activation: "relu",
   });
+}
+
+/**
+ * A BatchNorm (running statistics) folded into the convolution right before it: the filter
+ * times `scale` per output channel, plus `bias`.
+ */
+interface FoldedBatchNorm {
+  scale: tf.Tensor1D;
+  bias: tf.Tensor1D;
+}
+
+/**
+ * Evaluation mode: s = γ/√(σ² + ε) and β − μ·s of each BatchNorm, which fold it into the
+ * convolution right before it (filter w·s per output channel, bias β − μ·s), for several at once
+ * (the statistics concatenated: ~11 kernels however many). Only a BatchNorm directly after a
+ * convolution folds: norm0 (after conv0) and each dense layer's norm2 (after its 1×1 conv1).
+ * norm1, the transitions' norms and norm5 reach their convolution (or the pooling) through a
+ * ReLU, so they cannot be folded.
+ */
+function foldBatchNorms(bns: BatchNorm[]): FoldedBatchNorm[] {
+  return tf.tidy(() => {
+    const cat = (ts: tf.Tensor1D[]) => (ts.length === 1 ? ts[0] : tf.concat(ts, 0));
+    const gamma = cat(bns.map((bn) => bn.weight));
+    const s = tf.mul(gamma, tf.rsqrt(tf.add(cat(bns.map((bn) => bn.runningVar)), BN_EPS)));
+    const bias = tf.sub(
+      cat(bns.map((bn) => bn.bias)),
+      tf.mul(cat(bns.map((bn) => bn.runningMean)), s),
+    );
+    const sizes = bns.map((bn) => bn.weight.size);
+    const scales = bns.length === 1 ? [s] : tf.split(s, sizes);
+    const biases = bns.length === 1 ? [bias] : tf.split(bias, sizes);
+    return bns.map((_, i) => ({
+      scale: scales[i] as tf.Tensor1D,
+      bias: biases[i] as tf.Tensor1D,
+    }));
+  });
+}
+
+/**
+ * Evaluation mode: every dense layer's norm2 folded (`foldBatchNorms`), by block, so its conv1 +
+ * norm2 + ReLU is one FusedConv2D. Not where the backend has the one-pass
+ * `BatchNormReluInference` kernel (native): there the fold would trade that kernel for a filter
+ * multiply per layer, no faster (measured at 224 px).
+ */
+function norm2Folds(model: DenseNet, pass: Pass): FoldedBatchNorm[][] | null {
+  if (pass.training || tf.getKernel(BN_INFERENCE_KERNEL, tf.getBackend()) != null) return null;
+  const folds = foldBatchNorms(model.blocks.flat().map((l) => l.norm2));
+  return model.blocks.map((layers) => folds.splice(0, layers.length));
 }
 
 const bnParams = (bn: BatchNorm): tf.Variable[] => [bn.weight, bn.bias];
@@ -441,7 +491,13 @@ export function predict(model: DenseNet, x: tf.Tensor4D): tf.Tensor2D {
   return tf.tidy(() => tf.sigmoid(forward(model, x, { training: false })));
 }
 
-function denseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.Tensor4D {
+/** `folded`: evaluation mode's norm2 of each layer, folded (`norm2Folds`). */
+function denseBlock(
+  x: tf.Tensor4D,
+  layers: DenseLayer[],
+  pass: Pass,
+  folded: FoldedBatchNorm[] | null = null,
+): tf.Tensor4D {
   if (pass.checkpoint === "none" && !pass.bottleneck) {
     // Each layer reads the block so far and appends its channels to it. The block tensor has
     // two consumers (the layer and the next append), so its gradient is accumulated once per
@@ -450,12 +506,13 @@ function denseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.Tensor
     // the block so far, for its gradient either way (the memory-efficient levels keep less and
     // take the path below).
     let block = x;
-    for (const layer of layers) {
+    layers.forEach((layer, i) => {
       const input = block;
-      block = tf.tidy(() => concat([input, denseLayer([input], layer, pass)]));
-    }
+      block = tf.tidy(() => concat([input, denseLayer([input], layer, pass, folded?.[i])]));
+    });
     return block;
   }
+  if (pass.checkpoint === "layer" && fusedBatchNorm()) return fusedDenseBlock(x, layers, pass);
   const features: tf.Tensor4D[] = [x];
   for (const layer of layers) {
     // Per-layer tidy frees what the backward pass does not need (the tape keeps its own).
@@ -470,9 +527,27 @@ function denseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.Tensor
   return concat(features);
 }
 
-function denseLayer(features: tf.Tensor4D[], layer: DenseLayer, pass: Pass): tf.Tensor4D {
+/** `folded`: evaluation mode's norm2, folded into conv1 (`norm2Folds`). */
+function denseLayer(
+  features: tf.Tensor4D[],
+  layer: DenseLayer,
+  pass: Pass,
+  folded?: FoldedBatchNorm,
+): tf.Tensor4D {
   if (pass.training && !pass.bottleneck && fusedBatchNorm()) {
     return fusedDenseLayer(concat(features), layer, pass);
+  }
+  if (folded) {
+    // conv1 + norm2 + ReLU as one FusedConv2D.
+    const h = tf.fused.conv2d({
+      x: batchNormRelu(concat(features), layer.norm1, pass),
+      filter: tf.mul(layer.conv1, folded.scale) as tf.Tensor4D,
+      strides: 1,
+      pad: "valid",
+      bias: folded.bias,
+      activation: "relu",
+    });
+    return tf.conv2d(h, layer.conv2, 1, "same");
   }
   const bottleneck = pass.bottleneck
     ? efficientBottleneck(features, layer.norm1, layer.conv1, pass)
@@ -523,6 +598,77 @@ function fusedDenseLayer(x: tf.Tensor4D, layer: DenseLayer, pass: Pass): tf.Tens
     };
   });
   return op(x, norm1.weight, norm1.bias, conv1, norm2.weight, norm2.bias, conv2) as tf.Tensor4D;
+}
+
+/**
+ * A training-mode dense block as one custom op over the fused BatchNorm kernels (the `"layer"`
+ * memory level): the tape keeps only the block's output, the concatenation of its input and
+ * every new feature, from which each layer's input is a channel prefix. The backward walks the
+ * layers last to first with a running gradient of that prefix: each layer's slice of it is the
+ * gradient of its new feature; the layer is recomputed up to its second BatchNorm + ReLU (its
+ * 3×3 conv output is not needed), back-propagated with the gradient kernels of
+ * `fusedDenseLayer`, and its input gradient added to the rest of the prefix gradient, which is
+ * how the plain path (one block tensor growing by concat) accumulates it. Only one layer's
+ * intermediates are alive at a time in either pass, as with per-layer checkpointing, without a
+ * nested tape per layer (its saved-tensor copies and one gradient Add per feature per later
+ * layer). The recompute repeats the forward's kernels, so the same batch statistics and values;
+ * the running statistics are updated in the forward only.
+ */
+function fusedDenseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.Tensor4D {
+  const params = layers.flatMap(layerParams);
+  const cin0 = x.shape[3];
+  const growth = layers[0].conv2.shape[3];
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const input = args[0] as tf.Tensor4D;
+    const save = args[args.length - 1] as tf.GradSaveFunc;
+    const features: tf.Tensor4D[] = [input];
+    for (const layer of layers) {
+      const { norm1, conv1, norm2, conv2 } = layer;
+      features.push(tf.tidy(() => {
+        const xi = features.length === 1 ? input : tf.concat(features, 3);
+        const [y1, m1, v1] = fusedTrainForward(xi, norm1.weight, norm1.bias);
+        const h: tf.Tensor4D = tf.conv2d(y1, conv1, 1, "valid");
+        const [y2, m2, v2] = fusedTrainForward(h, norm2.weight, norm2.bias);
+        if (pass.updateStats) {
+          updateRunningStats(norm1, m1, v1, xi.shape, pass);
+          updateRunningStats(norm2, m2, v2, h.shape, pass);
+        }
+        return tf.conv2d(y2, conv2, 1, "same") as tf.Tensor4D;
+      }));
+    }
+    const value = tf.concat(features, 3);
+    save([value]);
+    return {
+      value,
+      gradFunc: (dy: tf.Tensor4D, saved: tf.Tensor[]) => {
+        const out = saved[0] as tf.Tensor4D;
+        const grads: tf.Tensor[][] = [];
+        let dPrefix = dy;
+        for (let i = layers.length - 1; i >= 0; i--) {
+          const { norm1, conv1, norm2, conv2 } = layers[i];
+          const cin = cin0 + i * growth;
+          const [dRest, ...layerGrads] = tf.tidy(() => {
+            const [dRest, dNew] = tf.split(dPrefix, [cin, growth], 3) as tf.Tensor4D[];
+            const xi = tf.slice(out, [0, 0, 0, 0], [-1, -1, -1, cin]);
+            const [y1, m1, v1] = fusedTrainForward(xi, norm1.weight, norm1.bias);
+            const h: tf.Tensor4D = tf.conv2d(y1, conv1, 1, "valid");
+            const [y2, m2, v2] = fusedTrainForward(h, norm2.weight, norm2.bias);
+            // fusedDenseLayer's gradient, with dNew for its output's.
+            const [dy2, dw2] = convGradients(dNew, y2, conv2, CONV3X3);
+            const [dh, dg2, db2] = fusedBackward(dy2, h, norm2.weight, norm2.bias, m2, v2);
+            const [dy1, dw1] = convGradients(dh as tf.Tensor4D, y1, conv1, CONV1X1);
+            const [dx, dg1, db1] = fusedBackward(dy1, xi, norm1.weight, norm1.bias, m1, v1);
+            return [tf.add(dRest, dx) as tf.Tensor4D, dg1, db1, dw1, dg2, db2, dw2];
+          });
+          if (dPrefix !== dy) dPrefix.dispose();
+          dPrefix = dRest as tf.Tensor4D;
+          grads[i] = layerGrads;
+        }
+        return [dPrefix, ...grads.flat()];
+      },
+    };
+  });
+  return op(x, ...params) as tf.Tensor4D;
 }
 
 function transition(x: tf.Tensor4D, t: Transition, pass: Pass): tf.Tensor4D {
