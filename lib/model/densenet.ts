@@ -611,8 +611,9 @@ function fusedDenseLayer(x: tf.Tensor4D, layer: DenseLayer, pass: Pass): tf.Tens
  * how the plain path (one block tensor growing by concat) accumulates it. Only one layer's
  * intermediates are alive at a time in either pass, as with per-layer checkpointing, without a
  * nested tape per layer (its saved-tensor copies and one gradient Add per feature per later
- * layer). The recompute repeats the forward's kernels, so the same batch statistics and values;
- * the running statistics are updated in the forward only.
+ * layer). The tape also keeps each layer's batch statistics (vectors), so the recompute only
+ * normalises (`normaliseWith`): the same values as the forward's; the running statistics are
+ * updated in the forward only.
  */
 function fusedDenseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.Tensor4D {
   const params = layers.flatMap(layerParams);
@@ -622,9 +623,11 @@ function fusedDenseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.T
     const input = args[0] as tf.Tensor4D;
     const save = args[args.length - 1] as tf.GradSaveFunc;
     const features: tf.Tensor4D[] = [input];
+    // Each layer's batch statistics [m1, v1, m2, v2], for the backward's recompute.
+    const stats: tf.Tensor[] = [];
     for (const layer of layers) {
       const { norm1, conv1, norm2, conv2 } = layer;
-      features.push(tf.tidy(() => {
+      const [feature, ...layerStats] = tf.tidy(() => {
         const xi = features.length === 1 ? input : tf.concat(features, 3);
         const [y1, m1, v1] = fusedTrainForward(xi, norm1.weight, norm1.bias);
         const h: tf.Tensor4D = tf.conv2d(y1, conv1, 1, "valid");
@@ -633,15 +636,28 @@ function fusedDenseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.T
           updateRunningStats(norm1, m1, v1, xi.shape, pass);
           updateRunningStats(norm2, m2, v2, h.shape, pass);
         }
-        return tf.conv2d(y2, conv2, 1, "same") as tf.Tensor4D;
-      }));
+        return [tf.conv2d(y2, conv2, 1, "same") as tf.Tensor4D, m1, v1, m2, v2];
+      });
+      features.push(feature as tf.Tensor4D);
+      stats.push(...layerStats);
     }
     const value = tf.concat(features, 3);
-    save([value]);
+    // One vector for all of them: the tape copies each tensor it saves.
+    const statsAll = tf.concat(stats as tf.Tensor1D[]);
+    save([value, statsAll]);
     return {
       value,
       gradFunc: (dy: tf.Tensor4D, saved: tf.Tensor[]) => {
         const out = saved[0] as tf.Tensor4D;
+        const stats = tf.split(
+          saved[1],
+          layers.flatMap((l) => [
+            l.norm1.weight.size,
+            l.norm1.weight.size,
+            l.norm2.weight.size,
+            l.norm2.weight.size,
+          ]),
+        );
         const grads: tf.Tensor[][] = [];
         let dPrefix = dy;
         for (let i = layers.length - 1; i >= 0; i--) {
@@ -650,9 +666,10 @@ function fusedDenseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.T
           const [dRest, ...layerGrads] = tf.tidy(() => {
             const [dRest, dNew] = tf.split(dPrefix, [cin, growth], 3) as tf.Tensor4D[];
             const xi = tf.slice(out, [0, 0, 0, 0], [-1, -1, -1, cin]);
-            const [y1, m1, v1] = fusedTrainForward(xi, norm1.weight, norm1.bias);
+            const [m1, v1, m2, v2] = stats.slice(4 * i, 4 * i + 4);
+            const y1 = normaliseWith(xi, norm1, m1, v1);
             const h: tf.Tensor4D = tf.conv2d(y1, conv1, 1, "valid");
-            const [y2, m2, v2] = fusedTrainForward(h, norm2.weight, norm2.bias);
+            const y2 = normaliseWith(h, norm2, m2, v2);
             // fusedDenseLayer's gradient, with dNew for its output's.
             const [dy2, dw2] = convGradients(dNew, y2, conv2, CONV3X3);
             const [dh, dg2, db2] = fusedBackward(dy2, h, norm2.weight, norm2.bias, m2, v2);
@@ -664,11 +681,31 @@ function fusedDenseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.T
           dPrefix = dRest as tf.Tensor4D;
           grads[i] = layerGrads;
         }
+        tf.dispose(stats);
         return [dPrefix, ...grads.flat()];
       },
     };
   });
   return op(x, ...params) as tf.Tensor4D;
+}
+
+/**
+ * A training BatchNorm + ReLU recomputed with the batch statistics its forward computed: one
+ * normalising pass where the backend has `BatchNormReluInference` (the same pass, on the same
+ * statistics, as the training kernel's second: the same values), else the training kernel again
+ * (its statistics come out the same).
+ */
+function normaliseWith(
+  x: tf.Tensor4D,
+  bn: BatchNorm,
+  mean: tf.Tensor,
+  variance: tf.Tensor,
+): tf.Tensor4D {
+  if (tf.getKernel(BN_INFERENCE_KERNEL, tf.getBackend()) == null) {
+    return fusedTrainForward(x, bn.weight, bn.bias)[0];
+  }
+  const inputs = { x, mean, variance, gamma: bn.weight, beta: bn.bias };
+  return tf.engine().runKernel(BN_INFERENCE_KERNEL, inputs, BN_RELU_ATTRS) as tf.Tensor4D;
 }
 
 function transition(x: tf.Tensor4D, t: Transition, pass: Pass): tf.Tensor4D {

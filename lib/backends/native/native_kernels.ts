@@ -34,6 +34,8 @@ export const NATIVE_KERNELS = [
   BN_GRAD_KERNEL,
   "Concat",
   "SplitV",
+  "Slice",
+  "Add",
   "MaxPoolGrad",
   "AvgPoolGrad",
 ] as const;
@@ -96,12 +98,18 @@ const threadsByModule = new WeakMap<object, HeapThreads>();
 function threadsFor(backend: BackendWasm): HeapThreads {
   const module = backend.wasm as unknown as {
     wasmMemory?: WebAssembly.Memory;
+    asm?: { memory?: WebAssembly.Memory };
+    wasmExports?: { memory?: WebAssembly.Memory };
+    HEAPU8: Uint8Array;
     _malloc: (bytes: number) => number;
   };
   let threads = threadsByModule.get(module);
   if (threads == null) {
-    const memory = module.wasmMemory!;
-    const n = memory.buffer instanceof SharedArrayBuffer ? openOneDnn().threads ?? 1 : 1;
+    // The threaded build names its heap wasmMemory; the single-threaded one exports it.
+    const memory = [module.wasmMemory, module.asm?.memory, module.wasmExports?.memory].find(
+      (m) => m instanceof WebAssembly.Memory && m.buffer === module.HEAPU8.buffer,
+    ) ?? null;
+    const n = openOneDnn().threads ?? 1;
     threads = heapThreads(memory, n, (bytes) => module._malloc(bytes));
     threadsByModule.set(module, threads);
   }
@@ -528,6 +536,69 @@ function splitV(args: KernelArgs): tf.TensorInfo[] {
   });
 }
 
+/**
+ * `Slice` where it is one block of columns of an [outer, inner] matrix (the axes before the
+ * sliced one whole, those after it too): one multi-threaded oneDNN copy. A dense block's layer
+ * inputs and prefix gradients are channel prefixes of the block's tensors.
+ */
+function slice(args: KernelArgs): tf.TensorInfo {
+  const { backend } = args;
+  const x = args.inputs.x!;
+  const [begin, size] = tf.slice_util.parseSliceParams(
+    x as unknown as tf.Tensor,
+    args.attrs.begin as number[],
+    args.attrs.size as number[],
+  );
+  const shape = x.shape;
+  // The sliced axis: the last one the slice does not take whole.
+  let axis = shape.length - 1;
+  while (axis > 0 && begin[axis] === 0 && size[axis] === shape[axis]) axis--;
+  const whole = (i: number) => begin[i] === 0 && size[i] === shape[i];
+  const rows = tf.util.sizeFromShape(shape.slice(0, axis));
+  const inner = tf.util.sizeFromShape(shape.slice(axis + 1));
+  const total = tf.util.sizeFromShape(size);
+  if (
+    x.dtype !== "float32" || rows < 2 || total < MIN_COPY_VALUES ||
+    shape.some((_, i) => i !== axis && !whole(i))
+  ) {
+    return fallback("Slice", args);
+  }
+  const out = backend.makeOutput(size, "float32");
+  openOneDnn().copyRows(
+    rows,
+    size[axis] * inner,
+    offsetPointer(heapPointer(backend, x), 4 * begin[axis] * inner),
+    shape[axis] * inner,
+    heapPointer(backend, out),
+    size[axis] * inner,
+  );
+  return out;
+}
+
+/**
+ * `Add` of two float32 tensors of one shape (no broadcasting) as one multi-threaded oneDNN pass:
+ * the gradient accumulations of a training step (tfjs's runs on one thread).
+ */
+function add(args: KernelArgs): tf.TensorInfo {
+  const { a, b } = args.inputs;
+  const { backend } = args;
+  const n = tf.util.sizeFromShape(a!.shape);
+  if (
+    a!.dtype !== "float32" || b!.dtype !== "float32" || n < MIN_COPY_VALUES ||
+    !tf.util.arraysEqual(a!.shape, b!.shape)
+  ) {
+    return fallback("Add", args);
+  }
+  const out = backend.makeOutput(a!.shape, "float32");
+  openOneDnn().add(
+    n,
+    heapPointer(backend, a!),
+    heapPointer(backend, b!),
+    heapPointer(backend, out),
+  );
+  return out;
+}
+
 /** The pooling as oneDNN takes it; null for what the native kernels do not take. */
 function poolShape(x: tf.TensorInfo, attrs: Record<string, unknown>): PoolShape | null {
   if (x.dtype !== "float32" || x.shape.length !== 4) return null;
@@ -589,6 +660,8 @@ function poolGrad(kind: "max" | "avg") {
 }
 
 const KERNELS: Record<string, tf.KernelFunc> = {
+  Add: add as unknown as tf.KernelFunc,
+  Slice: slice as unknown as tf.KernelFunc,
   MaxPoolGrad: poolGrad("max") as unknown as tf.KernelFunc,
   AvgPoolGrad: poolGrad("avg") as unknown as tf.KernelFunc,
   Concat: concat as unknown as tf.KernelFunc,

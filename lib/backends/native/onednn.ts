@@ -187,6 +187,7 @@ const BN_USE_GLOBAL_STATS = 0x1;
 const BN_FUSE_NORM_RELU = 0x4;
 const BN_USE_SCALE = 0x8;
 const BN_USE_SHIFT = 0x10;
+const BINARY_ADD = 0x1fff0;
 const BINARY_MUL = 0x1fff1;
 const ARG_SRC_1 = 2;
 const ARG_MEAN = 49;
@@ -574,6 +575,20 @@ export class OneDnn {
       return { pd: this.#pd(desc, null, { pd: hint }), mds: [data, data, data] };
     });
     this.#runPlain(p, [src, diffDst, diffSrc]);
+  }
+
+  /** dst = a + b over `size` float32 values (multi-threaded; dst may alias a or b). */
+  add(size: number, a: Ptr, b: Ptr, dst: Ptr): void {
+    const p = this.#plain(`add:${size}`, [ARG_SRC, ARG_SRC_1, ARG_DST], () => {
+      const data = this.#md([size], TAG_A);
+      const desc = this.#keepBuf(OP_DESC_BYTES);
+      check(
+        this.#lib.dnnl_binary_desc_init(desc, BINARY_ADD, data, data, data),
+        "dnnl_binary_desc_init",
+      );
+      return { pd: this.#pd(desc, null, null), mds: [data, data, data] };
+    });
+    this.#runPlain(p, [a, b, dst]);
   }
 
   /** dst += src0 · scale (per channel `scale`, [C]), over `rows` × `c`. */

@@ -6,8 +6,9 @@
  * block, reads the per-channel vectors from one block on the heap and adds its sums into a block
  * of its own; the calling thread, which takes the last share, waits for them with
  * `Atomics.wait` (kernels are synchronous). Workers are unref'd: they never keep the process
- * alive. Without WebAssembly SIMD (or a shared heap) the reductions run as `rowSums` in
- * JavaScript on the calling thread and the other passes are unavailable (null).
+ * alive. On an unshared heap (the single-threaded wasm build) the calling thread does all rows;
+ * without WebAssembly SIMD, or without the heap's Memory object, the reductions run as
+ * `rowSums` in JavaScript and the other passes are unavailable (null).
  * @module
  */
 
@@ -94,14 +95,18 @@ export interface HeapThreads {
  * `memory`, with blocks from `malloc` (the wasm module's).
  */
 export function heapThreads(
-  memory: WebAssembly.Memory,
+  memory: WebAssembly.Memory | null,
   threads: number,
   malloc: (bytes: number) => number,
 ): HeapThreads {
-  const simd = simdBatchNorm(memory);
+  const simd = memory != null ? simdBatchNorm(memory) : null;
   const sequential: RowSums = (a, va, b, vb, c, m, s1, s2) =>
     rowSums(a, va, b, vb, c, 0, m, s1, s2);
-  if (simd == null) return { rowSums: sequential, maskedSums: null, gradApply: null };
+  if (memory == null || simd == null) {
+    return { rowSums: sequential, maskedSums: null, gradApply: null };
+  }
+  // The single-threaded wasm build's heap is not shared: no workers can see it.
+  if (!(memory.buffer instanceof SharedArrayBuffer)) threads = 1;
   const vectors = malloc(VECTORS_BYTES);
   const mainSums = malloc(SUMS_BYTES);
   const workers: RowWorker[] = [];

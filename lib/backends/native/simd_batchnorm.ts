@@ -485,17 +485,23 @@ const FUNCTIONS: [string, () => number[], number][] = [
   ["gradApply", gradApplyFn, 14],
 ];
 
-let bytes: Uint8Array | null = null;
+const bytesFor = new Map<boolean, Uint8Array>();
 
-/** The module's bytes: imports `env.memory` (shared, up to 4 GiB), exports the functions. */
-export function simdBatchNormModuleBytes(): Uint8Array {
-  if (bytes != null) return bytes;
+/**
+ * The module's bytes: imports `env.memory` (shared, up to 4 GiB, as the threaded wasm build's
+ * heap; or unshared, as the single-threaded build's), exports the functions.
+ */
+export function simdBatchNormModuleBytes(shared = true): Uint8Array {
+  const cached = bytesFor.get(shared);
+  if (cached != null) return cached;
   const types = section(1, [
     ...uleb(FUNCTIONS.length),
     ...FUNCTIONS.flatMap(([, , n]) => [0x60, ...vec(new Array(n).fill(I32)), 0]),
   ]);
-  // Import kind 2 (memory), limits flag 3 (shared, with a maximum): 1 page up to 65,536.
-  const imports = section(2, [1, ...name("env"), ...name("memory"), 2, 3, 1, ...uleb(65536)]);
+  // Import kind 2 (memory); limits flag 3: shared with a maximum (1 page up to 65,536), 0: a
+  // minimum only (1 page).
+  const limits = shared ? [3, 1, ...uleb(65536)] : [0, 1];
+  const imports = section(2, [1, ...name("env"), ...name("memory"), 2, ...limits]);
   const funcs = section(3, [...uleb(FUNCTIONS.length), ...FUNCTIONS.map((_, i) => i)]);
   const exports = section(7, [
     ...uleb(FUNCTIONS.length),
@@ -505,7 +511,7 @@ export function simdBatchNormModuleBytes(): Uint8Array {
     ...uleb(FUNCTIONS.length),
     ...FUNCTIONS.flatMap(([, make]) => make()),
   ]);
-  bytes = new Uint8Array([
+  const bytes = new Uint8Array([
     ...[0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0],
     ...types,
     ...imports,
@@ -513,6 +519,7 @@ export function simdBatchNormModuleBytes(): Uint8Array {
     ...exports,
     ...code,
   ]);
+  bytesFor.set(shared, bytes);
   return bytes;
 }
 
@@ -524,13 +531,13 @@ export interface SimdBatchNorm {
 }
 
 /**
- * The functions bound to `memory` (a shared WebAssembly.Memory: the threaded wasm backend's
- * heap); null where this engine has no WebAssembly SIMD or the memory is not shared.
+ * The functions bound to `memory` (the wasm backend's heap, shared or not); null where this
+ * engine has no WebAssembly SIMD.
  */
 export function simdBatchNorm(memory: WebAssembly.Memory): SimdBatchNorm | null {
-  if (!(memory.buffer instanceof SharedArrayBuffer)) return null;
+  const shared = memory.buffer instanceof SharedArrayBuffer;
   try {
-    const module = new WebAssembly.Module(simdBatchNormModuleBytes() as BufferSource);
+    const module = new WebAssembly.Module(simdBatchNormModuleBytes(shared) as BufferSource);
     const instance = new WebAssembly.Instance(module, { env: { memory } });
     return instance.exports as unknown as SimdBatchNorm;
   } catch {
