@@ -12,6 +12,7 @@ import {
   unregisterNativeKernels,
 } from "../lib/backends/native/native_kernels.ts";
 import { Rng } from "../lib/util/rng.ts";
+import { createDenseNet, disposeModel, forward, TINY_DENSENET } from "../lib/model/densenet.ts";
 import { BN_INFERENCE_KERNEL } from "../lib/backends/batchnorm_kernels.ts";
 import "../lib/backends/tf_gradients.ts";
 
@@ -320,6 +321,43 @@ Deno.test({
     got.forEach((g, i) => {
       const err = relError(g, expected[i]);
       assert.ok(err < 1e-6, `case ${i} (${cases[i][0]}): relative error ${err}`);
+    });
+  },
+});
+
+Deno.test({
+  name: "native evaluation forward (blocks never joined) equals tfjs's cpu backend",
+  ignore,
+  fn: async () => {
+    // TINY_DENSENET's channels are multiples of 4 (the SIMD pass); the second net's 6 initial
+    // features and growth 3 take the kernel's fallback (join, then oneDNN).
+    const configs = [TINY_DENSENET, { ...TINY_DENSENET, growthRate: 3, numInitFeatures: 6 }];
+    const x = random(new Rng(8), 2 * 37 * 37 * 3);
+    const run = () =>
+      configs.map((config) => {
+        const model = createDenseNet(config, { seed: 11 });
+        // Running statistics away from 0 / 1, so the normalisation matters.
+        tf.tidy(() => {
+          for (const [, bn] of model.batchNorms) {
+            bn.runningMean.assign(tf.randomNormal(bn.runningMean.shape, 0, 0.3, "float32", 2));
+            bn.runningVar.assign(tf.randomUniform(bn.runningVar.shape, 0.5, 2, "float32", 3));
+          }
+        });
+        const out = tf.tidy(() =>
+          forward(model, tf.tensor4d(x, [2, 37, 37, 3]), { training: false }).dataSync()
+        );
+        disposeModel(model);
+        return out as Float32Array;
+      });
+    await initBackend("cpu");
+    const expected = run();
+    await initBackend("native", { threads: 2 });
+    const before = tf.memory().numTensors;
+    const got = run();
+    assert.equal(tf.memory().numTensors, before, "no tensor left behind");
+    got.forEach((g, i) => {
+      const err = relError(g, expected[i]);
+      assert.ok(err < 1e-5, `net ${i}: relative error ${err}`);
     });
   },
 });

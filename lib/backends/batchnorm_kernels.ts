@@ -31,6 +31,14 @@ export const BN_GRAD_KERNEL = "BatchNormReluGrad";
  */
 export const BN_INFERENCE_KERNEL = "BatchNormReluInference";
 
+/**
+ * Optional, native only: `BatchNormReluInference` of the channel concatenation of its inputs
+ * {mean, variance, gamma, beta, x0, x1, …} (same leading dims) in one pass that never writes
+ * the concatenation. The model keeps a dense block as its list of features where it is
+ * registered.
+ */
+export const BN_CONCAT_INFERENCE_KERNEL = "BatchNormReluConcatInference";
+
 /** Attributes of both kernels. */
 export interface BatchNormReluAttrs {
   epsilon: number;

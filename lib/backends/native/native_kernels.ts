@@ -17,6 +17,7 @@ import {
   type BatchNormReluAttrs,
   batchNormReluGradientParts,
   batchStatistics,
+  BN_CONCAT_INFERENCE_KERNEL,
   BN_GRAD_KERNEL,
   BN_INFERENCE_KERNEL,
   BN_TRAIN_KERNEL,
@@ -30,6 +31,7 @@ export const NATIVE_KERNELS = [
   "Conv2DBackpropFilter",
   "FusedBatchNorm",
   BN_INFERENCE_KERNEL,
+  BN_CONCAT_INFERENCE_KERNEL,
   BN_TRAIN_KERNEL,
   BN_GRAD_KERNEL,
   "Concat",
@@ -659,7 +661,74 @@ function poolGrad(kind: "max" | "avg") {
   };
 }
 
+/**
+ * `BatchNormReluConcatInference`: the running-statistics normalisation (+ReLU) of the channel
+ * concatenation of x0, x1, … written straight from the inputs (SIMD threads,
+ * `normaliseConcat`); where that cannot run (no SIMD, channels not multiples of 4), the
+ * concatenation is made and normalised by oneDNN.
+ */
+function batchNormReluConcatInference(args: KernelArgs): tf.TensorInfo {
+  const { backend } = args;
+  const { mean, variance, gamma, beta, ...rest } = args.inputs;
+  const xs = Object.values(rest) as tf.TensorInfo[];
+  const attrs = args.attrs as unknown as BatchNormReluAttrs;
+  const vectors = [mean!, variance!, gamma!, beta!];
+  const c = tf.util.sizeFromShape(mean!.shape);
+  const lead = xs[0].shape.slice(0, -1);
+  const channels = xs.map((t) => t.shape[t.shape.length - 1]);
+  if (
+    [...xs, ...vectors].some((t) => t.dtype !== "float32") ||
+    channels.reduce((a, b) => a + b, 0) !== c ||
+    xs.some((t) => !tf.util.arraysEqual(t.shape.slice(0, -1), lead)) ||
+    vectors.some((t) => tf.util.sizeFromShape(t.shape) !== c)
+  ) {
+    throw new Error(
+      `${BN_CONCAT_INFERENCE_KERNEL}: needs float32 [.., C_i] inputs and [ΣC_i] vectors`,
+    );
+  }
+  const rows = tf.util.sizeFromShape(lead);
+  for (const t of [...xs, ...vectors]) backend.dataIdMap.get(t.dataId);
+  const { normaliseConcat } = threadsFor(backend);
+  if (normaliseConcat == null || channels.some((k) => k % 4 !== 0)) {
+    const joined = xs.length === 1 ? xs[0] : concat({
+      // Concat's inputs are an array (tfjs's own kernel maps over them).
+      inputs: xs as unknown as KernelArgs["inputs"],
+      backend,
+      attrs: { axis: -1 },
+    });
+    try {
+      return batchNormReluInference({
+        inputs: { x: joined, mean, variance, gamma, beta },
+        backend,
+        attrs: args.attrs,
+      });
+    } finally {
+      if (joined !== xs[0]) backend.disposeData(joined.dataId);
+    }
+  }
+  const out = backend.makeOutput([...lead, c], "float32");
+  const f32 = (t: tf.TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
+  const [mu, v, g, b] = vectors.map(f32);
+  const scale = new Float32Array(c);
+  const offset = new Float32Array(c);
+  for (let k = 0; k < c; k++) {
+    const s = g[k] / Math.sqrt(v[k] + attrs.epsilon);
+    scale[k] = s;
+    offset[k] = b[k] - mu[k] * s;
+  }
+  normaliseConcat(
+    xs.map((t, i) => ({ at: heapOffset(backend, t), c: channels[i] })),
+    heapOffset(backend, out),
+    rows,
+    scale,
+    offset,
+    attrs.relu,
+  );
+  return out;
+}
+
 const KERNELS: Record<string, tf.KernelFunc> = {
+  [BN_CONCAT_INFERENCE_KERNEL]: batchNormReluConcatInference as unknown as tf.KernelFunc,
   Add: add as unknown as tf.KernelFunc,
   Slice: slice as unknown as tf.KernelFunc,
   MaxPoolGrad: poolGrad("max") as unknown as tf.KernelFunc,

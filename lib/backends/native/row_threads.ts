@@ -14,7 +14,7 @@
 
 import { Worker } from "node:worker_threads";
 import { type RowSums, rowSums } from "../batchnorm_kernels.ts";
-import { simdBatchNorm, simdBatchNormModuleBytes } from "./simd_batchnorm.ts";
+import { APPLY_ENTRY_BYTES, simdBatchNorm, simdBatchNormModuleBytes } from "./simd_batchnorm.ts";
 
 /** Largest channel count the vector blocks hold (DenseNet-121: 1,024). */
 const MAX_CHANNELS = 4096;
@@ -27,8 +27,10 @@ const SUMS_BYTES = 2 * 8 * MAX_CHANNELS;
 /** Shared block: va, vb (float64), then five float32 vectors. */
 const VECTORS_BYTES = 2 * 8 * MAX_CHANNELS + 5 * 4 * MAX_CHANNELS;
 /** The module's functions by index, as the control block names them. */
-const FUNCTIONS = ["sums", "maskedSums", "gradApply"] as const;
+const FUNCTIONS = ["sums", "maskedSums", "gradApply", "applyList"] as const;
 type FunctionName = typeof FUNCTIONS[number];
+/** Most inputs one `normaliseConcat` call takes. */
+const MAX_INPUTS = 1024;
 /** Most arguments a function takes (gradApply: 14). */
 const MAX_ARGS = 16;
 
@@ -88,6 +90,21 @@ export interface HeapThreads {
       vectors: { scale: Vector; offset: Vector; a: Vector; b: Vector; d: Vector },
     ) => void)
     | null;
+  /**
+   * y = max(x·scale + offset, 0 with `relu`) per channel, x the channel concatenation of
+   * `inputs` (dense [m, c_i] tensors at byte address `at`; every c_i a multiple of 4) and y
+   * dense [m, Σ c_i]: the concatenation is never written. Null without SIMD.
+   */
+  normaliseConcat:
+    | ((
+      inputs: { at: number; c: number }[],
+      y: number,
+      m: number,
+      scale: Vector,
+      offset: Vector,
+      relu: boolean,
+    ) => void)
+    | null;
 }
 
 /**
@@ -103,11 +120,12 @@ export function heapThreads(
   const sequential: RowSums = (a, va, b, vb, c, m, s1, s2) =>
     rowSums(a, va, b, vb, c, 0, m, s1, s2);
   if (memory == null || simd == null) {
-    return { rowSums: sequential, maskedSums: null, gradApply: null };
+    return { rowSums: sequential, maskedSums: null, gradApply: null, normaliseConcat: null };
   }
   // The single-threaded wasm build's heap is not shared: no workers can see it.
   if (!(memory.buffer instanceof SharedArrayBuffer)) threads = 1;
   const vectors = malloc(VECTORS_BYTES);
+  const table = malloc(MAX_INPUTS * APPLY_ENTRY_BYTES);
   const mainSums = malloc(SUMS_BYTES);
   const workers: RowWorker[] = [];
   try {
@@ -227,6 +245,23 @@ export function heapThreads(
         f32Vector(0),
         f32Vector(1),
       ], [s1, s2]);
+    },
+    normaliseConcat: (inputs, y, m, scale, offset, relu) => {
+      const c = inputs.reduce((sum, t) => sum + t.c, 0);
+      if (!fits(c) || inputs.length > MAX_INPUTS || inputs.some((t) => t.c % 4 !== 0)) {
+        throw new Error(`normaliseConcat: inputs of [${inputs.map((t) => t.c)}] channels`);
+      }
+      f32(f32Vector(0), c).set(scale);
+      f32(f32Vector(1), c).set(offset);
+      f32(f32Vector(2), c).fill(relu ? 0 : -Infinity);
+      const entries = new Int32Array(memory.buffer, table, 8 * inputs.length);
+      let column = 0;
+      inputs.forEach((t, i) => {
+        const at = (v: number) => f32Vector(v) + 4 * column;
+        entries.set([t.at, 4 * t.c, y + 4 * column, 4 * c, t.c, at(0), at(1), at(2)], 8 * i);
+        column += t.c;
+      });
+      parallel("applyList", m, c, (r0, r1) => [table, inputs.length, r0, r1]);
     },
     gradApply: (dy, x, dx, c, m, v) => {
       if (!fits(c)) throw new Error(`gradApply: ${c} channels (a multiple of 4 is needed)`);

@@ -17,6 +17,12 @@
  * - `gradApply(dy, x, c, strideDy, strideX, r0, r1, dx, strideDx, scale, offset, a, b, d)`:
  *   dx = a[k]·g + b[k]·x + d[k] with g masked as in `maskedSums` (all vectors f32; offset 0
  *   and scale 0 with offset 1 give an unmasked g).
+ * - `apply(x, strideX, y, strideY, c, r0, r1, scale, offset, floor)`:
+ *   y = max(x·scale[k] + offset[k], floor[k]) (f32 vectors; floor 0: ReLU, −∞: none), strided
+ *   rows on both sides: the normalise pass, into a channel range of a wider output.
+ * - `applyList(table, count, r0, r1)`: `apply` for each of `count` 32-byte entries of i32s
+ *   (x, strideX, y, strideY, c, scale, offset, floor) at `table`: one call (one thread
+ *   hand-off) for the many inputs of a concatenation.
  * The sums go in tiles of `tile` rows, four channels at a time kept in registers across a
  * tile, so the accumulators touch memory once per tile; float64 sums in another order than the
  * JavaScript loops' differ from them only in the last bits.
@@ -31,7 +37,8 @@ const I32_CONST = 0x41, I32_LT_U = 0x49, I32_GE_U = 0x4f, I32_ADD = 0x6a, I32_MU
 const I32_SHL = 0x74;
 // Fixed-width SIMD (prefix 0xfd).
 const V_LOAD = 0x00, V_STORE = 0x0b, V_CONST = 0x0c, SHUFFLE = 0x0d, V_AND = 0x4e;
-const F32X4_GT = 0x44, F32X4_ADD = 0xe4, F32X4_MUL = 0xe6;
+const F32X4_GT = 0x44, F32X4_ADD = 0xe4, F32X4_MUL = 0xe6, F32X4_MAX = 0xe9;
+const I32_LOAD = 0x28, CALL = 0x10;
 const F64X2_PROMOTE_LOW = 0x5f, F64X2_ADD = 0xf0, F64X2_SUB = 0xf1, F64X2_MUL = 0xf2;
 
 function uleb(n: number): number[] {
@@ -478,11 +485,128 @@ function gradApplyFn(): number[] {
   ]);
 }
 
+function applyFn(): number[] {
+  const f = new Fn(
+    ["x", "strideX", "y", "strideY", "c", "r0", "r1", "scale", "offset", "floor"],
+    ["r", "k", "px", "py"],
+    [],
+  );
+  const rowStart = (base: string, stride: string, p: string) => [
+    ...f.get(base),
+    ...f.get("r"),
+    ...f.get(stride),
+    I32_MUL,
+    I32_ADD,
+    ...f.set(p),
+  ];
+  const step = (p: string) => [...f.get(p), ...i32(16), I32_ADD, ...f.set(p)];
+  const vector = (v: string) => [...at(f, v, 2), ...load(0)];
+  return f.body([
+    ...f.get("r0"),
+    ...f.set("r"),
+    BLOCK,
+    VOID,
+    LOOP,
+    VOID,
+    ...f.get("r"),
+    ...f.get("r1"),
+    I32_GE_U,
+    BR_IF,
+    1,
+    ...rowStart("x", "strideX", "px"),
+    ...rowStart("y", "strideY", "py"),
+    ...i32(0),
+    ...f.set("k"),
+    LOOP,
+    VOID,
+    // y = max(x·scale + offset, floor)
+    ...f.get("py"),
+    ...f.get("px"),
+    ...load(0),
+    ...vector("scale"),
+    ...fmul,
+    ...vector("offset"),
+    ...fadd,
+    ...vector("floor"),
+    ...simd(F32X4_MAX),
+    ...store(0),
+    ...step("px"),
+    ...step("py"),
+    ...f.get("k"),
+    ...i32(4),
+    I32_ADD,
+    ...f.set("k"),
+    ...f.get("k"),
+    ...f.get("c"),
+    I32_LT_U,
+    BR_IF,
+    0,
+    END,
+    ...f.get("r"),
+    ...i32(1),
+    I32_ADD,
+    ...f.set("r"),
+    BR,
+    0,
+    END,
+    END,
+  ]);
+}
+
+/** Bytes of one `applyList` entry: x, strideX, y, strideY, c, scale, offset, floor (i32). */
+export const APPLY_ENTRY_BYTES = 32;
+
+function applyListFn(applyIndex: number): number[] {
+  const f = new Fn(["table", "count", "r0", "r1"], ["i", "e"], []);
+  const field = (offset: number) => [...f.get("e"), I32_LOAD, 2, ...uleb(offset)];
+  return f.body([
+    ...i32(0),
+    ...f.set("i"),
+    BLOCK,
+    VOID,
+    LOOP,
+    VOID,
+    ...f.get("i"),
+    ...f.get("count"),
+    I32_GE_U,
+    BR_IF,
+    1,
+    ...f.get("table"),
+    ...f.get("i"),
+    ...i32(APPLY_ENTRY_BYTES),
+    I32_MUL,
+    I32_ADD,
+    ...f.set("e"),
+    ...field(0),
+    ...field(4),
+    ...field(8),
+    ...field(12),
+    ...field(16),
+    ...f.get("r0"),
+    ...f.get("r1"),
+    ...field(20),
+    ...field(24),
+    ...field(28),
+    CALL,
+    ...uleb(applyIndex),
+    ...f.get("i"),
+    ...i32(1),
+    I32_ADD,
+    ...f.set("i"),
+    BR,
+    0,
+    END,
+    END,
+  ]);
+}
+
 /** The exported functions, in order, with their parameter counts. */
 const FUNCTIONS: [string, () => number[], number][] = [
   ["sums", sumsFn, 12],
   ["maskedSums", maskedSumsFn, 13],
   ["gradApply", gradApplyFn, 14],
+  ["apply", applyFn, 10],
+  ["applyList", () => applyListFn(3), 4],
 ];
 
 const bytesFor = new Map<boolean, Uint8Array>();
@@ -528,6 +652,8 @@ export interface SimdBatchNorm {
   sums(...args: number[]): void;
   maskedSums(...args: number[]): void;
   gradApply(...args: number[]): void;
+  apply(...args: number[]): void;
+  applyList(...args: number[]): void;
 }
 
 /**
