@@ -26,7 +26,7 @@ const TARGET_WORKGROUPS = 512;
 /** Fewest rows of M per split. */
 const MIN_CHUNK = 256;
 
-interface BnAttrs {
+export interface BnAttrs {
   epsilon: number;
   relu: boolean;
 }
@@ -157,6 +157,8 @@ class StatsCombineProgram implements Program {
 /**
  * y = (x − mean)·γ/√(var+ε) + β, then ReLU when `relu`. With `vec4` (C a multiple of 4) every
  * array is read as vec4<f32> and a thread does 4 channels; `n` and `C` count vec4s then.
+ * `stats` is [mean; variance], [2, C]. Also the evaluation-mode kernel's pass
+ * (batchnorm_inference.ts, through `normalize`), so both normalise with the same code.
  */
 class NormalizeProgram implements Program {
   variableNames = ["x", "stats", "gamma", "beta"];
@@ -319,6 +321,30 @@ class GradInputProgram implements Program {
 
 type Args = { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap };
 
+/** `NormalizeProgram` on x [.., C] with `stats` [2, C] (mean; variance): one dispatch. */
+export function normalize(
+  backend: WebGPUBackendInternals,
+  x: tf.TensorInfo,
+  stats: tf.TensorInfo,
+  gamma: tf.TensorInfo,
+  beta: tf.TensorInfo,
+  a: BnAttrs,
+): tf.TensorInfo {
+  const c = x.shape[x.shape.length - 1];
+  const vec4 = c % 4 === 0, lanes = vec4 ? 4 : 1;
+  return backend.runWebGPUProgram(
+    new NormalizeProgram(x.shape, vec4),
+    [x, stats, gamma, beta],
+    "float32",
+    [
+      { type: "int32", data: [tf.util.sizeFromShape(x.shape) / lanes] },
+      { type: "int32", data: [c / lanes] },
+      { type: "float32", data: [a.epsilon] },
+      { type: "int32", data: [a.relu ? 1 : 0] },
+    ],
+  );
+}
+
 function reduceUniforms(m: number, c: number, chunk: number, a: BnAttrs): Uniform[] {
   return [
     { type: "int32", data: [m] },
@@ -346,7 +372,6 @@ function batchNormReluTrain(args: Args): tf.TensorInfo[] {
   const c = x.shape[x.shape.length - 1];
   const m = tf.util.sizeFromShape(x.shape) / c;
   const { splits, chunk } = bnSplitPlan(m, c);
-  const vec4 = c % 4 === 0, lanes = vec4 ? 4 : 1;
   const partials = backend.runWebGPUProgram(
     new StatsPartialProgram(splits, c),
     [x],
@@ -358,17 +383,7 @@ function batchNormReluTrain(args: Args): tf.TensorInfo[] {
     { type: "int32", data: [splits] },
     { type: "int32", data: [m] },
   ]);
-  const y = backend.runWebGPUProgram(
-    new NormalizeProgram(x.shape, vec4),
-    [x, stats, gamma, beta],
-    "float32",
-    [
-      { type: "int32", data: [(m * c) / lanes] },
-      { type: "int32", data: [c / lanes] },
-      { type: "float32", data: [a.epsilon] },
-      { type: "int32", data: [a.relu ? 1 : 0] },
-    ],
-  );
+  const y = normalize(backend, x, stats, gamma, beta, a);
   const [mean, variance] = splitRows(backend, stats, c);
   backend.disposeData(partials.dataId);
   backend.disposeData(stats.dataId);

@@ -7,6 +7,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { registerWebgpuAdamStep } from "./adam_step.ts";
 import { registerWebgpuBatchNorm } from "./batchnorm.ts";
+import { registerWebgpuBatchNormInference } from "./batchnorm_inference.ts";
 import { conv2DBackpropFilterGemm } from "./conv_backprop_filter.ts";
 import { concatBlocked, splitVContiguous } from "./concat_split.ts";
 
@@ -35,6 +36,7 @@ export function registerWebgpuKernels(): string[] {
   tf.env().set(NAIVE_BACKPROP_INPUT, false);
   registerWebgpuAdamStep();
   registerWebgpuBatchNorm();
+  registerWebgpuBatchNormInference();
   const replaced: string[] = [];
   for (const [name, own] of Object.entries(OWN)) {
     const current = tf.getKernel(name, "webgpu");
