@@ -363,6 +363,85 @@ Deno.test({
 });
 
 Deno.test({
+  name: "native BatchNorm-of-a-concatenation kernels equal the fused kernels on the joined tensor",
+  ignore,
+  fn: async () => {
+    await initBackend("native", { threads: 2 });
+    const rng = new Rng(21);
+    const engine = tf.engine();
+    const attrs = { epsilon: 1e-5, relu: true };
+    // A dense layer's inputs (block input + 32-channel features, split across both threads);
+    // odd channel counts take the kernels' join-then-fuse fallback.
+    for (const channels of [[64, 32, 32, 32], [16, 8], [6, 5, 3]]) {
+      const before = tf.memory().numTensors;
+      const c = channels.reduce((a, b) => a + b, 0);
+      const lead = [2, 28, 28];
+      const rows = 2 * 28 * 28;
+      const got = tf.tidy(() => {
+        // Means large against the spread, as in a network's later layers.
+        const xs = channels.map((k) =>
+          tf.tensor4d(
+            Float32Array.from({ length: rows * k }, (_, i) => 4 * (i % k) / k + rng.normal()),
+            [...lead, k] as [number, number, number, number],
+          )
+        );
+        const vec = (f: () => number) => tf.tensor1d(Float32Array.from({ length: c }, f));
+        const gamma = vec(() => 1 + 0.2 * rng.normal());
+        const beta = vec(() => 0.3 * rng.normal());
+        const dy = tf.tensor4d(
+          random(rng, rows * c),
+          [...lead, c] as [number, number, number, number],
+        );
+        const addend = tf.tensor4d(
+          random(rng, rows * (c + 8)),
+          [...lead, c + 8] as [number, number, number, number],
+        );
+        const list = (vectors: tf.NamedTensorMap) => {
+          const inputs = { ...vectors };
+          xs.forEach((x, i) => (inputs[`x${i}`] = x));
+          return inputs;
+        };
+        const x = tf.concat(xs, 3);
+        const [y0, m0, v0] = engine.runKernel(
+          "BatchNormReluTrain",
+          { x, gamma, beta },
+          attrs,
+        ) as tf.Tensor[];
+        const [y1, m1, v1] = engine.runKernel(
+          "BatchNormReluConcatTrain",
+          list({ gamma, beta }),
+          attrs,
+        ) as tf.Tensor[];
+        const bn = { mean: m1, variance: v1, gamma, beta };
+        const y2 = engine.runKernel("BatchNormReluConcatInference", list(bn), attrs) as tf.Tensor;
+        const [dx0, dg0, db0] = engine.runKernel(
+          "BatchNormReluGrad",
+          { dy, x, gamma, beta, mean: m1, variance: v1 },
+          attrs,
+        ) as tf.Tensor[];
+        const [dx1, dg1, db1] = engine.runKernel(
+          "BatchNormReluConcatGrad",
+          list({ dy, ...bn, addend }),
+          attrs,
+        ) as tf.Tensor[];
+        const plus = tf.add(dx0, tf.slice(addend, [0, 0, 0, 0], [-1, -1, -1, c]));
+        return [[y1, y0], [m1, m0], [v1, v0], [y2, y1], [dx1, plus], [dg1, dg0], [db1, db0]].map(
+          ([a, b]) => [a.dataSync() as Float32Array, b.dataSync() as Float32Array],
+        );
+      });
+      assert.equal(tf.memory().numTensors, before, "no tensor left behind");
+      const names = ["y", "mean", "variance", "recomputed y", "dx + addend", "dgamma", "dbeta"];
+      got.forEach(([a, b], i) => {
+        const err = relError(a, b);
+        // The recompute must give the forward's values exactly (the backward's ReLU mask).
+        const limit = i === 3 ? 0 : 2e-6;
+        assert.ok(err <= limit, `[${channels}] ${names[i]}: relative error ${err}`);
+      });
+    }
+  },
+});
+
+Deno.test({
   name: "processes that used the native backend exit cleanly (OpenMP's threads vs library unload)",
   ignore,
   fn: async () => {

@@ -39,6 +39,18 @@ export const BN_INFERENCE_KERNEL = "BatchNormReluInference";
  */
 export const BN_CONCAT_INFERENCE_KERNEL = "BatchNormReluConcatInference";
 
+/**
+ * Optional, native only, a pair: the training BatchNorm(+ReLU) of a channel concatenation that
+ * is never written. `BatchNormReluConcatTrain` {gamma, beta, x0, x1, …} → [y, mean, variance]
+ * as `BatchNormReluTrain` of the concatenation (its y equals `BatchNormReluConcatInference`'s
+ * with these statistics); `BatchNormReluConcatGrad` {dy, gamma, beta, mean, variance, addend,
+ * x0, x1, …} → [dx + addend's first C channels, dgamma, dbeta], `BatchNormReluGrad` of the
+ * concatenation with the gradient already accumulated there added in the same pass. The
+ * memory-efficient dense block uses them where all three concatenation kernels are registered.
+ */
+export const BN_CONCAT_TRAIN_KERNEL = "BatchNormReluConcatTrain";
+export const BN_CONCAT_GRAD_KERNEL = "BatchNormReluConcatGrad";
+
 /** Attributes of both kernels. */
 export interface BatchNormReluAttrs {
   epsilon: number;
@@ -103,7 +115,22 @@ export function batchStatistics(
   const s1 = new Float64Array(c);
   const s2 = new Float64Array(c);
   sums(x, shift, x, shift, c, m, s1, s2);
-  for (let k = 0; k < c; k++) {
+  statisticsFromSums(shift, s1, s2, m, mean, variance);
+}
+
+/**
+ * Mean and biased variance per channel from the sums of M values shifted by `shift`:
+ * s1 = Σ (x − shift), s2 = Σ (x − shift)².
+ */
+export function statisticsFromSums(
+  shift: Float64Array,
+  s1: Float64Array,
+  s2: Float64Array,
+  m: number,
+  mean: Float64Array,
+  variance: Float64Array,
+): void {
+  for (let k = 0; k < shift.length; k++) {
     const d = s1[k] / m;
     mean[k] = shift[k] + d;
     variance[k] = Math.max(0, s2[k] / m - d * d);
@@ -160,6 +187,31 @@ export type MaskedSums = (
   s2: Float64Array,
 ) => void;
 
+/**
+ * The normalisation as an affine map per channel, in float64: rstd = 1/√(variance + ε), the
+ * pre-ReLU value x̂·γ + β = x·scale + offset. One formula for every pass that normalises or
+ * masks (rounded to float32 where a pass takes float32), so the native backward's ReLU mask
+ * is the forward's ReLU decision exactly.
+ */
+export function normaliseAffine(
+  gamma: ArrayLike<number>,
+  beta: ArrayLike<number>,
+  mean: ArrayLike<number>,
+  variance: ArrayLike<number>,
+  epsilon: number,
+): { rstd: Float64Array; scale: Float64Array; offset: Float64Array } {
+  const c = gamma.length;
+  const rstd = new Float64Array(c);
+  const scale = new Float64Array(c);
+  const offset = new Float64Array(c);
+  for (let k = 0; k < c; k++) {
+    rstd[k] = 1 / Math.sqrt(variance[k] + epsilon);
+    scale[k] = gamma[k] * rstd[k];
+    offset[k] = beta[k] - mean[k] * scale[k];
+  }
+  return { rstd, scale, offset };
+}
+
 /** What the backward's first pass gives: dγ, dβ (float64) and dx's per-channel coefficients. */
 export interface GradientParts {
   dgamma: Float64Array;
@@ -190,16 +242,8 @@ export function batchNormReluGradientParts(
 ): GradientParts {
   const c = gamma.length;
   const m = x.length / c;
-  const rstd = new Float64Array(c);
-  const scale = new Float64Array(c);
-  const offset = new Float64Array(c);
+  const { rstd, scale, offset } = normaliseAffine(gamma, beta, mean, variance, attrs.epsilon);
   const mu = Float64Array.from(mean);
-  for (let k = 0; k < c; k++) {
-    rstd[k] = 1 / Math.sqrt(variance[k] + attrs.epsilon);
-    // The pre-ReLU value x̂·gamma + beta, as x·scale + offset.
-    scale[k] = gamma[k] * rstd[k];
-    offset[k] = beta[k] - mu[k] * scale[k];
-  }
   const dbeta = new Float64Array(c);
   const sgx = new Float64Array(c); // Σ g·(x − mean); dgamma = rstd · sgx
   if (maskedSums != null) {
@@ -223,7 +267,21 @@ export function batchNormReluGradientParts(
       }
     }
   }
-  // dx = γ·rstd/M · (M·g − dβ − x̂·dγ) = a·g + b·(x − mean) + d.
+  return gradientPartsFromSums(gamma, rstd, dbeta, sgx, m);
+}
+
+/**
+ * dγ and dx's coefficients from the backward's sums dβ = Σ g, sgx = Σ g·(x − mean) over M
+ * values per channel: dx = γ·rstd/M · (M·g − dβ − x̂·dγ) = a·g + b·(x − mean) + d.
+ */
+export function gradientPartsFromSums(
+  gamma: ArrayLike<number>,
+  rstd: Float64Array,
+  dbeta: Float64Array,
+  sgx: Float64Array,
+  m: number,
+): GradientParts {
+  const c = gamma.length;
   const dgamma = new Float64Array(c);
   const a = new Float64Array(c);
   const b = new Float64Array(c);

@@ -12,15 +12,20 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { BackendWasm } from "@tensorflow/tfjs-backend-wasm";
 import { type ConvShape, offsetPointer, OneDnn, type PoolShape } from "./onednn.ts";
-import { type HeapThreads, heapThreads } from "./row_threads.ts";
+import { type Affine, type HeapThreads, heapThreads } from "./row_threads.ts";
 import {
   type BatchNormReluAttrs,
   batchNormReluGradientParts,
   batchStatistics,
+  BN_CONCAT_GRAD_KERNEL,
   BN_CONCAT_INFERENCE_KERNEL,
+  BN_CONCAT_TRAIN_KERNEL,
   BN_GRAD_KERNEL,
   BN_INFERENCE_KERNEL,
   BN_TRAIN_KERNEL,
+  gradientPartsFromSums,
+  normaliseAffine,
+  statisticsFromSums,
 } from "../batchnorm_kernels.ts";
 
 /** Kernels this module registers for the wasm backend. */
@@ -32,6 +37,8 @@ export const NATIVE_KERNELS = [
   "FusedBatchNorm",
   BN_INFERENCE_KERNEL,
   BN_CONCAT_INFERENCE_KERNEL,
+  BN_CONCAT_TRAIN_KERNEL,
+  BN_CONCAT_GRAD_KERNEL,
   BN_TRAIN_KERNEL,
   BN_GRAD_KERNEL,
   "Concat",
@@ -260,27 +267,63 @@ function batchNormReluTrain(args: KernelArgs): tf.TensorInfo[] {
   const y = backend.makeOutput(x!.shape, "float32");
   const mean = backend.makeOutput([c], "float32");
   const variance = backend.makeOutput([c], "float32");
-  const p = (t: tf.TensorInfo) => heapPointer(backend, t);
   const f32 = (t: tf.TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
   const m64 = new Float64Array(c);
   const v64 = new Float64Array(c);
   batchStatistics(f32(x!), m64, v64, threadsFor(backend).rowSums);
   f32(mean).set(m64);
   f32(variance).set(v64);
-  const dnn = openOneDnn();
-  dnn.bnApply(
+  normalise(backend, rows, c, attrs, { x: x!, mean, variance, gamma: gamma!, beta: beta!, y });
+  return [y, mean, variance];
+}
+
+/**
+ * The SIMD passes' normalisation map of a BatchNorm's vectors: pre-ReLU value
+ * (x − mean)·scale + β, scale = γ·rstd from `normaliseAffine` (float32 when the pass takes it).
+ */
+function affineOf(
+  backend: BackendWasm,
+  attrs: BatchNormReluAttrs,
+  t: Record<"mean" | "variance" | "gamma" | "beta", tf.TensorInfo>,
+): Affine {
+  const f32 = (v: tf.TensorInfo) => backend.typedArrayFromHeap(v) as Float32Array;
+  const [mean, beta] = [f32(t.mean), f32(t.beta)];
+  const { scale } = normaliseAffine(f32(t.gamma), beta, mean, f32(t.variance), attrs.epsilon);
+  return { mean, scale, shift: beta };
+}
+
+/**
+ * y = ReLU?((x − mean)·scale + β) per channel with `affineOf`'s map of the statistics, over
+ * [rows, c]: the SIMD pass (one formula for every native normalisation, so a recompute, the
+ * concatenation kernels and the backward's ReLU mask all agree with the forward bit for bit);
+ * oneDNN's where the channels are not a multiple of 4 or there is no SIMD.
+ */
+function normalise(
+  backend: BackendWasm,
+  rows: number,
+  c: number,
+  attrs: BatchNormReluAttrs,
+  t: Record<"x" | "mean" | "variance" | "gamma" | "beta" | "y", tf.TensorInfo>,
+): void {
+  const { normaliseConcat } = threadsFor(backend);
+  if (normaliseConcat != null && c % 4 === 0) {
+    const x = [{ at: heapOffset(backend, t.x), c }];
+    normaliseConcat(x, heapOffset(backend, t.y), rows, affineOf(backend, attrs, t), attrs.relu);
+    return;
+  }
+  const p = (v: tf.TensorInfo) => heapPointer(backend, v);
+  openOneDnn().bnApply(
     rows,
     c,
     attrs.epsilon,
     attrs.relu,
-    p(x!),
-    p(mean),
-    p(variance),
-    p(gamma!),
-    p(beta!),
-    p(y),
+    p(t.x),
+    p(t.mean),
+    p(t.variance),
+    p(t.gamma),
+    p(t.beta),
+    p(t.y),
   );
-  return [y, mean, variance];
 }
 
 /**
@@ -296,44 +339,67 @@ function batchNormReluGrad(args: KernelArgs): tf.TensorInfo[] {
   const rc = rowsChannels(all, x!);
   if (rc == null) return fallback(BN_GRAD_KERNEL, args) as unknown as tf.TensorInfo[];
   const [rows, c] = rc;
-  const threads = threadsFor(backend);
-  const { maskedSums, gradApply } = threads;
+  const { maskedSums, gradApply } = threadsFor(backend);
   if (maskedSums == null || gradApply == null || c % 4 !== 0) {
     return oneDnnBatchNormReluGrad(args, rows, c);
   }
-  for (const t of all) backend.dataIdMap.get(t.dataId);
-  const dx = backend.makeOutput(x!.shape, "float32");
+  const vectors = { gamma: gamma!, beta: beta!, mean: mean!, variance: variance! };
+  return simdGrad(backend, attrs, dy!, [x!], rows, vectors, null);
+}
+
+/**
+ * The SIMD backward of a BatchNorm(+ReLU) over the channel concatenation of `xs` (each with a
+ * multiple of 4 channels): per input, the masked float64 sums over its channel range of dy,
+ * then `gradientPartsFromSums`, then per input the dx pass, `addend`'s first C channels (when
+ * given) added in it. The mask is the forward's pre-ReLU value in its own float32 arithmetic.
+ */
+function simdGrad(
+  backend: BackendWasm,
+  attrs: BatchNormReluAttrs,
+  dy: tf.TensorInfo,
+  xs: tf.TensorInfo[],
+  rows: number,
+  v: Record<"gamma" | "beta" | "mean" | "variance", tf.TensorInfo>,
+  addend: tf.TensorInfo | null,
+): tf.TensorInfo[] {
+  const { maskedSums, gradApply } = threadsFor(backend);
+  const channels = xs.map((t) => t.shape[t.shape.length - 1]);
+  const c = channels.reduce((a, k) => a + k, 0);
+  for (const t of [dy, ...xs, v.gamma, v.beta, v.mean, v.variance]) {
+    backend.dataIdMap.get(t.dataId);
+  }
+  const dx = backend.makeOutput(dy.shape, "float32");
   const dgamma = backend.makeOutput([c], "float32");
   const dbeta = backend.makeOutput([c], "float32");
   const f32 = (t: tf.TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
-  const [dyAt, xAt] = [heapOffset(backend, dy!), heapOffset(backend, x!)];
-  let mask: [Float64Array, Float64Array] | null = null;
-  const parts = batchNormReluGradientParts(
-    f32(dy!),
-    f32(x!),
-    f32(gamma!),
-    f32(beta!),
-    f32(mean!),
-    f32(variance!),
-    attrs,
-    null,
-    threads.rowSums,
-    (scale, offset, mu, s1, s2) => {
-      mask = [scale, offset];
-      maskedSums(dyAt, xAt, c, rows, mu, scale, offset, s1, s2);
-    },
-  );
+  const [g, b, mu32, v32] = [v.gamma, v.beta, v.mean, v.variance].map(f32);
+  const { rstd, scale } = normaliseAffine(g, b, mu32, v32, attrs.epsilon);
+  // Without ReLU: scale 0, shift 1 (nothing masked).
+  const mask = attrs.relu
+    ? { mean: mu32, scale, shift: b }
+    : { mean: mu32, scale: new Float32Array(c), shift: new Float32Array(c).fill(1) };
+  const mu = Float64Array.from(mu32);
+  const sums = [new Float64Array(c), new Float64Array(c)];
+  const [dyAt, dxAt] = [dy, dx].map((t) => heapOffset(backend, t));
+  const width = addend?.shape[addend.shape.length - 1] ?? 0;
+  const inputs = xs.map((x, i) => {
+    const from = channels.slice(0, i).reduce((a, n) => a + n, 0);
+    return {
+      dy: { at: dyAt + 4 * from, stride: c },
+      x: { at: heapOffset(backend, x), stride: channels[i] },
+      dx: { at: dxAt + 4 * from, stride: c },
+      addend: addend != null
+        ? { at: heapOffset(backend, addend) + 4 * from, stride: width }
+        : undefined,
+      from,
+      c: channels[i],
+    };
+  });
+  maskedSums!(inputs, rows, mu, mask, sums[0], sums[1]);
+  const parts = gradientPartsFromSums(g, rstd, sums[0], sums[1], rows);
   f32(dgamma).set(parts.dgamma);
   f32(dbeta).set(parts.dbeta);
-  const [scale, offset] = mask!;
-  const mu = f32(mean!);
-  gradApply(dyAt, xAt, heapOffset(backend, dx), c, rows, {
-    scale,
-    offset,
-    a: parts.a,
-    b: parts.b,
-    d: parts.d.map((v, k) => v - parts.b[k] * mu[k]),
-  });
+  gradApply!(inputs, rows, mask, parts);
   return [dx, dgamma, dbeta];
 }
 
@@ -443,19 +509,14 @@ function batchNormReluInference(args: KernelArgs): tf.TensorInfo {
   const [rows, c] = rc;
   for (const t of [x!, ...vectors]) backend.dataIdMap.get(t.dataId);
   const out = backend.makeOutput(x!.shape, "float32");
-  const p = (t: tf.TensorInfo) => heapPointer(backend, t);
-  openOneDnn().bnApply(
-    rows,
-    c,
-    attrs.epsilon,
-    attrs.relu,
-    p(x!),
-    p(mean!),
-    p(variance!),
-    p(gamma!),
-    p(beta!),
-    p(out),
-  );
+  normalise(backend, rows, c, attrs, {
+    x: x!,
+    mean: mean!,
+    variance: variance!,
+    gamma: gamma!,
+    beta: beta!,
+    y: out,
+  });
   return out;
 }
 
@@ -670,10 +731,42 @@ function poolGrad(kind: "max" | "avg") {
 function batchNormReluConcatInference(args: KernelArgs): tf.TensorInfo {
   const { backend } = args;
   const { mean, variance, gamma, beta, ...rest } = args.inputs;
-  const xs = Object.values(rest) as tf.TensorInfo[];
   const attrs = args.attrs as unknown as BatchNormReluAttrs;
   const vectors = [mean!, variance!, gamma!, beta!];
-  const c = tf.util.sizeFromShape(mean!.shape);
+  const { xs, c, lead, channels, rows } = concatInputs(BN_CONCAT_INFERENCE_KERNEL, rest, vectors);
+  for (const t of [...xs, ...vectors]) backend.dataIdMap.get(t.dataId);
+  const { normaliseConcat } = threadsFor(backend);
+  if (normaliseConcat == null || channels.some((k) => k % 4 !== 0)) {
+    const x = joined(xs, backend);
+    try {
+      return batchNormReluInference({
+        inputs: { x, mean, variance, gamma, beta },
+        backend,
+        attrs: args.attrs,
+      });
+    } finally {
+      if (x !== xs[0]) backend.disposeData(x.dataId);
+    }
+  }
+  const out = backend.makeOutput([...lead, c], "float32");
+  normaliseConcat(
+    xs.map((t, i) => ({ at: heapOffset(backend, t), c: channels[i] })),
+    heapOffset(backend, out),
+    rows,
+    affineOf(backend, attrs, { mean: mean!, variance: variance!, gamma: gamma!, beta: beta! }),
+    attrs.relu,
+  );
+  return out;
+}
+
+/** The x0, x1, … of a concatenation kernel, their shared leading shape and channel counts. */
+function concatInputs(
+  name: string,
+  rest: Record<string, tf.TensorInfo | undefined>,
+  vectors: tf.TensorInfo[],
+) {
+  const xs = Object.values(rest) as tf.TensorInfo[];
+  const c = tf.util.sizeFromShape(vectors[0].shape);
   const lead = xs[0].shape.slice(0, -1);
   const channels = xs.map((t) => t.shape[t.shape.length - 1]);
   if (
@@ -682,52 +775,116 @@ function batchNormReluConcatInference(args: KernelArgs): tf.TensorInfo {
     xs.some((t) => !tf.util.arraysEqual(t.shape.slice(0, -1), lead)) ||
     vectors.some((t) => tf.util.sizeFromShape(t.shape) !== c)
   ) {
-    throw new Error(
-      `${BN_CONCAT_INFERENCE_KERNEL}: needs float32 [.., C_i] inputs and [ΣC_i] vectors`,
-    );
+    throw new Error(`${name}: needs float32 [.., C_i] inputs and [ΣC_i] vectors`);
   }
-  const rows = tf.util.sizeFromShape(lead);
-  for (const t of [...xs, ...vectors]) backend.dataIdMap.get(t.dataId);
-  const { normaliseConcat } = threadsFor(backend);
-  if (normaliseConcat == null || channels.some((k) => k % 4 !== 0)) {
-    const joined = xs.length === 1 ? xs[0] : concat({
-      // Concat's inputs are an array (tfjs's own kernel maps over them).
-      inputs: xs as unknown as KernelArgs["inputs"],
-      backend,
-      attrs: { axis: -1 },
-    });
+  return { xs, c, lead, channels, rows: tf.util.sizeFromShape(lead) };
+}
+
+/** The inputs joined by the native `Concat` (the kernels' fallback where SIMD cannot run). */
+function joined(xs: tf.TensorInfo[], backend: BackendWasm): tf.TensorInfo {
+  if (xs.length === 1) return xs[0];
+  // Concat's inputs are an array (tfjs's own kernel maps over them).
+  const inputs = xs as unknown as KernelArgs["inputs"];
+  return concat({ inputs, backend, attrs: { axis: -1 } });
+}
+
+/**
+ * `BatchNormReluConcatTrain`: float64 statistics of each input's channels (SIMD threads, as
+ * `BatchNormReluTrain`'s), then `normaliseConcat` with `normaliseAffine`'s map of them: the y
+ * `BatchNormReluConcatInference` gives for the same statistics, bit for bit.
+ */
+function batchNormReluConcatTrain(args: KernelArgs): tf.TensorInfo[] {
+  const { backend } = args;
+  const { gamma, beta, ...rest } = args.inputs;
+  const attrs = args.attrs as unknown as BatchNormReluAttrs;
+  const { xs, c, lead, channels, rows } = concatInputs(BN_CONCAT_TRAIN_KERNEL, rest, [
+    gamma!,
+    beta!,
+  ]);
+  const threads = threadsFor(backend);
+  if (
+    threads.normaliseConcat == null || threads.statisticsSums == null ||
+    channels.some((k) => k % 4 !== 0)
+  ) {
+    const x = joined(xs, backend);
     try {
-      return batchNormReluInference({
-        inputs: { x: joined, mean, variance, gamma, beta },
-        backend,
-        attrs: args.attrs,
-      });
+      return batchNormReluTrain({ inputs: { x, gamma, beta }, backend, attrs: args.attrs });
     } finally {
-      if (joined !== xs[0]) backend.disposeData(joined.dataId);
+      if (x !== xs[0]) backend.disposeData(x.dataId);
     }
   }
-  const out = backend.makeOutput([...lead, c], "float32");
+  for (const t of [...xs, gamma!, beta!]) backend.dataIdMap.get(t.dataId);
+  const y = backend.makeOutput([...lead, c], "float32");
+  const mean = backend.makeOutput([c], "float32");
+  const variance = backend.makeOutput([c], "float32");
   const f32 = (t: tf.TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
-  const [mu, v, g, b] = vectors.map(f32);
-  const scale = new Float32Array(c);
-  const offset = new Float32Array(c);
-  for (let k = 0; k < c; k++) {
-    const s = g[k] / Math.sqrt(v[k] + attrs.epsilon);
-    scale[k] = s;
-    offset[k] = b[k] - mu[k] * s;
-  }
-  normaliseConcat(
+  // Float64 sums of each input's values shifted by its first row, all inputs in one pass.
+  const [m64, v64, s1, s2, shift] = [0, 0, 0, 0, 0].map(() => new Float64Array(c));
+  const inputs = xs.map((x, i) => {
+    const from = channels.slice(0, i).reduce((a, n) => a + n, 0);
+    shift.set(f32(x).subarray(0, channels[i]), from);
+    return { x: { at: heapOffset(backend, x), stride: channels[i] }, from, c: channels[i] };
+  });
+  threads.statisticsSums!(inputs, rows, shift, s1, s2);
+  statisticsFromSums(shift, s1, s2, rows, m64, v64);
+  f32(mean).set(m64);
+  f32(variance).set(v64);
+  threads.normaliseConcat(
     xs.map((t, i) => ({ at: heapOffset(backend, t), c: channels[i] })),
-    heapOffset(backend, out),
+    heapOffset(backend, y),
     rows,
-    scale,
-    offset,
+    affineOf(backend, attrs, { mean, variance, gamma: gamma!, beta: beta! }),
     attrs.relu,
   );
-  return out;
+  return [y, mean, variance];
+}
+
+/**
+ * `BatchNormReluConcatGrad`: per input, the masked float64 sums and the dx pass of
+ * `batchNormReluGrad` over its channel range of dy and dx, the addend's range added in that
+ * pass. The fallback joins the inputs, runs `batchNormReluGrad` and adds the addend's prefix.
+ */
+function batchNormReluConcatGrad(args: KernelArgs): tf.TensorInfo[] {
+  const { backend } = args;
+  const { dy, gamma, beta, mean, variance, addend, ...rest } = args.inputs;
+  const attrs = args.attrs as unknown as BatchNormReluAttrs;
+  const vectors = [gamma!, beta!, mean!, variance!];
+  const { xs, c, lead, channels, rows } = concatInputs(BN_CONCAT_GRAD_KERNEL, rest, vectors);
+  const width = addend!.shape[addend!.shape.length - 1];
+  if (
+    !tf.util.arraysEqual(dy!.shape, [...lead, c]) || width < c ||
+    !tf.util.arraysEqual(addend!.shape.slice(0, -1), lead)
+  ) {
+    throw new Error(`${BN_CONCAT_GRAD_KERNEL}: dy [.., ${c}] and addend [.., ≥ ${c}] needed`);
+  }
+  const { maskedSums, gradApply } = threadsFor(backend);
+  if (maskedSums == null || gradApply == null || [...channels, width].some((k) => k % 4 !== 0)) {
+    const x = joined(xs, backend);
+    const [dx, dgamma, dbeta] = batchNormReluGrad({
+      inputs: { dy, x, gamma, beta, mean, variance },
+      backend,
+      attrs: args.attrs,
+    });
+    const begin = lead.map(() => 0).concat(0);
+    const prefix = slice({ inputs: { x: addend }, backend, attrs: { begin, size: [...lead, c] } });
+    const sum = add({ inputs: { a: prefix, b: dx }, backend, attrs: {} });
+    for (const t of [dx, prefix, ...(x !== xs[0] ? [x] : [])]) backend.disposeData(t.dataId);
+    return [sum, dgamma, dbeta];
+  }
+  return simdGrad(
+    backend,
+    attrs,
+    dy!,
+    xs,
+    rows,
+    { gamma: gamma!, beta: beta!, mean: mean!, variance: variance! },
+    addend!,
+  );
 }
 
 const KERNELS: Record<string, tf.KernelFunc> = {
+  [BN_CONCAT_TRAIN_KERNEL]: batchNormReluConcatTrain as unknown as tf.KernelFunc,
+  [BN_CONCAT_GRAD_KERNEL]: batchNormReluConcatGrad as unknown as tf.KernelFunc,
   [BN_CONCAT_INFERENCE_KERNEL]: batchNormReluConcatInference as unknown as tf.KernelFunc,
   Add: add as unknown as tf.KernelFunc,
   Slice: slice as unknown as tf.KernelFunc,

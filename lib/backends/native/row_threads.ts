@@ -14,7 +14,7 @@
 
 import { Worker } from "node:worker_threads";
 import { type RowSums, rowSums } from "../batchnorm_kernels.ts";
-import { APPLY_ENTRY_BYTES, simdBatchNorm, simdBatchNormModuleBytes } from "./simd_batchnorm.ts";
+import { LIST_FIELDS, simdBatchNorm, simdBatchNormModuleBytes } from "./simd_batchnorm.ts";
 
 /** Largest channel count the vector blocks hold (DenseNet-121: 1,024). */
 const MAX_CHANNELS = 4096;
@@ -24,14 +24,14 @@ const MIN_VALUES = 1 << 16;
 const TILE_ROWS = 16;
 /** Per-thread block: s1, s2 (float64). */
 const SUMS_BYTES = 2 * 8 * MAX_CHANNELS;
-/** Shared block: va, vb (float64), then five float32 vectors. */
-const VECTORS_BYTES = 2 * 8 * MAX_CHANNELS + 5 * 4 * MAX_CHANNELS;
+/** Shared block: va, vb (float64), then six float32 vectors. */
+const VECTORS_BYTES = 2 * 8 * MAX_CHANNELS + 6 * 4 * MAX_CHANNELS;
 /** The module's functions by index, as the control block names them. */
-const FUNCTIONS = ["sums", "maskedSums", "gradApply", "applyList"] as const;
+const FUNCTIONS = ["sums", "applyList", "sumsList", "maskedSumsList", "gradApplyList"] as const;
 type FunctionName = typeof FUNCTIONS[number];
-/** Most inputs one `normaliseConcat` call takes. */
+/** Most inputs one list call takes (DenseNet-121: 25). */
 const MAX_INPUTS = 1024;
-/** Most arguments a function takes (gradApply: 14). */
+/** Most arguments a function takes (sums: 12). */
 const MAX_ARGS = 16;
 
 /** Control words: [0] job posted (1) / idle (0), [1] done (1), [2] function index. */
@@ -55,44 +55,88 @@ interface RowWorker {
   sums: number;
 }
 
+/** An [m, c] float32 view in the heap: byte address of row 0, row stride in values (≥ c). */
+export interface Strided {
+  at: number;
+  stride: number;
+}
+
 /** A float32 [C] per-channel vector, as the passes take it. */
 type Vector = ArrayLike<number>;
+
+/**
+ * A normalisation's per-channel map, in the passes' float32 arithmetic: the pre-ReLU value is
+ * (x − mean)·scale + shift (`normaliseAffine`'s scale, the BatchNorm's β as shift; scale 0 with
+ * shift 1 for a ReLU mask that keeps everything).
+ */
+export interface Affine {
+  mean: Vector;
+  scale: Vector;
+  shift: Vector;
+}
+
+/** One input of a list pass: its [m, c] views and its first channel in the C-wide vectors. */
+export interface ListInput {
+  /** dy (the backward passes; a channel range of a [m, C] gradient), else unused. */
+  dy?: Strided;
+  x: Strided;
+  /** Output of the dx pass (a channel range of the [m, C] dx). */
+  dx?: Strided;
+  /** Added in the dx pass (a channel range of a wider gradient). */
+  addend?: Strided;
+  /** The input's first channel among the C channels of the vectors and sums. */
+  from: number;
+  c: number;
+}
 
 /** The passes over the heap, threaded. Addresses are byte offsets into the heap. */
 export interface HeapThreads {
   /** `rowSums` over all rows (the `RowSums` contract). */
   rowSums: RowSums;
   /**
-   * Σ g and Σ g·(x − mean) per channel into s1, s2 (added), g = dy masked where
-   * x·scale + offset ≤ 0; [m, c] dense dy and x. Null without SIMD.
+   * Σ (x − shift) and Σ (x − shift)² per channel into s1, s2 (added), for each input's
+   * channel range of the C-wide float64 `shift`, s1, s2: the batch statistics of a channel
+   * concatenation. Null without SIMD.
    */
-  maskedSums:
+  statisticsSums:
     | ((
-      dy: number,
-      x: number,
-      c: number,
+      inputs: ListInput[],
       m: number,
-      mean: Float64Array,
-      scale: Vector,
-      offset: Vector,
+      shift: Float64Array,
       s1: Float64Array,
       s2: Float64Array,
     ) => void)
     | null;
-  /** dx = a·g + b·x + d per channel, g masked as in `maskedSums`; [m, c] dense. */
-  gradApply:
+  /**
+   * Σ g and Σ g·(x − mean) per channel (float64, `mean64`) into s1, s2 (added), g = dy masked
+   * where the pre-ReLU value ≤ 0 (`mask`), for each input's channel range of the C-wide vectors.
+   * Null without SIMD.
+   */
+  maskedSums:
     | ((
-      dy: number,
-      x: number,
-      dx: number,
-      c: number,
+      inputs: ListInput[],
       m: number,
-      vectors: { scale: Vector; offset: Vector; a: Vector; b: Vector; d: Vector },
+      mean64: Float64Array,
+      mask: Affine,
+      s1: Float64Array,
+      s2: Float64Array,
     ) => void)
     | null;
   /**
-   * y = max(x·scale + offset, 0 with `relu`) per channel, x the channel concatenation of
-   * `inputs` (dense [m, c_i] tensors at byte address `at`; every c_i a multiple of 4) and y
+   * dx = a·g + b·(x − mean) + d (+ addend) per channel, g masked as in `maskedSums`, for each
+   * input's channel range. Null without SIMD.
+   */
+  gradApply:
+    | ((
+      inputs: ListInput[],
+      m: number,
+      mask: Affine,
+      coefficients: { a: Vector; b: Vector; d: Vector },
+    ) => void)
+    | null;
+  /**
+   * y = max((x − mean)·scale + shift, 0 with `relu`) per channel, x the channel concatenation
+   * of `inputs` (dense [m, c_i] tensors at byte address `at`; every c_i a multiple of 4) and y
    * dense [m, Σ c_i]: the concatenation is never written. Null without SIMD.
    */
   normaliseConcat:
@@ -100,8 +144,7 @@ export interface HeapThreads {
       inputs: { at: number; c: number }[],
       y: number,
       m: number,
-      scale: Vector,
-      offset: Vector,
+      affine: Affine,
       relu: boolean,
     ) => void)
     | null;
@@ -120,12 +163,21 @@ export function heapThreads(
   const sequential: RowSums = (a, va, b, vb, c, m, s1, s2) =>
     rowSums(a, va, b, vb, c, 0, m, s1, s2);
   if (memory == null || simd == null) {
-    return { rowSums: sequential, maskedSums: null, gradApply: null, normaliseConcat: null };
+    return {
+      rowSums: sequential,
+      statisticsSums: null,
+      maskedSums: null,
+      gradApply: null,
+      normaliseConcat: null,
+    };
   }
   // The single-threaded wasm build's heap is not shared: no workers can see it.
   if (!(memory.buffer instanceof SharedArrayBuffer)) threads = 1;
   const vectors = malloc(VECTORS_BYTES);
-  const table = malloc(MAX_INPUTS * APPLY_ENTRY_BYTES);
+  const table = malloc(MAX_INPUTS * 4 * Math.max(...Object.values(LIST_FIELDS)));
+  // One zero row: gradApply's addend (stride 0) when there is none.
+  const zeros = malloc(4 * MAX_CHANNELS);
+  new Float32Array(memory.buffer, zeros, MAX_CHANNELS).fill(0);
   const mainSums = malloc(SUMS_BYTES);
   const workers: RowWorker[] = [];
   try {
@@ -203,6 +255,20 @@ export function heapThreads(
     }
   };
   const fits = (c: number) => c % 4 === 0 && c > 0 && c <= MAX_CHANNELS;
+  /** The channels the inputs span (C), checked: multiples of 4, within the blocks. */
+  const width = (inputs: ListInput[]) => {
+    const c = Math.max(...inputs.map((t) => t.from + t.c));
+    if (!fits(c) || inputs.length > MAX_INPUTS || inputs.some((t) => t.c % 4 !== 0)) {
+      throw new Error(`a BatchNorm pass over inputs of [${inputs.map((t) => t.c)}] channels`);
+    }
+    return c;
+  };
+  /** Writes one table row per input (`fields` i32s each); returns the row count. */
+  const writeTable = (fields: number, inputs: ListInput[], row: (t: ListInput) => number[]) => {
+    const rows = new Int32Array(memory.buffer, table, fields * inputs.length);
+    inputs.forEach((t, i) => rows.set(row(t), fields * i));
+    return inputs.length;
+  };
   const onHeap = (...arrays: ArrayBufferView[]) => arrays.every((a) => a.buffer === memory.buffer);
 
   return {
@@ -225,59 +291,95 @@ export function heapThreads(
         TILE_ROWS,
       ], [s1, s2]);
     },
-    maskedSums: (dy, x, c, m, mean, scale, offset, s1, s2) => {
-      if (!fits(c)) throw new Error(`maskedSums: ${c} channels (a multiple of 4 is needed)`);
-      f64(va, c).set(mean);
-      f32(f32Vector(0), c).set(scale);
-      f32(f32Vector(1), c).set(offset);
-      parallel("maskedSums", m, c, (r0, r1, block) => [
-        dy,
-        x,
-        va,
-        c,
-        4 * c,
-        4 * c,
+    statisticsSums: (inputs, m, shift, s1, s2) => {
+      const c = width(inputs);
+      f64(va, c).set(shift);
+      const k = writeTable(LIST_FIELDS.sumsList, inputs, (t) => [
+        t.x.at,
+        t.x.at,
+        va + 8 * t.from,
+        va + 8 * t.from,
+        t.c,
+        4 * t.x.stride,
+        4 * t.x.stride,
+        8 * t.from,
+      ]);
+      parallel("sumsList", m, c, (r0, r1, block) => [
+        table,
+        k,
         r0,
         r1,
         s1At(block),
         s2At(block),
         TILE_ROWS,
-        f32Vector(0),
-        f32Vector(1),
       ], [s1, s2]);
     },
-    normaliseConcat: (inputs, y, m, scale, offset, relu) => {
-      const c = inputs.reduce((sum, t) => sum + t.c, 0);
-      if (!fits(c) || inputs.length > MAX_INPUTS || inputs.some((t) => t.c % 4 !== 0)) {
-        throw new Error(`normaliseConcat: inputs of [${inputs.map((t) => t.c)}] channels`);
-      }
-      f32(f32Vector(0), c).set(scale);
-      f32(f32Vector(1), c).set(offset);
-      f32(f32Vector(2), c).fill(relu ? 0 : -Infinity);
-      const entries = new Int32Array(memory.buffer, table, 8 * inputs.length);
-      let column = 0;
-      inputs.forEach((t, i) => {
-        const at = (v: number) => f32Vector(v) + 4 * column;
-        entries.set([t.at, 4 * t.c, y + 4 * column, 4 * c, t.c, at(0), at(1), at(2)], 8 * i);
-        column += t.c;
-      });
-      parallel("applyList", m, c, (r0, r1) => [table, inputs.length, r0, r1]);
-    },
-    gradApply: (dy, x, dx, c, m, v) => {
-      if (!fits(c)) throw new Error(`gradApply: ${c} channels (a multiple of 4 is needed)`);
-      [v.scale, v.offset, v.a, v.b, v.d].forEach((values, i) => f32(f32Vector(i), c).set(values));
-      parallel("gradApply", m, c, (r0, r1) => [
-        dy,
-        x,
-        c,
-        4 * c,
-        4 * c,
+    maskedSums: (inputs, m, mean64, mask, s1, s2) => {
+      const c = width(inputs);
+      f64(va, c).set(mean64);
+      [mask.scale, mask.shift, mask.mean].forEach((v, i) => f32(f32Vector(i), c).set(v));
+      const k = writeTable(LIST_FIELDS.maskedSumsList, inputs, (t) => [
+        t.dy!.at,
+        t.x.at,
+        va + 8 * t.from,
+        t.c,
+        4 * t.dy!.stride,
+        4 * t.x.stride,
+        8 * t.from,
+        ...[0, 1, 2].map((v) => f32Vector(v) + 4 * t.from),
+      ]);
+      parallel("maskedSumsList", m, c, (r0, r1, block) => [
+        table,
+        k,
         r0,
         r1,
-        dx,
+        s1At(block),
+        s2At(block),
+        TILE_ROWS,
+      ], [s1, s2]);
+    },
+    normaliseConcat: (inputs, y, m, affine, relu) => {
+      const list = inputs.map((t, i) => ({
+        x: { at: t.at, stride: t.c },
+        from: inputs.slice(0, i).reduce((sum, u) => sum + u.c, 0),
+        c: t.c,
+      }));
+      const c = width(list);
+      [affine.mean, affine.scale, affine.shift].forEach((v, i) => f32(f32Vector(i), c).set(v));
+      f32(f32Vector(3), c).fill(relu ? 0 : -Infinity);
+      const k = writeTable(LIST_FIELDS.applyList, list, (t) => [
+        t.x.at,
+        4 * t.x.stride,
+        y + 4 * t.from,
         4 * c,
-        ...[0, 1, 2, 3, 4].map(f32Vector),
+        t.c,
+        ...[0, 1, 2, 3].map((v) => f32Vector(v) + 4 * t.from),
       ]);
+      parallel("applyList", m, c, (r0, r1) => [table, k, r0, r1]);
+    },
+    gradApply: (inputs, m, mask, k) => {
+      const c = width(inputs);
+      [mask.scale, mask.shift, k.a, k.b, k.d, mask.mean].forEach((v, i) =>
+        f32(f32Vector(i), c).set(v)
+      );
+      const n = writeTable(LIST_FIELDS.gradApplyList, inputs, (t) => {
+        const plus = t.addend ?? { at: zeros, stride: 0 };
+        const vec = (v: number) => f32Vector(v) + 4 * t.from;
+        return [
+          t.dy!.at,
+          t.x.at,
+          t.c,
+          4 * t.dy!.stride,
+          4 * t.x.stride,
+          t.dx!.at,
+          4 * t.dx!.stride,
+          ...[0, 1, 2, 3, 4].map(vec),
+          plus.at,
+          4 * plus.stride,
+          vec(5),
+        ];
+      });
+      parallel("gradApplyList", m, c, (r0, r1) => [table, n, r0, r1]);
     },
   };
 }

@@ -11,18 +11,24 @@
  * - `sums(a, b, va, vb, c, strideA, strideB, r0, r1, s1, s2, tile)`:
  *   s1[k] += Σ (a − va[k]), s2[k] += Σ (a − va[k])·(b − vb[k]) (va, vb, s1, s2 f64): the batch
  *   statistics (a = b = x, va = vb = a shift) and the gradient sums of an unmasked dy.
- * - `maskedSums(dy, x, mean, c, strideDy, strideX, r0, r1, s1, s2, tile, scale, offset)`:
- *   g = dy where x·scale[k] + offset[k] > 0 (the pre-ReLU value; scale, offset f32), else 0;
+ * - `maskedSums(dy, x, mean, c, strideDy, strideX, r0, r1, s1, s2, tile, scale, shift, m32)`:
+ *   g = dy where the pre-ReLU value (x − m32[k])·scale[k] + shift[k] > 0, else 0 (m32, scale,
+ *   shift f32: the forward's own arithmetic, so the mask is its ReLU decision);
  *   s1[k] += Σ g, s2[k] += Σ g·(x − mean[k]) (mean, s1, s2 f64), without writing g.
- * - `gradApply(dy, x, c, strideDy, strideX, r0, r1, dx, strideDx, scale, offset, a, b, d)`:
- *   dx = a[k]·g + b[k]·x + d[k] with g masked as in `maskedSums` (all vectors f32; offset 0
- *   and scale 0 with offset 1 give an unmasked g).
- * - `apply(x, strideX, y, strideY, c, r0, r1, scale, offset, floor)`:
- *   y = max(x·scale[k] + offset[k], floor[k]) (f32 vectors; floor 0: ReLU, −∞: none), strided
- *   rows on both sides: the normalise pass, into a channel range of a wider output.
- * - `applyList(table, count, r0, r1)`: `apply` for each of `count` 32-byte entries of i32s
- *   (x, strideX, y, strideY, c, scale, offset, floor) at `table`: one call (one thread
- *   hand-off) for the many inputs of a concatenation.
+ * - `gradApply(dy, x, c, strideDy, strideX, r0, r1, dx, strideDx, scale, shift, a, b, d,
+ *   addend, strideAddend, m32)`: dx = a[k]·g + b[k]·(x − m32[k]) + d[k] + addend with g masked
+ *   as in `maskedSums` (all vectors f32; scale 0 with shift 1 give an unmasked g; a zero row
+ *   with stride 0 as addend adds nothing).
+ * - `apply(x, strideX, y, strideY, c, r0, r1, mean, scale, shift, floor)`:
+ *   y = max((x − mean[k])·scale[k] + shift[k], floor[k]) (f32 vectors; floor 0: ReLU, −∞:
+ *   none), strided rows on both sides: the normalise pass, into a channel range of a wider
+ *   output. Subtracting the mean first keeps channels whose mean is large against their spread
+ *   exact (x·scale + offset cancels there).
+ * - `applyList(table, count, r0, r1)`, `sumsList(table, count, r0, r1, s1, s2, tile)`,
+ *   `maskedSumsList(…same)`, `gradApplyList(table, count, r0, r1)`: the function for each of
+ *   `count` entries of i32 arguments at `table` (`LIST_FIELDS` per entry; the sums' s1, s2 as
+ *   a byte offset into the thread's own blocks given by the call): one call, one thread
+ *   hand-off, for all the inputs of a concatenation.
  * The sums go in tiles of `tile` rows, four channels at a time kept in registers across a
  * tile, so the accumulators touch memory once per tile; float64 sums in another order than the
  * JavaScript loops' differ from them only in the last bits.
@@ -37,7 +43,7 @@ const I32_CONST = 0x41, I32_LT_U = 0x49, I32_GE_U = 0x4f, I32_ADD = 0x6a, I32_MU
 const I32_SHL = 0x74;
 // Fixed-width SIMD (prefix 0xfd).
 const V_LOAD = 0x00, V_STORE = 0x0b, V_CONST = 0x0c, SHUFFLE = 0x0d, V_AND = 0x4e;
-const F32X4_GT = 0x44, F32X4_ADD = 0xe4, F32X4_MUL = 0xe6, F32X4_MAX = 0xe9;
+const F32X4_GT = 0x44, F32X4_ADD = 0xe4, F32X4_SUB = 0xe5, F32X4_MUL = 0xe6, F32X4_MAX = 0xe9;
 const I32_LOAD = 0x28, CALL = 0x10;
 const F64X2_PROMOTE_LOW = 0x5f, F64X2_ADD = 0xf0, F64X2_SUB = 0xf1, F64X2_MUL = 0xf2;
 
@@ -99,7 +105,8 @@ const zero = [...simd(V_CONST), ...new Array(16).fill(0)];
 const high = [...simd(SHUFFLE), 8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
 const promote = simd(F64X2_PROMOTE_LOW);
 const dadd = simd(F64X2_ADD), dsub = simd(F64X2_SUB), dmul = simd(F64X2_MUL);
-const fadd = simd(F32X4_ADD), fmul = simd(F32X4_MUL), fgt = simd(F32X4_GT), vand = simd(V_AND);
+const fadd = simd(F32X4_ADD), fsub = simd(F32X4_SUB), fmul = simd(F32X4_MUL);
+const fgt = simd(F32X4_GT), vand = simd(V_AND);
 const i32 = (v: number) => [I32_CONST, ...uleb(v)]; // small non-negative constants only
 
 /** k·shift bytes from `base`: the address of channel k in a vector of 2^shift-byte values. */
@@ -321,10 +328,11 @@ function maskedSumsFn(): number[] {
       "s2",
       "tile",
       "scale",
-      "offset",
+      "shift",
+      "m32",
     ],
     REDUCTION_I32,
-    [...REDUCTION_V128, "sc", "of", "g"],
+    [...REDUCTION_V128, "sc", "of", "mu", "g"],
   );
   const setup = [
     ...at(f, "va", 3),
@@ -336,18 +344,23 @@ function maskedSumsFn(): number[] {
     ...at(f, "scale", 2),
     ...load(0),
     ...f.set("sc"),
-    ...at(f, "offset", 2),
+    ...at(f, "shift", 2),
     ...load(0),
     ...f.set("of"),
+    ...at(f, "m32", 2),
+    ...load(0),
+    ...f.set("mu"),
   ];
   const row = [
-    // t = x; g = dy & (x·scale + offset > 0)
+    // t = x; g = dy & ((x − mean)·scale + shift > 0)
     ...f.get("pb"),
     ...load(0),
     ...f.set("t"),
     ...f.get("pa"),
     ...load(0),
     ...f.get("t"),
+    ...f.get("mu"),
+    ...fsub,
     ...f.get("sc"),
     ...fmul,
     ...f.get("of"),
@@ -403,8 +416,11 @@ function gradApplyFn(): number[] {
       "ca",
       "cb",
       "cd",
+      "addend",
+      "strideAddend",
+      "m32",
     ],
-    ["r", "k", "pg", "px", "pd"],
+    ["r", "k", "pg", "px", "pd", "pa"],
     ["t"],
   );
   // Row pointers advance by their strides; within a row, channel groups by 16 bytes.
@@ -433,13 +449,16 @@ function gradApplyFn(): number[] {
     ...rowStart("g", "strideG", "pg"),
     ...rowStart("x", "strideX", "px"),
     ...rowStart("dx", "strideDx", "pd"),
+    ...rowStart("addend", "strideAddend", "pa"),
     ...i32(0),
     ...f.set("k"),
     LOOP,
     VOID,
-    // t = x; dx = (g & (t·scale + offset > 0))·a + t·b + d
+    // t = x − mean; dx = (g & (t·scale + shift > 0))·a + t·b + d + addend
     ...f.get("px"),
     ...load(0),
+    ...vector("m32"),
+    ...fsub,
     ...f.set("t"),
     ...f.get("pd"),
     ...f.get("pg"),
@@ -460,10 +479,14 @@ function gradApplyFn(): number[] {
     ...fadd,
     ...vector("cd"),
     ...fadd,
+    ...f.get("pa"),
+    ...load(0),
+    ...fadd,
     ...store(0),
     ...step("pg"),
     ...step("px"),
     ...step("pd"),
+    ...step("pa"),
     ...f.get("k"),
     ...i32(4),
     I32_ADD,
@@ -487,7 +510,7 @@ function gradApplyFn(): number[] {
 
 function applyFn(): number[] {
   const f = new Fn(
-    ["x", "strideX", "y", "strideY", "c", "r0", "r1", "scale", "offset", "floor"],
+    ["x", "strideX", "y", "strideY", "c", "r0", "r1", "mean", "scale", "offset", "floor"],
     ["r", "k", "px", "py"],
     [],
   );
@@ -519,10 +542,12 @@ function applyFn(): number[] {
     ...f.set("k"),
     LOOP,
     VOID,
-    // y = max(x·scale + offset, floor)
+    // y = max((x − mean)·scale + offset, floor)
     ...f.get("py"),
     ...f.get("px"),
     ...load(0),
+    ...vector("mean"),
+    ...fsub,
     ...vector("scale"),
     ...fmul,
     ...vector("offset"),
@@ -553,12 +578,27 @@ function applyFn(): number[] {
   ]);
 }
 
-/** Bytes of one `applyList` entry: x, strideX, y, strideY, c, scale, offset, floor (i32). */
-export const APPLY_ENTRY_BYTES = 32;
-
-function applyListFn(applyIndex: number): number[] {
-  const f = new Fn(["table", "count", "r0", "r1"], ["i", "e"], []);
-  const field = (offset: number) => [...f.get("e"), I32_LOAD, 2, ...uleb(offset)];
+/**
+ * A list function: for each of `count` entries of i32 fields at `table` (`fields` per entry),
+ * calls function `callee` with `args`, each a field of the entry (a number), one of the list
+ * call's own parameters (a name), or a parameter plus a field ([name, field]: a per-thread
+ * base address plus the entry's offset into it). One call, so one thread hand-off, for the
+ * many inputs of a concatenation.
+ */
+function listFn(
+  callee: number,
+  fields: number,
+  params: string[],
+  args: (number | string | [string, number])[],
+): number[] {
+  const f = new Fn(["table", "count", ...params], ["i", "e"], []);
+  const field = (k: number) => [...f.get("e"), I32_LOAD, 2, ...uleb(4 * k)];
+  const arg = (a: number | string | [string, number]) =>
+    typeof a === "number" ? field(a) : typeof a === "string" ? f.get(a) : [
+      ...f.get(a[0]),
+      ...field(a[1]),
+      I32_ADD,
+    ];
   return f.body([
     ...i32(0),
     ...f.set("i"),
@@ -573,22 +613,13 @@ function applyListFn(applyIndex: number): number[] {
     1,
     ...f.get("table"),
     ...f.get("i"),
-    ...i32(APPLY_ENTRY_BYTES),
+    ...i32(4 * fields),
     I32_MUL,
     I32_ADD,
     ...f.set("e"),
-    ...field(0),
-    ...field(4),
-    ...field(8),
-    ...field(12),
-    ...field(16),
-    ...f.get("r0"),
-    ...f.get("r1"),
-    ...field(20),
-    ...field(24),
-    ...field(28),
+    ...args.flatMap(arg),
     CALL,
-    ...uleb(applyIndex),
+    ...uleb(callee),
     ...f.get("i"),
     ...i32(1),
     I32_ADD,
@@ -600,13 +631,89 @@ function applyListFn(applyIndex: number): number[] {
   ]);
 }
 
+/** i32 fields per entry of each list function (a table row is at most 16 fields). */
+export const LIST_FIELDS = { sumsList: 8, maskedSumsList: 10, gradApplyList: 15, applyList: 9 };
+
 /** The exported functions, in order, with their parameter counts. */
 const FUNCTIONS: [string, () => number[], number][] = [
   ["sums", sumsFn, 12],
-  ["maskedSums", maskedSumsFn, 13],
-  ["gradApply", gradApplyFn, 14],
-  ["apply", applyFn, 10],
-  ["applyList", () => applyListFn(3), 4],
+  ["maskedSums", maskedSumsFn, 14],
+  ["gradApply", gradApplyFn, 17],
+  ["apply", applyFn, 11],
+  // entry: x, strideX, y, strideY, c, mean, scale, shift, floor
+  [
+    "applyList",
+    () => listFn(3, LIST_FIELDS.applyList, ["r0", "r1"], [0, 1, 2, 3, 4, "r0", "r1", 5, 6, 7, 8]),
+    4,
+  ],
+  // entry: a, b, va, vb, c, strideA, strideB, byte offset into s1/s2
+  [
+    "sumsList",
+    () =>
+      listFn(0, LIST_FIELDS.sumsList, ["r0", "r1", "s1", "s2", "tile"], [
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+        "r0",
+        "r1",
+        ["s1", 7],
+        ["s2", 7],
+        "tile",
+      ]),
+    7,
+  ],
+  // entry: dy, x, mean64, c, strideDy, strideX, byte offset into s1/s2, scale, shift, m32
+  [
+    "maskedSumsList",
+    () =>
+      listFn(1, LIST_FIELDS.maskedSumsList, ["r0", "r1", "s1", "s2", "tile"], [
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        "r0",
+        "r1",
+        ["s1", 6],
+        ["s2", 6],
+        "tile",
+        7,
+        8,
+        9,
+      ]),
+    7,
+  ],
+  // entry: dy, x, c, strideDy, strideX, dx, strideDx, scale, shift, a, b, d, addend,
+  // strideAddend, m32
+  [
+    "gradApplyList",
+    () =>
+      listFn(2, LIST_FIELDS.gradApplyList, ["r0", "r1"], [
+        0,
+        1,
+        2,
+        3,
+        4,
+        "r0",
+        "r1",
+        5,
+        6,
+        7,
+        8,
+        9,
+        10,
+        11,
+        12,
+        13,
+        14,
+      ]),
+    4,
+  ],
 ];
 
 const bytesFor = new Map<boolean, Uint8Array>();
@@ -654,6 +761,9 @@ export interface SimdBatchNorm {
   gradApply(...args: number[]): void;
   apply(...args: number[]): void;
   applyList(...args: number[]): void;
+  sumsList(...args: number[]): void;
+  maskedSumsList(...args: number[]): void;
+  gradApplyList(...args: number[]): void;
 }
 
 /**
