@@ -25,14 +25,16 @@ export const BN_TRAIN_KERNEL = "BatchNormReluTrain";
 export const BN_GRAD_KERNEL = "BatchNormReluGrad";
 
 /**
- * Optional, not part of the seam: evaluation-mode BatchNorm(+ReLU) with the running statistics,
- * {x, mean, variance, gamma, beta} {epsilon, relu} → y, in one pass. Only the native backend
- * registers it; the model falls back to tfjs's batchNorm + relu elsewhere.
+ * Optional, not part of the seam: BatchNorm(+ReLU) with given statistics, {x, mean, variance,
+ * gamma, beta} {epsilon, relu} → y, in one pass: evaluation mode (running statistics), and the
+ * memory-efficient backward's recompute (the forward's batch statistics: it must give
+ * `BatchNormReluTrain`'s y for them). The native and WebGPU backends register it; the model
+ * falls back to tfjs's batchNorm + relu, or the training kernel again, elsewhere.
  */
 export const BN_INFERENCE_KERNEL = "BatchNormReluInference";
 
 /**
- * Optional, native only: `BatchNormReluInference` of the channel concatenation of its inputs
+ * Optional (native, WebGPU): `BatchNormReluInference` of the channel concatenation of its inputs
  * {mean, variance, gamma, beta, x0, x1, …} (same leading dims) in one pass that never writes
  * the concatenation. The model keeps a dense block as its list of features where it is
  * registered.
