@@ -1,0 +1,124 @@
+/**
+ * The native convolutions: Conv2D, FusedConv2D (bias, ReLU), and both gradients by oneDNN on the
+ * wasm heap, NHWC float32, dilation 1; the rest falls back to the wasm kernels.
+ * @module
+ */
+
+import * as tf from "@tensorflow/tfjs-core";
+import type { ConvShape } from "./onednn.ts";
+import { fallback, heapPointer, type KernelArgs, openOneDnn } from "./kernel_support.ts";
+
+/** The convolution as oneDNN needs it; null for what the native kernels do not take. */
+function convShape(
+  xShape: number[],
+  filterShape: number[],
+  attrs: Record<string, unknown>,
+  dtypes: (tf.DataType | undefined)[],
+): ConvShape | null {
+  if (dtypes.some((d) => d !== "float32")) return null;
+  if ((attrs.dataFormat ?? "NHWC") !== "NHWC") return null;
+  const dil = attrs.dilations ?? 1;
+  if (dil !== 1 && !(Array.isArray(dil) && dil.every((d) => d === 1))) return null;
+  const info = tf.backend_util.computeConv2DInfo(
+    xShape as [number, number, number, number],
+    filterShape as [number, number, number, number],
+    attrs.strides as number | [number, number],
+    1,
+    attrs.pad as "valid",
+    attrs.dimRoundingMode as "floor" | undefined,
+    false,
+    "channelsLast",
+  );
+  const { top, left, bottom, right } = info.padInfo;
+  const s: ConvShape = {
+    n: info.batchSize,
+    h: info.inHeight,
+    w: info.inWidth,
+    ci: info.inChannels,
+    oh: info.outHeight,
+    ow: info.outWidth,
+    co: info.outChannels,
+    fh: info.filterHeight,
+    fw: info.filterWidth,
+    sh: info.strideHeight,
+    sw: info.strideWidth,
+    pad: [top, left, bottom, right],
+  };
+  const sizes = [s.n, s.h, s.w, s.ci, s.oh, s.ow, s.co];
+  if (sizes.some((d) => d <= 0) || Math.min(...s.pad) < 0) return null;
+  // oneDNN requires (in + pads − filter) / stride + 1 = out; tfjs's rounding modes may not.
+  if (Math.floor((s.h + top + bottom - s.fh) / s.sh) + 1 !== s.oh) return null;
+  if (Math.floor((s.w + left + right - s.fw) / s.sw) + 1 !== s.ow) return null;
+  return s;
+}
+
+function conv2D(args: KernelArgs): tf.TensorInfo {
+  return forwardConv(args, "Conv2D", false, false);
+}
+
+function fusedConv2D(args: KernelArgs): tf.TensorInfo {
+  const { activation } = args.attrs;
+  const relu = activation === "relu";
+  if (activation != null && activation !== "linear" && !relu) {
+    return fallback("FusedConv2D", args);
+  }
+  return forwardConv(args, "FusedConv2D", args.inputs.bias != null, relu);
+}
+
+function forwardConv(args: KernelArgs, name: string, bias: boolean, relu: boolean): tf.TensorInfo {
+  const { inputs: { x, filter, bias: b }, backend, attrs } = args;
+  const s = convShape(x!.shape, filter!.shape, attrs, [
+    x!.dtype,
+    filter!.dtype,
+    b?.dtype ?? "float32",
+  ]);
+  if (s == null || (bias && tf.util.sizeFromShape(b!.shape) !== s.co)) return fallback(name, args);
+  // Bring the inputs onto the heap before the output is allocated.
+  for (const t of [x!, filter!, ...(bias ? [b!] : [])]) backend.dataIdMap.get(t.dataId);
+  const out = backend.makeOutput([s.n, s.oh, s.ow, s.co], "float32");
+  const p = (t: tf.TensorInfo) => heapPointer(backend, t);
+  openOneDnn().convForward(
+    s,
+    { bias, relu },
+    p(x!),
+    p(filter!),
+    bias ? p(b!) : null,
+    p(out),
+    false,
+  );
+  return out;
+}
+
+function conv2DBackpropInput(args: KernelArgs): tf.TensorInfo {
+  const { inputs: { dy, filter }, backend, attrs } = args;
+  const inputShape = attrs.inputShape as number[];
+  const s = convShape(inputShape, filter!.shape, attrs, [dy!.dtype, filter!.dtype]);
+  if (s == null) return fallback("Conv2DBackpropInput", args);
+  backend.dataIdMap.get(dy!.dataId);
+  backend.dataIdMap.get(filter!.dataId);
+  const out = backend.makeOutput(inputShape, "float32");
+  const p = (t: tf.TensorInfo) => heapPointer(backend, t);
+  openOneDnn().convBackwardData(s, p(dy!), p(filter!), p(out));
+  return out;
+}
+
+function conv2DBackpropFilter(args: KernelArgs): tf.TensorInfo {
+  const { inputs: { x, dy }, backend, attrs } = args;
+  const filterShape = attrs.filterShape as number[];
+  const s = convShape(x!.shape, filterShape, attrs, [x!.dtype, dy!.dtype]);
+  if (s == null) return fallback("Conv2DBackpropFilter", args);
+  backend.dataIdMap.get(x!.dataId);
+  backend.dataIdMap.get(dy!.dataId);
+  const out = backend.makeOutput(filterShape, "float32");
+  const p = (t: tf.TensorInfo) => heapPointer(backend, t);
+  openOneDnn().convBackwardWeights(s, p(x!), p(dy!), p(out));
+  return out;
+}
+
+/** The kernels of this module, by name. */
+export const CONV_KERNELS: Record<string, tf.KernelFunc> = {
+  Conv2D: conv2D as unknown as tf.KernelFunc,
+  FusedConv2D: fusedConv2D as unknown as tf.KernelFunc,
+  Conv2DBackpropInput: conv2DBackpropInput as unknown as tf.KernelFunc,
+  Conv2DBackpropFilter: conv2DBackpropFilter as unknown as tf.KernelFunc,
+};
