@@ -657,11 +657,12 @@ function fusedDenseLayer(x: tf.Tensor4D, layer: DenseLayer, pass: Pass): tf.Tens
 
 /**
  * A training-mode dense block as one custom op over the fused BatchNorm kernels (the `"layer"`
- * memory level): the tape keeps only the block's output, the concatenation of its input and
- * every new feature, from which each layer's input is a channel prefix. The backward walks the
- * layers last to first with a running gradient of that prefix: each layer's slice of it is the
- * gradient of its new feature; the layer is recomputed up to its second BatchNorm + ReLU (its
- * 3×3 conv output is not needed), back-propagated with the gradient kernels of
+ * memory level): the tape keeps the block's output, the concatenation of its input and every
+ * new feature, from which each layer's input is a channel prefix, and each layer's bottleneck
+ * (conv1's output). The backward walks the layers last to first with a running gradient of that
+ * prefix: each layer's slice of it is the gradient of its new feature; the layer's two
+ * BatchNorm + ReLU outputs are recomputed (its convolutions' outputs are not needed: the
+ * bottleneck is kept, the 3×3 conv's is the feature), back-propagated with the gradient kernels of
  * `fusedDenseLayer`, and its input gradient added to the rest of the prefix gradient, which is
  * how the plain path (one block tensor growing by concat) accumulates it. Only one layer's
  * intermediates are alive at a time in either pass, as with per-layer checkpointing, without a
@@ -678,11 +679,12 @@ function fusedDenseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.T
     const input = args[0] as tf.Tensor4D;
     const save = args[args.length - 1] as tf.GradSaveFunc;
     const features: tf.Tensor4D[] = [input];
-    // Each layer's batch statistics [m1, v1, m2, v2], for the backward's recompute.
+    // Each layer's bottleneck and batch statistics [m1, v1, m2, v2], for the backward.
+    const bottlenecks: tf.Tensor4D[] = [];
     const stats: tf.Tensor[] = [];
     for (const layer of layers) {
       const { norm1, conv1, norm2, conv2 } = layer;
-      const [feature, ...layerStats] = tf.tidy(() => {
+      const [feature, h, ...layerStats] = tf.tidy(() => {
         const xi = features.length === 1 ? input : tf.concat(features, 3);
         const [y1, m1, v1] = fusedTrainForward(xi, norm1.weight, norm1.bias);
         const h: tf.Tensor4D = tf.conv2d(y1, conv1, 1, "valid");
@@ -691,15 +693,17 @@ function fusedDenseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.T
           updateRunningStats(norm1, m1, v1, xi.shape, pass);
           updateRunningStats(norm2, m2, v2, h.shape, pass);
         }
-        return [tf.conv2d(y2, conv2, 1, "same") as tf.Tensor4D, m1, v1, m2, v2];
+        return [tf.conv2d(y2, conv2, 1, "same") as tf.Tensor4D, h, m1, v1, m2, v2];
       });
       features.push(feature as tf.Tensor4D);
+      bottlenecks.push(h as tf.Tensor4D);
       stats.push(...layerStats);
     }
     const value = tf.concat(features, 3);
     // One vector for all of them: the tape copies each tensor it saves.
     const statsAll = tf.concat(stats as tf.Tensor1D[]);
-    save([value, statsAll]);
+    // The bottlenecks spare the backward a 1×1 convolution per layer (unjoinedDenseBlock's).
+    save([value, statsAll, ...bottlenecks]);
     return {
       value,
       gradFunc: (dy: tf.Tensor4D, saved: tf.Tensor[]) => {
@@ -723,7 +727,7 @@ function fusedDenseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.T
             const xi = tf.slice(out, [0, 0, 0, 0], [-1, -1, -1, cin]);
             const [m1, v1, m2, v2] = stats.slice(4 * i, 4 * i + 4);
             const y1 = normaliseWith(xi, norm1, m1, v1);
-            const h: tf.Tensor4D = tf.conv2d(y1, conv1, 1, "valid");
+            const h = saved[2 + i] as tf.Tensor4D;
             const y2 = normaliseWith(h, norm2, m2, v2);
             // fusedDenseLayer's gradient, with dNew for its output's.
             const [dy2, dw2] = convGradients(dNew, y2, conv2, CONV3X3);
@@ -777,11 +781,12 @@ function unjoinedDenseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): t
     const input = args[0] as tf.Tensor4D;
     const save = args[args.length - 1] as tf.GradSaveFunc;
     const features: tf.Tensor4D[] = [input];
-    // Each layer's batch statistics [m1, v1, m2, v2], for the backward's recompute.
+    // Each layer's bottleneck (conv1's output) and batch statistics [m1, v1, m2, v2].
+    const bottlenecks: tf.Tensor4D[] = [];
     const stats: tf.Tensor[] = [];
     for (const layer of layers) {
       const { norm1, conv1, norm2, conv2 } = layer;
-      const [feature, ...layerStats] = tf.tidy(() => {
+      const [feature, h, ...layerStats] = tf.tidy(() => {
         const [y1, m1, v1] = engine.runKernel(
           BN_CONCAT_TRAIN_KERNEL,
           concatInputs({ gamma: norm1.weight, beta: norm1.bias }, features),
@@ -793,18 +798,23 @@ function unjoinedDenseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): t
           updateRunningStats(norm1, m1 as tf.Tensor1D, v1 as tf.Tensor1D, y1.shape, pass);
           updateRunningStats(norm2, m2, v2, h.shape, pass);
         }
-        return [tf.conv2d(y2, conv2, 1, "same") as tf.Tensor4D, m1, v1, m2, v2];
+        return [tf.conv2d(y2, conv2, 1, "same") as tf.Tensor4D, h, m1, v1, m2, v2];
       });
       features.push(feature as tf.Tensor4D);
+      bottlenecks.push(h as tf.Tensor4D);
       stats.push(...layerStats);
     }
     const value = tf.concat(features, 3);
-    // One vector for all the statistics: the tape copies each tensor it saves.
-    save([tf.concat(stats as tf.Tensor1D[]), ...features]);
+    // One vector for all the statistics: the tape copies each tensor it saves. The
+    // bottlenecks (bn_size·growth channels a layer, ~17 MB an image for DenseNet-121 at 224)
+    // spare the backward a 1×1 convolution per layer.
+    save([tf.concat(stats as tf.Tensor1D[]), ...bottlenecks, ...features]);
     return {
       value,
       gradFunc: (dy: tf.Tensor4D, saved: tf.Tensor[]) => {
-        const [statsAll, ...feats] = saved as tf.Tensor4D[];
+        const [statsAll, ...rest] = saved as tf.Tensor4D[];
+        const hs = rest.slice(0, layers.length);
+        const feats = rest.slice(layers.length);
         const stats = tf.split(
           statsAll,
           layers.flatMap((l) => [
@@ -829,7 +839,7 @@ function unjoinedDenseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): t
               concatInputs(bn1, inputs),
               BN_RELU_ATTRS,
             ) as tf.Tensor4D;
-            const h: tf.Tensor4D = tf.conv2d(y1, conv1, 1, "valid");
+            const h = hs[i];
             const y2 = normaliseWith(h, norm2, m2, v2);
             // fusedDenseLayer's gradient, with dNew for its output's.
             const [dy2, dw2] = convGradients(dNew, y2, conv2, CONV3X3);

@@ -2,16 +2,29 @@
  * How much tensor memory a DenseNet training step needs, so a batch that cannot fit is refused
  * before the first step instead of aborting the backend mid-step (on the wasm heap an
  * out-of-memory abort leaves the process spinning). The estimate scales measured DenseNet-121
- * figures (live tensors of one training step at 224²: 465 MB per image on the plain path,
- * 120 MB checkpointed) by the network's activation count, computed from its configuration.
+ * figures (live tensors of one training step at 224², per image, by backend and memory level)
+ * by the network's activation count, computed from its configuration.
  * @module
  */
 import { heapBudgetBytes, PLAIN_BYTES_PER_IMAGE_224 } from "../backends/memory_efficient.ts";
 import { UserError } from "../util/errors.ts";
 import { DENSENET121, type DenseNetConfig } from "./densenet.ts";
 
-/** Measured live-tensor bytes per image of DenseNet-121 training at 224², by memory level. */
-const BYTES_PER_IMAGE_224 = { plain: PLAIN_BYTES_PER_IMAGE_224, checkpointed: 120 * 2 ** 20 };
+const MB = 2 ** 20;
+
+/**
+ * Live-tensor bytes per image of DenseNet-121 training at 224², by memory level, measured
+ * (`tf.profile` peaks at several batch sizes, per added image) with ~10 % margin for the heap's
+ * fragmentation. native's checkpointed dense blocks keep only their features and bottlenecks
+ * (50 MB measured at batch 16–48: batch 48 peaked at 2.4 GB); its plain path 220 MB (batch
+ * 4–12). wasm and cpu: the first measurements (465 / 120 MB, which reproduced their limits:
+ * batch 24 checkpointed fits, 32 does not), checkpointed plus the bottlenecks its dense blocks
+ * now keep (bn_size·growth channels a layer: 17 MB).
+ */
+const BYTES_PER_IMAGE_224: Record<string, { plain: number; checkpointed: number }> = {
+  native: { plain: 240 * MB, checkpointed: 56 * MB },
+  other: { plain: PLAIN_BYTES_PER_IMAGE_224, checkpointed: 137 * MB },
+};
 
 /**
  * Activation values one image produces in a forward pass (every conv, BatchNorm, ReLU, concat
@@ -46,8 +59,10 @@ export function trainingStepBytes(
   batch: number,
   imageSize: number,
   memoryEfficient: boolean,
+  backendName = "wasm",
 ): number {
-  const perImage = memoryEfficient ? BYTES_PER_IMAGE_224.checkpointed : BYTES_PER_IMAGE_224.plain;
+  const measured = BYTES_PER_IMAGE_224[backendName] ?? BYTES_PER_IMAGE_224.other;
+  const perImage = memoryEfficient ? measured.checkpointed : measured.plain;
   const scale = activationsPerImage(config, imageSize) / activationsPerImage(DENSENET121, 224);
   const params = parameterCount(config);
   // Weights, their gradients and Adam's two moments, float32.
@@ -85,10 +100,12 @@ export function checkTrainingFits(
 ): void {
   const budget = heapBudgetBytes(backendName);
   if (budget === null) return;
-  const need = trainingStepBytes(config, batch, imageSize, memoryEfficient);
+  const bytes = (n: number) =>
+    trainingStepBytes(config, n, imageSize, memoryEfficient, backendName);
+  const need = bytes(batch);
   if (need <= budget) return;
-  const fixed = trainingStepBytes(config, 0, imageSize, memoryEfficient);
-  const perImage = trainingStepBytes(config, 1, imageSize, memoryEfficient) - fixed;
+  const fixed = bytes(0);
+  const perImage = bytes(1) - fixed;
   const fits = Math.floor((budget - fixed) / perImage);
   const gb = (b: number) => `${(b / 2 ** 30).toFixed(1)} GB`;
   throw new UserError(
