@@ -766,8 +766,8 @@ function concatInputs(vectors: tf.NamedTensorMap, xs: tf.Tensor[]): tf.NamedTens
 /**
  * `fusedDenseBlock` where the backend has the BatchNorm-of-a-concatenation kernels (native): the
  * block is its list of features, joined once for the block's output, never per layer. Each
- * layer's norm1 reads the list (`BatchNormReluConcatTrain`), the tape keeps the features and the
- * batch statistics; the backward recomputes norm1 from the list with them
+ * layer's norm1 reads the list (`BatchNormReluConcatTrain`), the tape keeps the features, the
+ * bottlenecks and the batch statistics; the backward recomputes norm1 from the list with them
  * (`BatchNormReluConcatInference`: the forward's values), and `BatchNormReluConcatGrad` writes
  * the layer's input gradient plus the prefix gradient carried so far in one pass. So no
  * per-layer concat, input slice, gradient split or Add: the copies that took ~15 % of a step.
