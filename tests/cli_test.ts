@@ -33,6 +33,9 @@ Deno.test("parseFlags: defaults, short and long forms, leading -- from deno task
   // A task with options of its own (`bench: ... bench.ts --batch 12`) run as `deno task bench --
   // --batch 16`: the user's option comes after the `--` and wins.
   assertEquals(parse(["-b", "12", "--", "-b", "16"]).batch_size, 16);
+  // argparse's `-b=16` (node's parser alone would read "=16").
+  assertEquals(parse(["-b=16"]).batch_size, 16);
+  assertEquals(parse(["--batch_size=16"]).batch_size, 16);
 });
 
 Deno.test("parseFlags: unknown flags and bad values are usage errors naming the flag", () => {
@@ -41,6 +44,9 @@ Deno.test("parseFlags: unknown flags and bad values are usage errors naming the 
     [["-b", "x"], /--batch_size.*'x'.*integer/],
     [["-b", "1.5"], /--batch_size/],
     [["-b", "0"], /--batch_size.*must be ≥ 1/],
+    [["-b", "-3"], /--batch_size: -3 \(must be ≥ 1\)/],
+    [["-b=-3"], /--batch_size: -3 \(must be ≥ 1\)/],
+    [["-b=4x"], /--batch_size: '4x'/],
     [["--backend", "tpu"], /--backend.*'tpu'.*auto, cpu/],
   ];
   for (const [args, pattern] of cases) {

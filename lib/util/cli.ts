@@ -135,8 +135,9 @@ export function parseFlags<S extends FlagSpecs>(
 }
 
 /**
- * Rewrites `-b -3` as `-b=-3`-style single tokens, so the option parser sees a value, not a
- * flag; the range check then says what is allowed.
+ * Rewrites `-b -3` as `--batch_size=-3`, so the option parser sees a value, not a flag (the
+ * range check then says what is allowed), and `-b=3` as `--batch_size=3`, as Python's argparse
+ * reads it (node's parser would take the value as "=3").
  */
 function joinNegativeValues(argv: string[], specs: FlagSpecs): string[] {
   const takesValue = new Map<string, string>();
@@ -148,8 +149,11 @@ function joinNegativeValues(argv: string[], specs: FlagSpecs): string[] {
   const out: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const name = takesValue.get(argv[i]);
+    const short = /^(-[^-])=(.*)$/s.exec(argv[i]);
     if (name !== undefined && i + 1 < argv.length && /^-\.?\d/.test(argv[i + 1])) {
       out.push(`--${name}=${argv[++i]}`);
+    } else if (short != null && takesValue.has(short[1])) {
+      out.push(`--${takesValue.get(short[1])}=${short[2]}`);
     } else {
       out.push(argv[i]);
     }
