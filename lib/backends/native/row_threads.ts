@@ -14,7 +14,7 @@
 
 import { Worker } from "node:worker_threads";
 import { type RowSums, rowSums } from "../batchnorm_kernels.ts";
-import { LIST_FIELDS, simdBatchNorm, simdBatchNormModuleBytes } from "./simd_batchnorm.ts";
+import { LIST_FIELDS, simdBatchNorm } from "./simd_batchnorm.ts";
 
 /** Largest channel count the vector blocks hold (DenseNet-121: 1,024). */
 const MAX_CHANNELS = 4096;
@@ -193,7 +193,7 @@ export function heapThreads(
           memory,
           control: w.control,
           args: w.args,
-          moduleBytes: simdBatchNormModuleBytes(),
+          moduleBytes: simd.moduleBytes,
           names: FUNCTIONS,
         },
       }).unref();

@@ -58,6 +58,20 @@ function uleb(n: number): number[] {
   return out;
 }
 
+/** Signed LEB128, as i32.const takes its operand (64 and up need a second byte). */
+function sleb(n: number): number[] {
+  const out: number[] = [];
+  for (;;) {
+    const byte = n & 0x7f;
+    n >>= 7;
+    if ((n === 0 && (byte & 0x40) === 0) || (n === -1 && (byte & 0x40) !== 0)) {
+      out.push(byte);
+      return out;
+    }
+    out.push(byte | 0x80);
+  }
+}
+
 const vec = (bytes: number[]) => [...uleb(bytes.length), ...bytes];
 const section = (id: number, body: number[]) => [id, ...vec(body)];
 const name = (s: string) => vec([...new TextEncoder().encode(s)]);
@@ -106,8 +120,18 @@ const high = [...simd(SHUFFLE), 8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 
 const promote = simd(F64X2_PROMOTE_LOW);
 const dadd = simd(F64X2_ADD), dsub = simd(F64X2_SUB), dmul = simd(F64X2_MUL);
 const fadd = simd(F32X4_ADD), fsub = simd(F32X4_SUB), fmul = simd(F32X4_MUL);
+/** f32x4.relaxed_madd (relaxed SIMD): a·b + c, fused where the CPU has FMA. */
+const RELAXED_MADD = 0x105;
+
+/**
+ * a·b + c over f32x4s: one rounding with `fused` (relaxed_madd: the forward's normalisation is
+ * then as accurate as oneDNN's, which the backward's ReLU mask recomputes the same way), else a
+ * multiply and an add.
+ */
+const madd = (a: number[], b: number[], c: number[], fused: boolean) =>
+  fused ? [...a, ...b, ...c, ...simd(RELAXED_MADD)] : [...a, ...b, ...fmul, ...c, ...fadd];
 const fgt = simd(F32X4_GT), vand = simd(V_AND);
-const i32 = (v: number) => [I32_CONST, ...uleb(v)]; // small non-negative constants only
+const i32 = (v: number) => [I32_CONST, ...sleb(v)];
 
 /** k·shift bytes from `base`: the address of channel k in a vector of 2^shift-byte values. */
 const at = (f: Fn, base: string, shift: number) => [
@@ -312,7 +336,7 @@ function sumsFn(): number[] {
   return f.body(reduction(f, "strideA", "strideB", setup, row));
 }
 
-function maskedSumsFn(): number[] {
+function maskedSumsFn(fused: boolean): number[] {
   // a = dy, b = x, va = mean.
   const f = new Fn(
     [
@@ -358,13 +382,7 @@ function maskedSumsFn(): number[] {
     ...f.set("t"),
     ...f.get("pa"),
     ...load(0),
-    ...f.get("t"),
-    ...f.get("mu"),
-    ...fsub,
-    ...f.get("sc"),
-    ...fmul,
-    ...f.get("of"),
-    ...fadd,
+    ...madd([...f.get("t"), ...f.get("mu"), ...fsub], f.get("sc"), f.get("of"), fused),
     ...zero,
     ...fgt,
     ...vand,
@@ -399,7 +417,7 @@ function maskedSumsFn(): number[] {
   return f.body(reduction(f, "strideA", "strideB", setup, row));
 }
 
-function gradApplyFn(): number[] {
+function gradApplyFn(fused: boolean): number[] {
   const f = new Fn(
     [
       "g",
@@ -463,11 +481,7 @@ function gradApplyFn(): number[] {
     ...f.get("pd"),
     ...f.get("pg"),
     ...load(0),
-    ...f.get("t"),
-    ...vector("scale"),
-    ...fmul,
-    ...vector("offset"),
-    ...fadd,
+    ...madd(f.get("t"), vector("scale"), vector("offset"), fused),
     ...zero,
     ...fgt,
     ...vand,
@@ -508,7 +522,7 @@ function gradApplyFn(): number[] {
   ]);
 }
 
-function applyFn(): number[] {
+function applyFn(fused: boolean): number[] {
   const f = new Fn(
     ["x", "strideX", "y", "strideY", "c", "r0", "r1", "mean", "scale", "offset", "floor"],
     ["r", "k", "px", "py"],
@@ -544,14 +558,12 @@ function applyFn(): number[] {
     VOID,
     // y = max((x − mean)·scale + offset, floor)
     ...f.get("py"),
-    ...f.get("px"),
-    ...load(0),
-    ...vector("mean"),
-    ...fsub,
-    ...vector("scale"),
-    ...fmul,
-    ...vector("offset"),
-    ...fadd,
+    ...madd(
+      [...f.get("px"), ...load(0), ...vector("mean"), ...fsub],
+      vector("scale"),
+      vector("offset"),
+      fused,
+    ),
     ...vector("floor"),
     ...simd(F32X4_MAX),
     ...store(0),
@@ -635,7 +647,7 @@ function listFn(
 export const LIST_FIELDS = { sumsList: 8, maskedSumsList: 10, gradApplyList: 15, applyList: 9 };
 
 /** The exported functions, in order, with their parameter counts. */
-const FUNCTIONS: [string, () => number[], number][] = [
+const FUNCTIONS: [string, (fused: boolean) => number[], number][] = [
   ["sums", sumsFn, 12],
   ["maskedSums", maskedSumsFn, 14],
   ["gradApply", gradApplyFn, 17],
@@ -716,14 +728,16 @@ const FUNCTIONS: [string, () => number[], number][] = [
   ],
 ];
 
-const bytesFor = new Map<boolean, Uint8Array>();
+const bytesFor = new Map<string, Uint8Array>();
 
 /**
  * The module's bytes: imports `env.memory` (shared, up to 4 GiB, as the threaded wasm build's
- * heap; or unshared, as the single-threaded build's), exports the functions.
+ * heap; or unshared, as the single-threaded build's), exports the functions; `fused`: the
+ * normalisation's multiply-add as relaxed SIMD's relaxed_madd.
  */
-export function simdBatchNormModuleBytes(shared = true): Uint8Array {
-  const cached = bytesFor.get(shared);
+export function simdBatchNormModuleBytes(shared = true, fused = true): Uint8Array {
+  const key = `${shared},${fused}`;
+  const cached = bytesFor.get(key);
   if (cached != null) return cached;
   const types = section(1, [
     ...uleb(FUNCTIONS.length),
@@ -740,7 +754,7 @@ export function simdBatchNormModuleBytes(shared = true): Uint8Array {
   ]);
   const code = section(10, [
     ...uleb(FUNCTIONS.length),
-    ...FUNCTIONS.flatMap(([, make]) => make()),
+    ...FUNCTIONS.flatMap(([, make]) => make(fused)),
   ]);
   const bytes = new Uint8Array([
     ...[0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0],
@@ -750,11 +764,11 @@ export function simdBatchNormModuleBytes(shared = true): Uint8Array {
     ...exports,
     ...code,
   ]);
-  bytesFor.set(shared, bytes);
+  bytesFor.set(key, bytes);
   return bytes;
 }
 
-/** The module's functions (arguments as in the module comment). */
+/** The module's functions (arguments as in the module comment), and the bytes they came from. */
 export interface SimdBatchNorm {
   sums(...args: number[]): void;
   maskedSums(...args: number[]): void;
@@ -764,19 +778,25 @@ export interface SimdBatchNorm {
   sumsList(...args: number[]): void;
   maskedSumsList(...args: number[]): void;
   gradApplyList(...args: number[]): void;
+  /** The module bytes (for worker threads, which must run the same variant). */
+  moduleBytes: Uint8Array;
 }
 
 /**
- * The functions bound to `memory` (the wasm backend's heap, shared or not); null where this
- * engine has no WebAssembly SIMD.
+ * The functions bound to `memory` (the wasm backend's heap, shared or not), with relaxed SIMD's
+ * fused multiply-add where the engine has it; null where it has no WebAssembly SIMD.
  */
 export function simdBatchNorm(memory: WebAssembly.Memory): SimdBatchNorm | null {
   const shared = memory.buffer instanceof SharedArrayBuffer;
-  try {
-    const module = new WebAssembly.Module(simdBatchNormModuleBytes(shared) as BufferSource);
-    const instance = new WebAssembly.Instance(module, { env: { memory } });
-    return instance.exports as unknown as SimdBatchNorm;
-  } catch {
-    return null;
+  for (const fused of [true, false]) {
+    try {
+      const moduleBytes = simdBatchNormModuleBytes(shared, fused);
+      const module = new WebAssembly.Module(moduleBytes as BufferSource);
+      const instance = new WebAssembly.Instance(module, { env: { memory } });
+      return { ...(instance.exports as unknown as SimdBatchNorm), moduleBytes };
+    } catch {
+      // no relaxed SIMD: the plain variant; no SIMD at all: null
+    }
   }
+  return null;
 }
