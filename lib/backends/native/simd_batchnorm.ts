@@ -417,6 +417,66 @@ function maskedSumsFn(fused: boolean): number[] {
   return f.body(reduction(f, "strideA", "strideB", setup, row));
 }
 
+/**
+ * The element-wise skeleton shared by `gradApply` and `apply`: for rows r0 ≤ r < r1, each of
+ * `pointers` ([base parameter, stride parameter, local]) set to its row, then `body` for each
+ * group of four channels k < c, after which every pointer moves on 16 bytes.
+ */
+function elementwise(f: Fn, pointers: [string, string, string][], body: number[]): number[] {
+  const rowStart = ([base, stride, p]: [string, string, string]) => [
+    ...f.get(base),
+    ...f.get("r"),
+    ...f.get(stride),
+    I32_MUL,
+    I32_ADD,
+    ...f.set(p),
+  ];
+  const step = ([, , p]: [string, string, string]) => [
+    ...f.get(p),
+    ...i32(16),
+    I32_ADD,
+    ...f.set(p),
+  ];
+  return [
+    ...f.get("r0"),
+    ...f.set("r"),
+    BLOCK,
+    VOID,
+    LOOP,
+    VOID,
+    ...f.get("r"),
+    ...f.get("r1"),
+    I32_GE_U,
+    BR_IF,
+    1,
+    ...pointers.flatMap(rowStart),
+    ...i32(0),
+    ...f.set("k"),
+    LOOP,
+    VOID,
+    ...body,
+    ...pointers.flatMap(step),
+    ...f.get("k"),
+    ...i32(4),
+    I32_ADD,
+    ...f.set("k"),
+    ...f.get("k"),
+    ...f.get("c"),
+    I32_LT_U,
+    BR_IF,
+    0,
+    END,
+    ...f.get("r"),
+    ...i32(1),
+    I32_ADD,
+    ...f.set("r"),
+    BR,
+    0,
+    END,
+    END,
+  ];
+}
+
 function gradApplyFn(fused: boolean): number[] {
   const f = new Fn(
     [
@@ -441,37 +501,14 @@ function gradApplyFn(fused: boolean): number[] {
     ["r", "k", "pg", "px", "pd", "pa"],
     ["t"],
   );
-  // Row pointers advance by their strides; within a row, channel groups by 16 bytes.
-  const rowStart = (base: string, stride: string, p: string) => [
-    ...f.get(base),
-    ...f.get("r"),
-    ...f.get(stride),
-    I32_MUL,
-    I32_ADD,
-    ...f.set(p),
-  ];
-  const step = (p: string) => [...f.get(p), ...i32(16), I32_ADD, ...f.set(p)];
   const vector = (v: string) => [...at(f, v, 2), ...load(0)];
-  return f.body([
-    ...f.get("r0"),
-    ...f.set("r"),
-    BLOCK,
-    VOID,
-    LOOP,
-    VOID,
-    ...f.get("r"),
-    ...f.get("r1"),
-    I32_GE_U,
-    BR_IF,
-    1,
-    ...rowStart("g", "strideG", "pg"),
-    ...rowStart("x", "strideX", "px"),
-    ...rowStart("dx", "strideDx", "pd"),
-    ...rowStart("addend", "strideAddend", "pa"),
-    ...i32(0),
-    ...f.set("k"),
-    LOOP,
-    VOID,
+  const pointers: [string, string, string][] = [
+    ["g", "strideG", "pg"],
+    ["x", "strideX", "px"],
+    ["dx", "strideDx", "pd"],
+    ["addend", "strideAddend", "pa"],
+  ];
+  return f.body(elementwise(f, pointers, [
     // t = x − mean; dx = (g & (t·scale + shift > 0))·a + t·b + d + addend
     ...f.get("px"),
     ...load(0),
@@ -497,29 +534,7 @@ function gradApplyFn(fused: boolean): number[] {
     ...load(0),
     ...fadd,
     ...store(0),
-    ...step("pg"),
-    ...step("px"),
-    ...step("pd"),
-    ...step("pa"),
-    ...f.get("k"),
-    ...i32(4),
-    I32_ADD,
-    ...f.set("k"),
-    ...f.get("k"),
-    ...f.get("c"),
-    I32_LT_U,
-    BR_IF,
-    0,
-    END,
-    ...f.get("r"),
-    ...i32(1),
-    I32_ADD,
-    ...f.set("r"),
-    BR,
-    0,
-    END,
-    END,
-  ]);
+  ]));
 }
 
 function applyFn(fused: boolean): number[] {
@@ -528,34 +543,9 @@ function applyFn(fused: boolean): number[] {
     ["r", "k", "px", "py"],
     [],
   );
-  const rowStart = (base: string, stride: string, p: string) => [
-    ...f.get(base),
-    ...f.get("r"),
-    ...f.get(stride),
-    I32_MUL,
-    I32_ADD,
-    ...f.set(p),
-  ];
-  const step = (p: string) => [...f.get(p), ...i32(16), I32_ADD, ...f.set(p)];
   const vector = (v: string) => [...at(f, v, 2), ...load(0)];
-  return f.body([
-    ...f.get("r0"),
-    ...f.set("r"),
-    BLOCK,
-    VOID,
-    LOOP,
-    VOID,
-    ...f.get("r"),
-    ...f.get("r1"),
-    I32_GE_U,
-    BR_IF,
-    1,
-    ...rowStart("x", "strideX", "px"),
-    ...rowStart("y", "strideY", "py"),
-    ...i32(0),
-    ...f.set("k"),
-    LOOP,
-    VOID,
+  const pointers: [string, string, string][] = [["x", "strideX", "px"], ["y", "strideY", "py"]];
+  return f.body(elementwise(f, pointers, [
     // y = max((x − mean)·scale + offset, floor)
     ...f.get("py"),
     ...madd(
@@ -567,27 +557,7 @@ function applyFn(fused: boolean): number[] {
     ...vector("floor"),
     ...simd(F32X4_MAX),
     ...store(0),
-    ...step("px"),
-    ...step("py"),
-    ...f.get("k"),
-    ...i32(4),
-    I32_ADD,
-    ...f.set("k"),
-    ...f.get("k"),
-    ...f.get("c"),
-    I32_LT_U,
-    BR_IF,
-    0,
-    END,
-    ...f.get("r"),
-    ...i32(1),
-    I32_ADD,
-    ...f.set("r"),
-    BR,
-    0,
-    END,
-    END,
-  ]);
+  ]));
 }
 
 /**
