@@ -6,23 +6,15 @@
  * WebAssembly SIMD ones, four channels a step). The native backend's are skipped, with a
  * message, without libdnnl.
  */
+import { nativeMissingFor } from "./helpers/native.ts";
 import { relError } from "./assert.ts";
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../lib/backends/backend.ts";
 import { BN_GRAD_KERNEL, BN_TRAIN_KERNEL } from "../lib/backends/batchnorm_kernels.ts";
-import { openOneDnn } from "../lib/backends/native/native_kernels.ts";
 import { Rng } from "../lib/util/rng.ts";
 
-const nativeMissing = (() => {
-  try {
-    openOneDnn();
-    return null;
-  } catch (err) {
-    return (err as Error).message;
-  }
-})();
-if (nativeMissing) console.log(`skipping the native BatchNorm tests: ${nativeMissing}`);
+const nativeMissing = nativeMissingFor("the native BatchNorm tests");
 
 const [N, H, W] = [16, 56, 56];
 const M = N * H * W;

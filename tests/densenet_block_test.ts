@@ -3,6 +3,7 @@
  * `fusedDenseBlock`): same loss, gradients and running statistics as the plain path, no tensor
  * leak, fewer kernels than per-layer checkpointing.
  */
+import { nativeMissingFor } from "./helpers/native.ts";
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
 import assert from "node:assert/strict";
@@ -16,7 +17,6 @@ import {
   trainableVariables,
 } from "../lib/model/densenet.ts";
 import { initBackend } from "../lib/backends/backend.ts";
-import { openOneDnn } from "../lib/backends/native/native_kernels.ts";
 import { relError } from "./assert.ts";
 
 /** Several layers per block, growth not a multiple of the input channels. */
@@ -61,15 +61,7 @@ const stats = (m: DenseNet) =>
     tracked: bn.numBatchesTracked,
   }));
 
-const nativeMissing = (() => {
-  try {
-    openOneDnn();
-    return null;
-  } catch (err) {
-    return (err as Error).message;
-  }
-})();
-if (nativeMissing) console.log(`skipping the native block-op test: ${nativeMissing}`);
+const nativeMissing = nativeMissingFor("the native block-op test");
 
 // native: the recompute normalises with the saved statistics (BatchNormReluInference).
 for (const backend of ["cpu", "wasm", "native"]) {

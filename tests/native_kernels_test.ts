@@ -2,13 +2,13 @@
  * The `native` backend (oneDNN convolutions on the wasm heap) against tfjs's cpu backend, and
  * its selection rules. Tests that need libdnnl are skipped, with a message, where it is absent.
  */
+import { nativeMissingFor } from "./helpers/native.ts";
 import { relError } from "./assert.ts";
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../lib/backends/backend.ts";
 import {
   nativeKernelsActive,
-  openOneDnn,
   unregisterNativeKernels,
 } from "../lib/backends/native/native_kernels.ts";
 import { Rng } from "../lib/util/rng.ts";
@@ -16,15 +16,7 @@ import { createDenseNet, disposeModel, forward, TINY_DENSENET } from "../lib/mod
 import { BN_INFERENCE_KERNEL } from "../lib/backends/batchnorm_kernels.ts";
 import "../lib/backends/tf_gradients.ts";
 
-const missing = (() => {
-  try {
-    openOneDnn();
-    return null;
-  } catch (err) {
-    return (err as Error).message;
-  }
-})();
-if (missing != null) console.log(`skipping the native-backend tests: ${missing}`);
+const missing = nativeMissingFor("the native-backend tests");
 const ignore = missing != null;
 
 type Pad = "valid" | "same" | number | number[][];

@@ -5,10 +5,10 @@
  * as PyTorch's own float32 step (to float32 rounding), whose error the fixture records per
  * parameter.
  */
+import { nativeMissingFor } from "./helpers/native.ts";
 import * as tf from "@tensorflow/tfjs-core";
 import assert from "node:assert/strict";
 import { initBackend } from "../lib/backends/backend.ts";
-import { openOneDnn } from "../lib/backends/native/native_kernels.ts";
 import {
   disposeModel,
   forward,
@@ -32,15 +32,7 @@ const input = (name: string) => {
   return { shape: e.shape, data: inputs.subarray(e.offset, e.offset + size(e.shape)) };
 };
 
-const nativeMissing = (() => {
-  try {
-    openOneDnn();
-    return null;
-  } catch (err) {
-    return (err as Error).message;
-  }
-})();
-if (nativeMissing) console.log(`skipping the native precision tests: ${nativeMissing}`);
+const nativeMissing = nativeMissingFor("the native precision tests");
 
 /** ‖got − want‖ / ‖want‖ (the fixture's measure of PyTorch's error). */
 function error(got: ArrayLike<number>, want: Float64Array): number {

@@ -231,8 +231,7 @@ export interface ForwardOptions {
  *   tape (with `"bottleneck"` layers inside) and frees that tape before the next segment.
  * - `"layer"`: the same checkpointing per dense layer, transition and the stem; the smallest
  *   peak, at one extra forward pass. With the fused BatchNorm kernels each dense block is one
- *   custom op instead (`fusedDenseBlock`: same numbers, fewer kernels, its layers' 3×3 convs
- *   not recomputed).
+ *   custom op instead (`denseBlockOp`: same numbers, fewer kernels, no convolution recomputed).
  * - `true`: `"layer"`.
  */
 export type MemoryEfficiency = boolean | "off" | "bottleneck" | "block" | "layer";
@@ -566,8 +565,9 @@ function denseBlock(
     });
     return block;
   }
-  if (pass.checkpoint === "layer" && concatBatchNorm()) return unjoinedDenseBlock(x, layers, pass);
-  if (pass.checkpoint === "layer" && fusedBatchNorm()) return fusedDenseBlock(x, layers, pass);
+  if (pass.checkpoint === "layer" && fusedBatchNorm()) {
+    return denseBlockOp(x, layers, pass, concatBatchNorm());
+  }
   const features: tf.Tensor4D[] = [x];
   for (const layer of layers) {
     // Per-layer tidy frees what the backward pass does not need (the tape keeps its own).
@@ -657,24 +657,43 @@ function fusedDenseLayer(x: tf.Tensor4D, layer: DenseLayer, pass: Pass): tf.Tens
 
 /**
  * A training-mode dense block as one custom op over the fused BatchNorm kernels (the `"layer"`
- * memory level): the tape keeps the block's output, the concatenation of its input and every
- * new feature, from which each layer's input is a channel prefix, and each layer's bottleneck
- * (conv1's output). The backward walks the layers last to first with a running gradient of that
- * prefix: each layer's slice of it is the gradient of its new feature; the layer's two
- * BatchNorm + ReLU outputs are recomputed (its convolutions' outputs are not needed: the
- * bottleneck is kept, the 3×3 conv's is the feature), back-propagated with the gradient kernels of
+ * memory level). The tape keeps the block's input, each layer's new feature and bottleneck
+ * (conv1's output, bn_size·growth channels: ~17 MB an image for DenseNet-121 at 224) and the
+ * batch statistics. The backward walks the layers last to first with a running gradient of the
+ * block's channels so far ("prefix"): each layer's slice of it is the gradient of its new
+ * feature; the layer's two BatchNorm + ReLU outputs are recomputed with the saved statistics
+ * (`normaliseWith`: the forward's values), no convolution (the bottleneck is kept, the 3×3
+ * conv's output is the feature), back-propagated with the gradient kernels of
  * `fusedDenseLayer`, and its input gradient added to the rest of the prefix gradient, which is
  * how the plain path (one block tensor growing by concat) accumulates it. Only one layer's
- * intermediates are alive at a time in either pass, as with per-layer checkpointing, without a
- * nested tape per layer (its saved-tensor copies and one gradient Add per feature per later
- * layer). The tape also keeps each layer's batch statistics (vectors), so the recompute only
- * normalises (`normaliseWith`): the same values as the forward's; the running statistics are
- * updated in the forward only.
+ * intermediates are alive at a time, without a nested tape per layer (its saved-tensor copies,
+ * one gradient Add per feature per later layer); the running statistics move in the forward.
+ *
+ * `unjoined` (the backend has the BatchNorm-of-a-concatenation kernels: native): the block is
+ * never joined per layer: norm1 reads the feature list (`BatchNormReluConcatTrain`, recomputed
+ * by `BatchNormReluConcatInference`), and `BatchNormReluConcatGrad` adds the prefix gradient in
+ * its dx pass, so no per-layer concat, gradient slice or Add (~15 % of a native step). Else each
+ * layer's input is joined (`concat`) in both passes.
  */
-function fusedDenseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.Tensor4D {
+function denseBlockOp(
+  x: tf.Tensor4D,
+  layers: DenseLayer[],
+  pass: Pass,
+  unjoined: boolean,
+): tf.Tensor4D {
   const params = layers.flatMap(layerParams);
   const cin0 = x.shape[3];
   const growth = layers[0].conv2.shape[3];
+  const engine = tf.engine();
+  const join = (xs: tf.Tensor4D[]) => (xs.length === 1 ? xs[0] : tf.concat(xs, 3));
+  const norm1Train = (features: tf.Tensor4D[], bn: BatchNorm) =>
+    unjoined
+      ? engine.runKernel(
+        BN_CONCAT_TRAIN_KERNEL,
+        concatInputs({ gamma: bn.weight, beta: bn.bias }, features),
+        BN_RELU_ATTRS,
+      ) as [tf.Tensor4D, tf.Tensor1D, tf.Tensor1D]
+      : fusedTrainForward(join(features), bn.weight, bn.bias);
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const input = args[0] as tf.Tensor4D;
     const save = args[args.length - 1] as tf.GradSaveFunc;
@@ -685,12 +704,11 @@ function fusedDenseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.T
     for (const layer of layers) {
       const { norm1, conv1, norm2, conv2 } = layer;
       const [feature, h, ...layerStats] = tf.tidy(() => {
-        const xi = features.length === 1 ? input : tf.concat(features, 3);
-        const [y1, m1, v1] = fusedTrainForward(xi, norm1.weight, norm1.bias);
+        const [y1, m1, v1] = norm1Train(features, norm1);
         const h: tf.Tensor4D = tf.conv2d(y1, conv1, 1, "valid");
         const [y2, m2, v2] = fusedTrainForward(h, norm2.weight, norm2.bias);
         if (pass.updateStats) {
-          updateRunningStats(norm1, m1, v1, xi.shape, pass);
+          updateRunningStats(norm1, m1, v1, y1.shape, pass);
           updateRunningStats(norm2, m2, v2, h.shape, pass);
         }
         return [tf.conv2d(y2, conv2, 1, "same") as tf.Tensor4D, h, m1, v1, m2, v2];
@@ -700,114 +718,7 @@ function fusedDenseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.T
       stats.push(...layerStats);
     }
     const value = tf.concat(features, 3);
-    // One vector for all of them: the tape copies each tensor it saves.
-    const statsAll = tf.concat(stats as tf.Tensor1D[]);
-    // The bottlenecks spare the backward a 1×1 convolution per layer (unjoinedDenseBlock's).
-    save([value, statsAll, ...bottlenecks]);
-    return {
-      value,
-      gradFunc: (dy: tf.Tensor4D, saved: tf.Tensor[]) => {
-        const out = saved[0] as tf.Tensor4D;
-        const stats = tf.split(
-          saved[1],
-          layers.flatMap((l) => [
-            l.norm1.weight.size,
-            l.norm1.weight.size,
-            l.norm2.weight.size,
-            l.norm2.weight.size,
-          ]),
-        );
-        const grads: tf.Tensor[][] = [];
-        let dPrefix = dy;
-        for (let i = layers.length - 1; i >= 0; i--) {
-          const { norm1, conv1, norm2, conv2 } = layers[i];
-          const cin = cin0 + i * growth;
-          const [dRest, ...layerGrads] = tf.tidy(() => {
-            const [dRest, dNew] = tf.split(dPrefix, [cin, growth], 3) as tf.Tensor4D[];
-            const xi = tf.slice(out, [0, 0, 0, 0], [-1, -1, -1, cin]);
-            const [m1, v1, m2, v2] = stats.slice(4 * i, 4 * i + 4);
-            const y1 = normaliseWith(xi, norm1, m1, v1);
-            const h = saved[2 + i] as tf.Tensor4D;
-            const y2 = normaliseWith(h, norm2, m2, v2);
-            // fusedDenseLayer's gradient, with dNew for its output's.
-            const [dy2, dw2] = convGradients(dNew, y2, conv2, CONV3X3);
-            const [dh, dg2, db2] = fusedBackward(dy2, h, norm2.weight, norm2.bias, m2, v2);
-            const [dy1, dw1] = convGradients(dh as tf.Tensor4D, y1, conv1, CONV1X1);
-            const [dx, dg1, db1] = fusedBackward(dy1, xi, norm1.weight, norm1.bias, m1, v1);
-            return [tf.add(dRest, dx) as tf.Tensor4D, dg1, db1, dw1, dg2, db2, dw2];
-          });
-          if (dPrefix !== dy) dPrefix.dispose();
-          dPrefix = dRest as tf.Tensor4D;
-          grads[i] = layerGrads;
-        }
-        tf.dispose(stats);
-        return [dPrefix, ...grads.flat()];
-      },
-    };
-  });
-  return op(x, ...params) as tf.Tensor4D;
-}
-
-/** True when the backend has the three BatchNorm-of-a-concatenation kernels (native). */
-function concatBatchNorm(): boolean {
-  const backend = tf.getBackend();
-  return [BN_CONCAT_TRAIN_KERNEL, BN_CONCAT_GRAD_KERNEL, BN_CONCAT_INFERENCE_KERNEL].every((k) =>
-    tf.getKernel(k, backend) != null
-  );
-}
-
-/** The inputs of a BatchNorm-of-a-concatenation kernel: `vectors`, then x0, x1, … */
-function concatInputs(vectors: tf.NamedTensorMap, xs: tf.Tensor[]): tf.NamedTensorMap {
-  const inputs = { ...vectors };
-  xs.forEach((x, i) => (inputs[`x${i}`] = x));
-  return inputs;
-}
-
-/**
- * `fusedDenseBlock` where the backend has the BatchNorm-of-a-concatenation kernels (native): the
- * block is its list of features, joined once for the block's output, never per layer. Each
- * layer's norm1 reads the list (`BatchNormReluConcatTrain`), the tape keeps the features, the
- * bottlenecks and the batch statistics; the backward recomputes norm1 from the list with them
- * (`BatchNormReluConcatInference`: the forward's values), and `BatchNormReluConcatGrad` writes
- * the layer's input gradient plus the prefix gradient carried so far in one pass. So no
- * per-layer concat, input slice, gradient split or Add: the copies that took ~15 % of a step.
- */
-function unjoinedDenseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): tf.Tensor4D {
-  const params = layers.flatMap(layerParams);
-  const cin0 = x.shape[3];
-  const growth = layers[0].conv2.shape[3];
-  const engine = tf.engine();
-  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
-    const input = args[0] as tf.Tensor4D;
-    const save = args[args.length - 1] as tf.GradSaveFunc;
-    const features: tf.Tensor4D[] = [input];
-    // Each layer's bottleneck (conv1's output) and batch statistics [m1, v1, m2, v2].
-    const bottlenecks: tf.Tensor4D[] = [];
-    const stats: tf.Tensor[] = [];
-    for (const layer of layers) {
-      const { norm1, conv1, norm2, conv2 } = layer;
-      const [feature, h, ...layerStats] = tf.tidy(() => {
-        const [y1, m1, v1] = engine.runKernel(
-          BN_CONCAT_TRAIN_KERNEL,
-          concatInputs({ gamma: norm1.weight, beta: norm1.bias }, features),
-          BN_RELU_ATTRS,
-        ) as tf.Tensor[];
-        const h: tf.Tensor4D = tf.conv2d(y1 as tf.Tensor4D, conv1, 1, "valid");
-        const [y2, m2, v2] = fusedTrainForward(h, norm2.weight, norm2.bias);
-        if (pass.updateStats) {
-          updateRunningStats(norm1, m1 as tf.Tensor1D, v1 as tf.Tensor1D, y1.shape, pass);
-          updateRunningStats(norm2, m2, v2, h.shape, pass);
-        }
-        return [tf.conv2d(y2, conv2, 1, "same") as tf.Tensor4D, h, m1, v1, m2, v2];
-      });
-      features.push(feature as tf.Tensor4D);
-      bottlenecks.push(h as tf.Tensor4D);
-      stats.push(...layerStats);
-    }
-    const value = tf.concat(features, 3);
-    // One vector for all the statistics: the tape copies each tensor it saves. The
-    // bottlenecks (bn_size·growth channels a layer, ~17 MB an image for DenseNet-121 at 224)
-    // spare the backward a 1×1 convolution per layer.
+    // One vector for all the statistics: the tape copies each tensor it saves.
     save([tf.concat(stats as tf.Tensor1D[]), ...bottlenecks, ...features]);
     return {
       value,
@@ -834,22 +745,32 @@ function unjoinedDenseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): t
             const dNew = tf.slice(dPrefix, [0, 0, 0, cin], [-1, -1, -1, growth]);
             const [m1, v1, m2, v2] = stats.slice(4 * i, 4 * i + 4);
             const bn1 = { mean: m1, variance: v1, gamma: norm1.weight, beta: norm1.bias };
-            const y1 = engine.runKernel(
-              BN_CONCAT_INFERENCE_KERNEL,
-              concatInputs(bn1, inputs),
-              BN_RELU_ATTRS,
-            ) as tf.Tensor4D;
+            const xi = unjoined ? null : join(inputs);
+            const y1 = xi == null
+              ? engine.runKernel(
+                BN_CONCAT_INFERENCE_KERNEL,
+                concatInputs(bn1, inputs),
+                BN_RELU_ATTRS,
+              ) as tf.Tensor4D
+              : normaliseWith(xi, norm1, m1, v1);
             const h = hs[i];
             const y2 = normaliseWith(h, norm2, m2, v2);
             // fusedDenseLayer's gradient, with dNew for its output's.
             const [dy2, dw2] = convGradients(dNew, y2, conv2, CONV3X3);
             const [dh, dg2, db2] = fusedBackward(dy2, h, norm2.weight, norm2.bias, m2, v2);
             const [dy1, dw1] = convGradients(dh as tf.Tensor4D, y1, conv1, CONV1X1);
-            const [dx, dg1, db1] = engine.runKernel(
-              BN_CONCAT_GRAD_KERNEL,
-              concatInputs({ dy: dy1, ...bn1, addend: dPrefix }, inputs),
-              BN_RELU_ATTRS,
-            ) as tf.Tensor[];
+            let dx: tf.Tensor, dg1: tf.Tensor, db1: tf.Tensor;
+            if (xi == null) {
+              [dx, dg1, db1] = engine.runKernel(
+                BN_CONCAT_GRAD_KERNEL,
+                concatInputs({ dy: dy1, ...bn1, addend: dPrefix }, inputs),
+                BN_RELU_ATTRS,
+              ) as tf.Tensor[];
+            } else {
+              const [g, dg, db] = fusedBackward(dy1, xi, norm1.weight, norm1.bias, m1, v1);
+              dx = tf.add(tf.slice(dPrefix, [0, 0, 0, 0], [-1, -1, -1, cin]), g);
+              [dg1, db1] = [dg, db];
+            }
             return [dx, dg1, db1, dw1, dg2, db2, dw2];
           });
           if (dPrefix !== dy) dPrefix.dispose();
@@ -862,6 +783,21 @@ function unjoinedDenseBlock(x: tf.Tensor4D, layers: DenseLayer[], pass: Pass): t
     };
   });
   return op(x, ...params) as tf.Tensor4D;
+}
+
+/** True when the backend has the three BatchNorm-of-a-concatenation kernels (native). */
+function concatBatchNorm(): boolean {
+  const backend = tf.getBackend();
+  return [BN_CONCAT_TRAIN_KERNEL, BN_CONCAT_GRAD_KERNEL, BN_CONCAT_INFERENCE_KERNEL].every((k) =>
+    tf.getKernel(k, backend) != null
+  );
+}
+
+/** The inputs of a BatchNorm-of-a-concatenation kernel: `vectors`, then x0, x1, … */
+function concatInputs(vectors: tf.NamedTensorMap, xs: tf.Tensor[]): tf.NamedTensorMap {
+  const inputs = { ...vectors };
+  xs.forEach((x, i) => (inputs[`x${i}`] = x));
+  return inputs;
 }
 
 /**
