@@ -14,7 +14,9 @@
 # 2. ON THE DEVICE, with the `run` tool, from the repository root:
 #        run(command="bash bench/gpu_check.sh", carry=[".device", ".gl"], timeout_s=590)
 #    It unpacks those, times this project's WebGPU kernels against tfjs's on DenseNet-121 shapes
-#    (webgpu_kernels.js), runs bench.js on webgpu at batch 64, 224² (training with
+#    (webgpu_kernels.js, which also prints each kernel's largest difference from tfjs's result
+#    under "agreement": ~1e-6 is float32 rounding, more is a bug on that GPU), runs bench.js on
+#    webgpu at batch 64, 224² (training with
 #    --memory_efficient auto, whose decision it prints, then inference; kernel and dispatch
 #    counts of one step), then bench/torch_cuda_bench.py when python3 has torch with CUDA, and
 #    prints the JSON lines and the ratios; all of it is also written under $OUT.

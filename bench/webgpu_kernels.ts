@@ -3,8 +3,11 @@
  * `Conv2DBackpropFilter` (ours: tiled GEMM; tfjs 4.22: one thread per weight),
  * `Conv2DBackpropInput` (tfjs's tiled GEMM program, which we select, against its default naive
  * one) and the fused BatchNorm+ReLU forward/backward (ours: three dispatches each; tfjs: the op
- * composition the model uses without them). Milliseconds per call (mean of `--reps` after a warm-up call), one
- * JSON object on stdout.
+ * composition the model uses without them). Milliseconds per call (mean of `--reps` after a warm-up call), and
+ * under `agreement` each kernel's largest difference from what tfjs computes without it (relative
+ * to the largest value; float32 rounding is ~1e-6), including the evaluation-mode BatchNorm of a
+ * feature list (`BatchNormReluConcatInference`, against concat + batchNorm + ReLU): on a real GPU
+ * what lavapipe cannot show, such as a driver's own float handling. One JSON object on stdout.
  *
  *     deno run -A bench/webgpu_kernels.ts [--batch 16] [--image_size 224] [--reps 5]
  * @module
@@ -13,6 +16,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../lib/backends/backend.ts";
 import { registerWebgpuKernels, restoreTfjsWebgpuKernels } from "../lib/backends/webgpu/kernels.ts";
 import { BATCH_NORM_RELU_GRAD, BATCH_NORM_RELU_TRAIN } from "../lib/backends/webgpu/batchnorm.ts";
+import { BATCH_NORM_RELU_CONCAT_INFERENCE } from "../lib/backends/webgpu/batchnorm_inference.ts";
 import { parseFlags } from "../lib/util/cli.ts";
 import { runMain } from "../lib/util/errors.ts";
 
@@ -40,6 +44,25 @@ async function time(f: () => tf.Tensor[], reps: number): Promise<number> {
   const start = performance.now();
   for (let i = 0; i < reps; i++) await once();
   return (performance.now() - start) / reps;
+}
+
+/** max |a − b| / max |b| over the outputs of two runs of the same computation. */
+async function disagreement(ours: () => tf.Tensor[], theirs: () => tf.Tensor[]): Promise<number> {
+  const read = async (f: () => tf.Tensor[]) => {
+    const out = f();
+    const data = await Promise.all(out.map((t) => t.data()));
+    tf.dispose(out);
+    return data;
+  };
+  const [a, b] = [await read(ours), await read(theirs)];
+  let diff = 0, scale = 0;
+  b.forEach((bt, i) => {
+    for (let k = 0; k < bt.length; k++) {
+      diff = Math.max(diff, Math.abs(a[i][k] - bt[k]));
+      scale = Math.max(scale, Math.abs(bt[k]));
+    }
+  });
+  return +(diff / (scale || 1)).toExponential(2);
 }
 
 /** BN(batch statistics)+ReLU forward and its backward from tfjs ops (the contract's meaning). */
@@ -94,6 +117,20 @@ async function main(args: string[]) {
   };
   const conv: Record<string, unknown> = {};
   const input: Record<string, unknown> = {};
+  const agreement: Record<string, number> = {};
+  /** Ours against tfjs's kernels for the same call (ours registered again afterwards). */
+  const againstTfjs = async (run: () => tf.Tensor[]) => {
+    const ours = () => run();
+    const theirs = () => {
+      restoreTfjsWebgpuKernels();
+      try {
+        return run();
+      } finally {
+        registerWebgpuKernels();
+      }
+    };
+    return await disagreement(ours, theirs);
+  };
   for (const [what, xs, fs, stride, pad] of convs) {
     const x = tf.randomNormal(xs, 0, 1, "float32", 1);
     const ci = tf.backend_util.computeConv2DInfo(xs as never, fs as never, stride, 1, pad);
@@ -106,6 +143,7 @@ async function main(args: string[]) {
         filterShape: fs,
       } as unknown as tf.NamedAttrMap) as tf.Tensor,
     ];
+    agreement[`Conv2DBackpropFilter ${what}`] = await againstTfjs(run);
     const ours = await time(run, flags.reps);
     restoreTfjsWebgpuKernels();
     const theirs = await time(run, flags.reps);
@@ -178,6 +216,10 @@ async function main(args: string[]) {
       return [y, mean, variance, ...grads];
     };
     const composed = composedBnRelu(x, dy, gamma, beta);
+    agreement[`BatchNorm+ReLU fwd+bwd ${what}`] = await disagreement(
+      () => fused().filter((_, i) => i === 0 || i === 3),
+      () => [composed.fwd()[0], composed.bwd()[0]],
+    );
     const ours = await time(fused, flags.reps);
     const theirs = await time(() => [...composed.fwd(), ...composed.bwd()], flags.reps);
     bn[what] = {
@@ -193,6 +235,36 @@ async function main(args: string[]) {
     tf.dispose([x, dy, gamma, beta]);
   }
   result.batchnorm_relu_fwd_bwd = bn;
+  {
+    // A dense layer's input at 28² (block 2's last: 128 + 11·32 channels, 12 inputs).
+    const shapes = [128, ...new Array(11).fill(32)].map((c) => [b, side(28), side(28), c]);
+    const xs = shapes.map((sh, i) => tf.randomNormal(sh, 0.3, 1, "float32", 10 + i));
+    const c = 128 + 11 * 32;
+    const vec = (lo: number, hi: number, seed: number) =>
+      tf.randomUniform([c], lo, hi, "float32", seed) as tf.Tensor1D;
+    const [mean, variance, gamma, beta] = [
+      vec(-0.5, 0.5, 7),
+      vec(0.5, 2, 8),
+      vec(0.5, 1.5, 9),
+      vec(-0.5, 0.5, 10),
+    ];
+    const inputs: tf.NamedTensorMap = { mean, variance, gamma, beta };
+    xs.forEach((x, i) => (inputs[`x${i}`] = x));
+    const attrs = { epsilon: 1e-5, relu: true } as unknown as tf.NamedAttrMap;
+    agreement["BatchNormReluConcatInference 12 inputs @28"] = await disagreement(
+      () => [tf.engine().runKernel(BATCH_NORM_RELU_CONCAT_INFERENCE, inputs, attrs) as tf.Tensor],
+      () => [
+        tf.tidy(() =>
+          tf.relu(
+            tf.batchNorm4d(tf.concat(xs, 3) as tf.Tensor4D, mean, variance, beta, gamma, 1e-5),
+          )
+        ),
+      ],
+    );
+    tf.dispose([...xs, mean, variance, gamma, beta]);
+  }
+  result.agreement = agreement;
+  console.error(`agreement with tfjs (max relative difference): ${JSON.stringify(agreement)}`);
   console.log(JSON.stringify(result));
 }
 
