@@ -45,9 +45,9 @@ function rowsChannels(inputs: tf.TensorInfo[], x: tf.TensorInfo): [number, numbe
 }
 
 /**
- * `BatchNormReluTrain`: the statistics in float64 (`batchStatistics`, one pass; oneDNN's own
- * float32 ones lose the variance of a channel whose mean is large against its spread), then
- * oneDNN's normalise + ReLU pass with them.
+ * `BatchNormReluTrain`: the statistics in float64 (`batchStatistics`, one pass of SIMD threads;
+ * oneDNN's own float32 ones lose the variance of a channel whose mean is large against its
+ * spread), then the normalise + ReLU pass with them (`normalise`).
  */
 function batchNormReluTrain(args: KernelArgs): tf.TensorInfo[] {
   const { inputs: { x, gamma, beta }, backend } = args;
@@ -119,10 +119,10 @@ function normalise(
 }
 
 /**
- * `BatchNormReluGrad` in two reading passes of SIMD threads (row_threads.ts): Σ g and Σ g·x̂ in
- * float64 with g = dy masked by the pre-ReLU sign as it is read, then dx = a·g + b·x + d per
- * channel, the mask recomputed (float32, as the forward's). Where the SIMD passes are missing
- * or the channels are not a multiple of 4: `oneDnnBatchNormReluGrad`.
+ * `BatchNormReluGrad` in two reading passes of SIMD threads (`simdGrad`): Σ g and Σ g·x̂ in
+ * float64 with g = dy masked by the pre-ReLU sign as it is read, then dx = a·g + b·(x − mean)
+ * + d per channel, the mask recomputed in the forward's arithmetic. Where the SIMD passes are
+ * missing or the channels are not a multiple of 4: `oneDnnBatchNormReluGrad`.
  */
 function batchNormReluGrad(args: KernelArgs): tf.TensorInfo[] {
   const { inputs: { dy, x, gamma, beta, mean, variance }, backend } = args;
