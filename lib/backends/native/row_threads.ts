@@ -263,6 +263,24 @@ export function heapThreads(
     }
     return c;
   };
+  /** A list reduction over the table's first `k` rows, each thread into its own sums. */
+  const listSums = (
+    fn: "sumsList" | "maskedSumsList",
+    k: number,
+    m: number,
+    c: number,
+    s1: Float64Array,
+    s2: Float64Array,
+  ) =>
+    parallel(fn, m, c, (r0, r1, block) => [
+      table,
+      k,
+      r0,
+      r1,
+      s1At(block),
+      s2At(block),
+      TILE_ROWS,
+    ], [s1, s2]);
   /** Writes one table row per input (`fields` i32s each); returns the row count. */
   const writeTable = (fields: number, inputs: ListInput[], row: (t: ListInput) => number[]) => {
     const rows = new Int32Array(memory.buffer, table, fields * inputs.length);
@@ -304,15 +322,7 @@ export function heapThreads(
         4 * t.x.stride,
         8 * t.from,
       ]);
-      parallel("sumsList", m, c, (r0, r1, block) => [
-        table,
-        k,
-        r0,
-        r1,
-        s1At(block),
-        s2At(block),
-        TILE_ROWS,
-      ], [s1, s2]);
+      listSums("sumsList", k, m, c, s1, s2);
     },
     maskedSums: (inputs, m, mean64, mask, s1, s2) => {
       const c = width(inputs);
@@ -328,15 +338,7 @@ export function heapThreads(
         8 * t.from,
         ...[0, 1, 2].map((v) => f32Vector(v) + 4 * t.from),
       ]);
-      parallel("maskedSumsList", m, c, (r0, r1, block) => [
-        table,
-        k,
-        r0,
-        r1,
-        s1At(block),
-        s2At(block),
-        TILE_ROWS,
-      ], [s1, s2]);
+      listSums("maskedSumsList", k, m, c, s1, s2);
     },
     normaliseConcat: (inputs, y, m, affine, relu) => {
       const list = inputs.map((t, i) => ({
