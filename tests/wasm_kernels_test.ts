@@ -226,6 +226,29 @@ Deno.test("SplitV on wasm matches cpu on every axis (and Concat undoes it)", asy
   }
 });
 
+Deno.test("Slice on wasm matches cpu: contiguous, strided, every rank, int32", async () => {
+  const rng = new Rng(6);
+  const data = randomArray(rng, 3 * 5 * 4 * 6);
+  const [cpu, wasm] = await onBoth(() => {
+    const x = tf.tensor4d(data, [3, 5, 4, 6]);
+    const xi = tf.cast(x, "int32");
+    const cases: [tf.Tensor, number[], number[]][] = [
+      [x, [1, 0, 0, 0], [1, -1, -1, -1]], // one image: contiguous
+      [x, [0, 1, 2, 0], [3, 3, 2, 6]], // a crop of every image
+      [x, [2, 4, 3, 5], [1, 1, 1, 1]],
+      [x, [0, 0, 0, 2], [-1, -1, -1, 3]], // a channel range
+      [x, [1, 2, 0, 1], [2, 2, 4, 4]],
+      [xi, [0, 1, 1, 1], [2, 3, 2, 4]],
+      [tf.reshape(x, [360]), [7], [100]],
+      [tf.reshape(x, [15, 24]), [3, 5], [7, 10]],
+      [tf.reshape(x, [3, 5, 4, 2, 3]), [1, 0, 1, 1, 0], [2, 5, 2, 1, 2]],
+      [x, [0, 0, 0, 0], [0, 5, 4, 6]], // empty
+    ];
+    return cases.map(([t, begin, size]) => tf.cast(tf.slice(t, begin, size), "float32"));
+  });
+  assertSame(cpu, wasm, 0);
+});
+
 Deno.test("Sum and Mean on wasm match cpu (leading axes, other axes, keepDims)", async () => {
   const rng = new Rng(9);
   const data = randomArray(rng, 3 * 7 * 6 * 20);
