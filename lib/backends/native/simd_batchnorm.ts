@@ -275,6 +275,29 @@ const accumulate = (
   v: number[],
 ) => [...f.get(acc), ...v, ...dadd, ...f.set(acc)];
 
+/** local = the vector at channel k of `base` (2^shift-byte values), at byte `offset`. */
+const loadInto = (f: Fn, base: string, shift: number, offset: number, local: string) => [
+  ...at(f, base, shift),
+  ...load(offset),
+  ...f.set(local),
+];
+
+/** lo, hi = the two float64 halves of the f32x4 local `t`, less shiftLo, shiftHi. */
+const centred = (f: Fn, t: string, shiftLo: string, shiftHi: string, lo: string, hi: string) => [
+  ...f.get(t),
+  ...promote,
+  ...f.get(shiftLo),
+  ...dsub,
+  ...f.set(lo),
+  ...f.get(t),
+  ...f.get(t),
+  ...high,
+  ...promote,
+  ...f.get(shiftHi),
+  ...dsub,
+  ...f.set(hi),
+];
+
 function sumsFn(): number[] {
   const f = new Fn(
     ["a", "b", "va", "vb", "c", "strideA", "strideB", "r0", "r1", "s1", "s2", "tile"],
@@ -282,36 +305,17 @@ function sumsFn(): number[] {
     [...REDUCTION_V128, "vbLo", "vbHi"],
   );
   const setup = [
-    ...at(f, "va", 3),
-    ...load(0),
-    ...f.set("vaLo"),
-    ...at(f, "va", 3),
-    ...load(16),
-    ...f.set("vaHi"),
-    ...at(f, "vb", 3),
-    ...load(0),
-    ...f.set("vbLo"),
-    ...at(f, "vb", 3),
-    ...load(16),
-    ...f.set("vbHi"),
+    ...loadInto(f, "va", 3, 0, "vaLo"),
+    ...loadInto(f, "va", 3, 16, "vaHi"),
+    ...loadInto(f, "vb", 3, 0, "vbLo"),
+    ...loadInto(f, "vb", 3, 16, "vbHi"),
   ];
   const row = [
     // x = promote(a[rr, k..k+3]) − va
     ...f.get("pa"),
     ...load(0),
     ...f.set("t"),
-    ...f.get("t"),
-    ...promote,
-    ...f.get("vaLo"),
-    ...dsub,
-    ...f.set("xLo"),
-    ...f.get("t"),
-    ...f.get("t"),
-    ...high,
-    ...promote,
-    ...f.get("vaHi"),
-    ...dsub,
-    ...f.set("xHi"),
+    ...centred(f, "t", "vaLo", "vaHi", "xLo", "xHi"),
     ...accumulate(f, "s1Lo", f.get("xLo")),
     ...accumulate(f, "s1Hi", f.get("xHi")),
     // s2 += x · (promote(b[rr, k..k+3]) − vb)
@@ -363,21 +367,11 @@ function maskedSumsFn(fused: boolean): number[] {
     [...REDUCTION_V128, "sc", "of", "mu", "g"],
   );
   const setup = [
-    ...at(f, "va", 3),
-    ...load(0),
-    ...f.set("vaLo"),
-    ...at(f, "va", 3),
-    ...load(16),
-    ...f.set("vaHi"),
-    ...at(f, "scale", 2),
-    ...load(0),
-    ...f.set("sc"),
-    ...at(f, "shift", 2),
-    ...load(0),
-    ...f.set("of"),
-    ...at(f, "m32", 2),
-    ...load(0),
-    ...f.set("mu"),
+    ...loadInto(f, "va", 3, 0, "vaLo"),
+    ...loadInto(f, "va", 3, 16, "vaHi"),
+    ...loadInto(f, "scale", 2, 0, "sc"),
+    ...loadInto(f, "shift", 2, 0, "of"),
+    ...loadInto(f, "m32", 2, 0, "mu"),
   ];
   const row = [
     // t = x; g = dy & ((x − mean)·scale + shift > 0)
@@ -392,18 +386,7 @@ function maskedSumsFn(fused: boolean): number[] {
     ...vand,
     ...f.set("g"),
     // x − mean, in float64
-    ...f.get("t"),
-    ...promote,
-    ...f.get("vaLo"),
-    ...dsub,
-    ...f.set("xLo"),
-    ...f.get("t"),
-    ...f.get("t"),
-    ...high,
-    ...promote,
-    ...f.get("vaHi"),
-    ...dsub,
-    ...f.set("xHi"),
+    ...centred(f, "t", "vaLo", "vaHi", "xLo", "xHi"),
     // s1 += g, s2 += g·(x − mean)
     ...f.get("g"),
     ...promote,
