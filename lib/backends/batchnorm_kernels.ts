@@ -178,18 +178,6 @@ export function batchNormReluForward(
 }
 
 /**
- * Σ g and Σ g·(x − mean) per channel added into s1, s2, g = dy where x·scale + offset > 0: the
- * backward's reduction in one reading pass (the native backend's SIMD threads).
- */
-export type MaskedSums = (
-  scale: Float64Array,
-  offset: Float64Array,
-  mean: Float64Array,
-  s1: Float64Array,
-  s2: Float64Array,
-) => void;
-
-/**
  * The normalisation as an affine map per channel, in float64: rstd = 1/√(variance + ε), the
  * pre-ReLU value x̂·γ + β = x·scale + offset. One formula for every pass that normalises or
  * masks (rounded to float32 where a pass takes float32), so the native backward's ReLU mask
@@ -228,7 +216,6 @@ export interface GradientParts {
  * The backward's reduction pass over x, dy viewed as [M, C]: with ReLU, writes g (dy masked
  * where the pre-ReLU value x̂·γ + β ≤ 0) to `g` (which may be dx's buffer); sums Σ g, Σ g·x̂ in
  * float64. `g` null: dy is already masked (the native kernel masks it with oneDNN), g = dy.
- * `maskedSums` given: it does the pass, masking as it reads (g is not written).
  */
 export function batchNormReluGradientParts(
   dy: Float32Array,
@@ -240,7 +227,6 @@ export function batchNormReluGradientParts(
   attrs: BatchNormReluAttrs,
   g: Float32Array | null,
   sums: RowSums = sequentialRowSums,
-  maskedSums?: MaskedSums,
 ): GradientParts {
   const c = gamma.length;
   const m = x.length / c;
@@ -248,13 +234,7 @@ export function batchNormReluGradientParts(
   const mu = Float64Array.from(mean);
   const dbeta = new Float64Array(c);
   const sgx = new Float64Array(c); // Σ g·(x − mean); dgamma = rstd · sgx
-  if (maskedSums != null) {
-    // Σ g, Σ g·(x − mean) with the mask applied as the sums read dy (offset 1, scale 0: none).
-    const [sc, of] = attrs.relu
-      ? [scale, offset]
-      : [new Float64Array(c), new Float64Array(c).fill(1)];
-    maskedSums(sc, of, mu, dbeta, sgx);
-  } else if (g == null || !attrs.relu) {
+  if (g == null || !attrs.relu) {
     // dy is g already: a pure reading pass (g, if given, must be dy itself).
     sums(dy, new Float64Array(c), x, mu, c, m, dbeta, sgx);
   } else {
