@@ -34,6 +34,7 @@ import { trainStep } from "../lib/train/training.ts";
 import { restoreTfjsWasmKernels } from "../lib/backends/wasm_kernels.ts";
 import { readShard } from "../lib/data/webdataset.ts";
 import { transformsTrainAugmented } from "../transforms/augmented_transforms.ts";
+import { encodeSeconds, formatGpuTimes, gpuProgramTimes, type GpuTimes } from "./gpu_timing.ts";
 
 const SPECS = {
   backend: { kind: "string", default: "wasm", choices: BACKENDS, help: "tfjs backend" },
@@ -69,6 +70,12 @@ const SPECS = {
     kind: "boolean",
     default: false,
     help: "print the most frequent kernels of the profiled training step (what to fuse next)",
+  },
+  gpu_times: {
+    kind: "boolean",
+    default: false,
+    help: "webgpu: also time one training step and one inference batch on the GPU by program " +
+      "(timestamp queries) and report how long the CPU takes to encode a step",
   },
   model_only: {
     kind: "boolean",
@@ -186,6 +193,11 @@ interface ModelRates {
   inferKernels: number;
   /** GPU compute dispatches of one inference batch (webgpu only). */
   inferDispatches?: number;
+  /** Seconds the CPU took to issue each timed training step (webgpu only). */
+  trainEncodeS?: number[];
+  /** GPU time by program of one training step and one inference batch (`--gpu_times`). */
+  trainGpu?: GpuTimes | null;
+  inferGpu?: GpuTimes | null;
 }
 
 /** What `profileKernels` counted. */
@@ -272,6 +284,7 @@ async function benchModel(
   memoryEfficient: MemoryEfficiency,
   tensorMemory = false,
   kernelHistogram = false,
+  gpuTimes = false,
 ): Promise<ModelRates> {
   const model = createDenseNet(DENSENET121, { seed: 0 });
   const adam = new Adam({ lr: 1e-4 });
@@ -284,15 +297,28 @@ async function benchModel(
   try {
     const train = { wall: 0, cpu: 0 as number | null };
     const trainStepS: number[] = [];
+    const webgpu = tf.getBackend() === "webgpu";
+    const trainEncodeS: number[] = [];
+    const opts = { memoryEfficient };
+    const step = () => trainStep(model, adam, x as tf.Tensor4D, y, opts);
     for (let s = 0; s <= steps; s++) {
-      const opts = { memoryEfficient };
-      const t = await seconds(() => trainStep(model, adam, x as tf.Tensor4D, y, opts));
+      let encode = 0;
+      const t = await seconds(async () => (encode = (await encodeSeconds(step)).encode));
       log(
         `train step ${s === 0 ? "(warm-up)" : s}: ${t.wall.toFixed(2)} s (cpu ${
           t.cpu?.toFixed(2)
-        } s)`,
+        } s${webgpu ? `, encoding ${encode.toFixed(2)} s` : ""})`,
       );
-      if (s > 0) accumulate(train, t, trainStepS);
+      if (s > 0) {
+        accumulate(train, t, trainStepS);
+        trainEncodeS.push(encode);
+      }
+    }
+    let trainGpu: GpuTimes | null = null;
+    if (gpuTimes && webgpu) {
+      let pending: Promise<unknown> | null = null;
+      trainGpu = await gpuProgramTimes(() => void (pending = step()), () => pending!);
+      logGpuTimes("training step", trainGpu);
     }
     const trainProfile = await profileKernels(
       () => trainStep(model, adam, x as tf.Tensor4D, y, { memoryEfficient }),
@@ -318,6 +344,18 @@ async function benchModel(
       );
       if (s > 0) accumulate(infer, t);
     }
+    let inferGpu: GpuTimes | null = null;
+    if (gpuTimes && webgpu) {
+      let out: tf.Tensor | null = null;
+      inferGpu = await gpuProgramTimes(
+        () => void (out = forward(model, x as tf.Tensor4D, { training: false })),
+        async () => {
+          await out!.data();
+          out!.dispose();
+        },
+      );
+      logGpuTimes("inference batch", inferGpu);
+    }
     const inferProfile = await profileKernels(infer1);
     log(
       `profiled inference batch: ${inferProfile.kernels} kernels` +
@@ -335,6 +373,8 @@ async function benchModel(
       trainDispatches: trainProfile.dispatches,
       inferKernels: inferProfile.kernels,
       inferDispatches: inferProfile.dispatches,
+      ...(webgpu ? { trainEncodeS } : {}),
+      ...(gpuTimes && webgpu ? { trainGpu, inferGpu } : {}),
     };
   } finally {
     tf.dispose([x, y]);
@@ -434,6 +474,28 @@ function loadAverage(): number | null {
 const round = (v: number, digits = 3) => Number(v.toFixed(digits));
 
 /** `--memory_efficient` → `forward`'s level (on = true, off = false). */
+function logGpuTimes(what: string, t: GpuTimes | null): void {
+  if (t == null) {
+    log(`GPU times of a ${what}: unavailable (the adapter has no timestamp-query)`);
+    return;
+  }
+  log(`GPU time of a ${what}: ${t.totalMs.toFixed(1)} ms, by program:`);
+  for (const line of formatGpuTimes(t)) log(line);
+}
+
+/** The JSON form of GPU times: total and the programs over 1 % of it. */
+function gpuTimesJson(t: GpuTimes | null | undefined) {
+  if (t == null) return null;
+  return {
+    total_ms: round(t.totalMs, 1),
+    programs: t.programs.filter((p) => p.ms >= 0.01 * t.totalMs).map((p) => ({
+      program: p.program,
+      dispatches: p.dispatches,
+      ms: round(p.ms, 2),
+    })),
+  };
+}
+
 function memoryLevel(flag: string): MemoryEfficiency {
   return flag === "on" ? true : flag === "off" ? false : flag as MemoryEfficiency;
 }
@@ -470,6 +532,7 @@ async function main(args: string[]) {
         memoryEfficient,
         flags.tensor_memory,
         flags.kernel_histogram,
+        flags.gpu_times,
       );
     } catch (err) {
       // Emscripten aborts when the 4 GB wasm heap is exhausted; the backend is unusable after.
@@ -507,6 +570,15 @@ async function main(args: string[]) {
         ? {
           dispatches_per_train_step: model.trainDispatches,
           dispatches_per_inference_batch: model.inferDispatches,
+        }
+        : {}),
+      ...(model.trainEncodeS != null
+        ? { train_encode_s: model.trainEncodeS.map((s) => round(s, 3)) }
+        : {}),
+      ...(model.trainGpu !== undefined
+        ? {
+          gpu_train_step: gpuTimesJson(model.trainGpu),
+          gpu_inference_batch: gpuTimesJson(model.inferGpu),
         }
         : {}),
       ...(model.stepPeakTensorMb != null

@@ -18,7 +18,9 @@
 #    under "agreement": ~1e-6 is float32 rounding, more is a bug on that GPU), runs bench.js on
 #    webgpu at batch 64, 224² (training with
 #    --memory_efficient auto, whose decision it prints, then inference; kernel and dispatch
-#    counts of one step), then bench/torch_cuda_bench.py when python3 has torch with CUDA, and
+#    counts of one step; how long the CPU takes to encode a step; then one step and one
+#    inference batch timed on the GPU by WGSL program with timestamp queries: where the GPU
+#    time goes), then bench/torch_cuda_bench.py when python3 has torch with CUDA, and
 #    prints the JSON lines and the ratios; all of it is also written under $OUT.
 #    BATCH, SIZE, STEPS and MEMORY_EFFICIENT override the defaults (e.g. BATCH=16).
 set -uo pipefail
@@ -91,7 +93,7 @@ cat "$OUT/webgpu_kernels.json"
 log "webgpu: batch $BATCH, ${SIZE}², $STEPS timed steps, --memory_efficient $MEMORY_EFFICIENT"
 timeout 300 "${DENO_RUN[@]}" .device/bench.js \
   --backend webgpu --model_only --batch "$BATCH" --image_size "$SIZE" --steps "$STEPS" \
-  --memory_efficient "$MEMORY_EFFICIENT" >"$OUT/webgpu.json" 2> >(tee -a "$OUT/gpu_check.log" >&2)
+  --memory_efficient "$MEMORY_EFFICIENT" --gpu_times >"$OUT/webgpu.json" 2> >(tee -a "$OUT/gpu_check.log" >&2)
 log "webgpu exit $?"
 cat "$OUT/webgpu.json"
 
@@ -113,6 +115,14 @@ print(f"webgpu: train {w['train_images_per_s']} img/s, infer {w['infer_images_pe
       f"memory_efficient {w['memory_efficient']}, kernels/step {w['kernels_per_train_step']}, "
       f"dispatches/step {w.get('dispatches_per_train_step')}, "
       f"kernels/inference batch {w['kernels_per_inference_batch']}")
+steps, encode = w.get("train_step_s") or [], w.get("train_encode_s") or []
+if steps and encode:
+    print(f"webgpu: a training step takes {min(steps)} s, the CPU encodes it in {min(encode)} s")
+for key in ("gpu_train_step", "gpu_inference_batch"):
+    g = w.get(key)
+    if g:
+        top = ", ".join(f"{p['program']} {p['ms']} ms/{p['dispatches']}" for p in g["programs"][:6])
+        print(f"webgpu {key}: {g['total_ms']} ms of GPU time; {top}")
 try:
     t = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
 except (OSError, ValueError, IndexError):

@@ -1,6 +1,7 @@
 /**
  * This project's WebGPU kernels against what tfjs does without them, on DenseNet-121's shapes:
- * `Conv2DBackpropFilter` (ours: tiled GEMM; tfjs 4.22: one thread per weight),
+ * `Conv2DBackpropFilter` (ours: tiled split-K GEMM; tfjs 4.22: one thread per weight; for 1×1
+ * filters also tfjs's matrix product xᵀ·dy),
  * `Conv2DBackpropInput` (tfjs's tiled GEMM program, which we select, against its default naive
  * one) and the fused BatchNorm+ReLU forward/backward (ours: three dispatches each; tfjs: the op
  * composition the model uses without them). Milliseconds per call (mean of `--reps` after a warm-up call), and
@@ -148,13 +149,25 @@ async function main(args: string[]) {
     restoreTfjsWebgpuKernels();
     const theirs = await time(run, flags.reps);
     registerWebgpuKernels();
+    // A 1×1 filter gradient is also xᵀ·dy: tfjs's matrix product (its program choice for this
+    // shape) is the alternative to ours, which this project used before.
+    const matMul = fs[0] === 1 && fs[1] === 1 && stride === 1
+      ? await time(() => [
+        tf.tidy(() => {
+          const m = xs[0] * xs[1] * xs[2];
+          return tf.matMul(tf.reshape(x, [m, fs[2]]), tf.reshape(dy, [m, fs[3]]), true, false);
+        }),
+      ], flags.reps)
+      : null;
     conv[what] = {
       ours_ms: +ours.toFixed(2),
       tfjs_ms: +theirs.toFixed(2),
       speedup: +(theirs / ours).toFixed(1),
+      ...(matMul != null ? { tfjs_matmul_ms: +matMul.toFixed(2) } : {}),
     };
     console.error(
-      `Conv2DBackpropFilter ${what}: ours ${ours.toFixed(2)} ms, tfjs ${theirs.toFixed(2)} ms`,
+      `Conv2DBackpropFilter ${what}: ours ${ours.toFixed(2)} ms, tfjs ${theirs.toFixed(2)} ms` +
+        (matMul != null ? `, tfjs matMul(xᵀ, dy) ${matMul.toFixed(2)} ms` : ""),
     );
     if (stride === 1) {
       // The input gradient: tfjs's tiled GEMM program (selected with our kernels) vs its naive one.

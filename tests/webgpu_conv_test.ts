@@ -50,9 +50,9 @@ const CASES: Case[] = [
   },
   { what: "3×3 stride 2 same", x: [2, 9, 8, 5], filter: [3, 3, 5, 6], stride: 2, pad: "same" },
   {
-    what: "1×1 long reduction (tfjs's matrix product)",
-    x: [4, 40, 40, 16],
-    filter: [1, 1, 16, 32],
+    what: "1×1 long reduction (split over M, no im2col)",
+    x: [4, 40, 40, 70],
+    filter: [1, 1, 70, 36],
     stride: 1,
     pad: "valid",
   },
@@ -110,6 +110,10 @@ Deno.test("splitPlan covers M exactly and splits long reductions", () => {
   }
   assert.ok(splitPlan(802816, 147, 64).splits > 100); // the stem: a 6-workgroup grid otherwise
   assert.equal(splitPlan(100, 9, 9).splits, 1);
+  // A dense layer's 1×1 filter at 56², batch 64: 16 tiles of dW, so the grid is M-split to ~1024.
+  const bottleneck = splitPlan(64 * 56 * 56, 256, 128);
+  assert.ok(bottleneck.splits * 16 >= 1000, `${bottleneck.splits}`);
+  assert.ok(splitPlan(4 * 40 * 40, 70, 36).splits > 1); // the 1×1 test case's split path
 });
 
 Deno.test({

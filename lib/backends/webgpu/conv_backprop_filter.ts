@@ -1,13 +1,18 @@
 /**
- * `Conv2DBackpropFilter` for WebGPU as a tiled implicit GEMM (1×1 unpadded stride-1 filters,
- * plain matrix products, go to tfjs's matrix product instead). In NHWC the filter gradient is
+ * `Conv2DBackpropFilter` for WebGPU as a tiled implicit GEMM. In NHWC the filter gradient is
  * dW[K, Co] = Aᵀ·dY with A the im2col matrix of x ([M, K], M = N·OH·OW, K = KH·KW·Ci, formed on
- * the fly while loading tiles, never stored) and dY the output gradient as [M, Co]. tfjs 4.22's
- * kernel gives each weight one thread that loops serially over all of M with strided reads;
- * here a workgroup computes a 64×32 tile of dW from shared-memory tiles, and M is split across
- * workgroups (split-K) so that even a 147×64 stem filter keeps the GPU busy. Each split writes a
- * partial dW; a second dispatch sums the partials in order (blocked summation: a sequential
- * sum over at most `chunk` rows, then over the splits).
+ * the fly while loading tiles, never stored; for a 1×1, stride-1, unpadded filter A is x itself)
+ * and dY the output gradient as [M, Co]. tfjs 4.22's kernel gives each weight one thread that
+ * loops serially over all of M with strided reads; here a workgroup computes a 64×32 tile of dW
+ * from shared-memory tiles, and M is split across workgroups (split-K) so that even a 147×64
+ * stem filter keeps the GPU busy. Each split writes a partial dW; a second dispatch sums the
+ * partials in order (blocked summation: a sequential sum over at most `chunk` rows, then over
+ * the splits).
+ *
+ * 1×1 filters take this path too, not tfjs's matrix product: for xᵀ·dy with M = 64·56·56 rows
+ * and a 256×128 result, tfjs picks its 32×32-tile program (split-K only when the result has at
+ * most 8 such tiles), i.e. 32 workgroups of 64 threads each looping over 200,704 rows, a few
+ * percent of a large GPU's threads.
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
@@ -15,7 +20,11 @@ import type { Program, Uniform, WebGPUBackendInternals } from "./program.ts";
 
 /** Tile of dW rows (K) and columns (Co) per workgroup, and rows of M per shared-memory step. */
 const TK = 64, TC = 32, RT = 16;
-/** Threads per workgroup: each computes 4×4 outputs. */
+/**
+ * Threads per workgroup: each computes 4×4 adjacent outputs (dW rows k0+4·tk…+3, columns
+ * c0+4·tc…+3), reading a vec4 of each tile per row of M: 2 shared-memory reads per 16
+ * multiply-adds.
+ */
 const THREADS = (TK / 4) * (TC / 4);
 /** Workgroups worth filling the GPU with; M is split until the grid has about this many. */
 const TARGET_WORKGROUPS = 1024;
@@ -25,22 +34,49 @@ const MIN_CHUNK = 512;
 class FilterGemmProgram implements Program {
   variableNames = ["x", "dy"];
   outputShape: number[];
-  shaderKey = "cxrConv2DBackpropFilterGemm";
+  shaderKey: string;
   dispatchLayout = { x: [2], y: [1], z: [0] };
   dispatch: [number, number, number];
   workgroupSize: [number, number, number] = [TC / 4, TK / 4, 1];
   uniforms = "M : i32, K : i32, Co : i32, Ci : i32, KW : i32, H : i32, W : i32, OH : i32, " +
     "OW : i32, stride : vec2<i32>, pad : vec2<i32>, chunk : i32,";
 
-  constructor(splits: number, k: number, co: number) {
+  /** `pointwise`: a 1×1, stride-1, unpadded filter, whose A is x as [M, Ci] (no im2col). */
+  constructor(splits: number, k: number, co: number, readonly pointwise: boolean) {
     this.outputShape = [splits, k, co];
     this.dispatch = [Math.ceil(co / TC), Math.ceil(k / TK), splits];
+    this.shaderKey = `cxrConv2DBackpropFilterGemm_${pointwise}`;
+  }
+
+  /** Threads 0..RT-1 decode the step's rows into `rows`, then the workgroup waits. */
+  private decodeRows(): string {
+    return `if (t < ${RT}) {
+            let r = r0 + t;
+            let b = r / ohw;
+            let oy = (r - b * ohw) / uniforms.OW;
+            let ox = r - b * ohw - oy * uniforms.OW;
+            rows[t] = vec3<i32>(b * uniforms.H, oy * uniforms.stride.x, ox * uniforms.stride.y);
+          }
+          workgroupBarrier();`;
+  }
+
+  /** The statement setting `a` to A[r, ka] (r < rEnd and ka < K are checked by the caller). */
+  private loadA(): string {
+    if (this.pointwise) return "a = x[r * uniforms.Ci + ka];";
+    return `let row = rows[rr];
+              let iy = row.y + offY;
+              let ix = row.z + offX;
+              if (iy >= 0 && iy < uniforms.H && ix >= 0 && ix < uniforms.W) {
+                a = x[((row.x + iy) * uniforms.W + ix) * uniforms.Ci + ci];
+              }`;
   }
 
   getUserCode(): string {
     return `
-      var<workgroup> As : array<array<f32, ${TK}>, ${RT}>;
-      var<workgroup> Bs : array<array<f32, ${TC}>, ${RT}>;
+      var<workgroup> As : array<array<vec4<f32>, ${TK / 4}>, ${RT}>;
+      var<workgroup> Bs : array<array<vec4<f32>, ${TC / 4}>, ${RT}>;
+      // Per row of the step: (b·H, oy·stride, ox·stride) of its output pixel, decoded once.
+      var<workgroup> rows : array<vec3<i32>, ${RT}>;
 
       fn main() {
         let tc = i32(localId.x);
@@ -69,48 +105,42 @@ class FilterGemmProgram implements Program {
         let cb = c0 + cc;
         let rB = t / ${TC};
         let ohw = uniforms.OH * uniforms.OW;
-        var acc : array<vec4<f32>, 4>;
+        var acc : array<vec4<f32>, 4>; // acc[i][j]: dW[k0 + 4·tk + i, c0 + 4·tc + j]
         for (var r0 = rBegin; r0 < rEnd; r0 = r0 + ${RT}) {
+          ${this.pointwise ? "" : this.decodeRows()}
           for (var q = 0; q < ${(RT * TK) / THREADS}; q = q + 1) {
             // A[r, k] = x at the input pixel that output row r reads through filter tap k.
             let rr = rA + q * ${THREADS / TK};
             let r = r0 + rr;
             var a = 0.0;
             if (kIn && r < rEnd) {
-              let b = r / ohw;
-              let oy = (r - b * ohw) / uniforms.OW;
-              let ox = r - b * ohw - oy * uniforms.OW;
-              let iy = oy * uniforms.stride.x + offY;
-              let ix = ox * uniforms.stride.y + offX;
-              if (iy >= 0 && iy < uniforms.H && ix >= 0 && ix < uniforms.W) {
-                a = x[((b * uniforms.H + iy) * uniforms.W + ix) * uniforms.Ci + ci];
-              }
+              ${this.loadA()}
             }
-            As[rr][kk] = a;
+            As[rr][kk / 4][kk % 4] = a;
           }
           for (var q = 0; q < ${(RT * TC) / THREADS}; q = q + 1) {
             let rr = rB + q * ${THREADS / TC};
             let r = r0 + rr;
             var v = 0.0;
             if (r < rEnd && cb < uniforms.Co) { v = dy[r * uniforms.Co + cb]; }
-            Bs[rr][cc] = v;
+            Bs[rr][cc / 4][cc % 4] = v;
           }
           workgroupBarrier();
           for (var rr = 0; rr < ${RT}; rr = rr + 1) {
-            let b = vec4<f32>(Bs[rr][tc], Bs[rr][tc + ${TC / 4}], Bs[rr][tc + ${TC / 2}],
-                              Bs[rr][tc + ${(3 * TC) / 4}]);
-            acc[0] = acc[0] + As[rr][tk] * b;
-            acc[1] = acc[1] + As[rr][tk + ${TK / 4}] * b;
-            acc[2] = acc[2] + As[rr][tk + ${TK / 2}] * b;
-            acc[3] = acc[3] + As[rr][tk + ${(3 * TK) / 4}] * b;
+            let b = Bs[rr][tc];
+            let a = As[rr][tk];
+            acc[0] = acc[0] + a.x * b;
+            acc[1] = acc[1] + a.y * b;
+            acc[2] = acc[2] + a.z * b;
+            acc[3] = acc[3] + a.w * b;
           }
           workgroupBarrier();
         }
         let base = split * uniforms.K * uniforms.Co;
         for (var i = 0; i < 4; i = i + 1) {
-          let k = k0 + tk + i * ${TK / 4};
+          let k = k0 + tk * 4 + i;
           for (var j = 0; j < 4; j = j + 1) {
-            let c = c0 + tc + j * ${TC / 4};
+            let c = c0 + tc * 4 + j;
             if (k < uniforms.K && c < uniforms.Co) {
               result[base + k * uniforms.Co + c] = acc[i][j];
             }
@@ -159,37 +189,6 @@ export function splitPlan(m: number, k: number, co: number): { splits: number; c
   return { splits: Math.ceil(m / chunk), chunk };
 }
 
-/**
- * A 1×1, stride-1, unpadded filter gradient is exactly xᵀ·dy with x as [M, Ci] and dy as
- * [M, Co]: tfjs's own matrix product (tuned, split-K for this long inner dimension) runs it,
- * on views of x and dy (no copies).
- */
-function pointwiseAsMatMul(
-  backend: WebGPUBackendInternals,
-  x: tf.TensorInfo,
-  dy: tf.TensorInfo,
-  m: number,
-  filterShape: number[],
-): tf.TensorInfo {
-  const [reshape, matMul] = ["Reshape", "BatchMatMul"].map((name) => {
-    const kernel = tf.getKernel(name, "webgpu");
-    if (kernel == null) throw new Error(`webgpu has no ${name} kernel`);
-    return kernel.kernelFunc as unknown as (args: unknown) => tf.TensorInfo;
-  });
-  const view = (t: tf.TensorInfo, shape: number[]) =>
-    reshape({ inputs: { x: t }, backend, attrs: { shape } });
-  const a = view(x, [1, m, x.shape[3]]);
-  const b = view(dy, [1, m, dy.shape[3]]);
-  const product = matMul({
-    inputs: { a, b },
-    backend,
-    attrs: { transposeA: true, transposeB: false },
-  });
-  const out = view(product, filterShape);
-  for (const t of [a, b, product]) backend.disposeData(t.dataId);
-  return out;
-}
-
 interface BackpropFilterAttrs {
   strides: number | [number, number];
   pad: "valid" | "same" | number | [
@@ -223,12 +222,9 @@ export function conv2DBackpropFilterGemm(
   const k = info.filterHeight * info.filterWidth * info.inChannels;
   const co = info.outChannels;
   const p = info.padInfo;
-  if (
-    info.filterHeight === 1 && info.filterWidth === 1 && info.strideHeight === 1 &&
-    info.strideWidth === 1 && p.top === 0 && p.left === 0 && p.bottom === 0 && p.right === 0
-  ) {
-    return pointwiseAsMatMul(backend, x, dy, m, a.filterShape);
-  }
+  const pointwise = info.filterHeight === 1 && info.filterWidth === 1 &&
+    info.strideHeight === 1 && info.strideWidth === 1 &&
+    p.top === 0 && p.left === 0 && p.bottom === 0 && p.right === 0;
   const { splits, chunk } = splitPlan(m, k, co);
   const uniforms: Uniform[] = [
     ...[m, k, co, info.inChannels, info.filterWidth, info.inHeight, info.inWidth].map((v) => ({
@@ -241,7 +237,7 @@ export function conv2DBackpropFilterGemm(
     { type: "int32", data: [info.padInfo.top, info.padInfo.left] },
     { type: "int32", data: [chunk] },
   ];
-  const program = new FilterGemmProgram(splits, k, co);
+  const program = new FilterGemmProgram(splits, k, co, pointwise);
   const partials = backend.runWebGPUProgram(program, [x, dy], "float32", uniforms);
   if (splits === 1) return { ...partials, shape: a.filterShape };
   const flat = { ...partials, shape: [splits, k * co] };
