@@ -25,7 +25,7 @@ import { checkTrainingFits } from "./lib/model/training_memory.ts";
 import { checkOutputPaths } from "./lib/util/output_paths.ts";
 import { type FlagSpecs, givenFlags, parseFlags } from "./lib/util/cli.ts";
 import { loadSubset } from "./lib/data/dataset.ts";
-import { runMain, UserError } from "./lib/util/errors.ts";
+import { explainError, runMain, UserError } from "./lib/util/errors.ts";
 import { evaluate, jsonNumber } from "./lib/eval/evaluation.ts";
 import { predictBatches } from "./lib/eval/inference.ts";
 import { bceLoss, youdenThresholds } from "./lib/eval/metrics.ts";
@@ -500,8 +500,9 @@ async function main(args: string[]): Promise<void> {
     }
     status = stopRequested() ? "interrupted" : "complete";
   } catch (e) {
-    if (status === "running") status = `failed: ${(e as Error).message}`;
-    throw e;
+    const clear = await explainError(e);
+    if (status === "running") status = `failed: ${clear.message}`;
+    throw clear;
   } finally {
     stop.dispose();
     await writeResults().catch(() => {});

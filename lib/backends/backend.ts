@@ -17,6 +17,7 @@ import { fileURLToPath } from "node:url";
 import { UserError } from "../util/errors.ts";
 import { registerWasmTrainingKernels } from "./wasm_kernels.ts";
 import { registerWebgpuKernels } from "./webgpu/kernels.ts";
+import { watchDeviceFaults } from "./device_faults.ts";
 import {
   openOneDnn,
   registerNativeKernels,
@@ -259,6 +260,7 @@ async function startWebgpu(_opts: InitBackendOptions, explicit: boolean): Promis
       throw new UserError(`backend webgpu cannot start: tfjs could not open ${device}; ${fix}`);
     }
     registerWebgpuKernels();
+    watchDeviceFaults((tf.backend() as unknown as { device: GPUDevice }).device);
     return { name: "webgpu", device: `WebGPU: ${device}`, notes };
   });
 }

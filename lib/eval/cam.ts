@@ -17,6 +17,7 @@ import { Rng } from "../util/rng.ts";
 import { readShards } from "../data/webdataset.ts";
 import { Progress } from "../util/progress.ts";
 import { darken, drawText, textScale } from "../util/bitmap_text.ts";
+import { readValues } from "../backends/device_faults.ts";
 
 /**
  * Unnormalised CAMs at feature-map resolution, `[N, h, w, classes.length]`:
@@ -273,7 +274,7 @@ export async function writeCams(
       const cams = classActivationMaps(model, x, classes, { size: [shown.height, shown.width] });
       return tf.transpose(tf.squeeze(cams, [0]), [2, 0, 1]);
     });
-    const data = (await maps.data()) as Float32Array;
+    const data = (await readValues(maps)) as Float32Array;
     maps.dispose();
     const n = shown.width * shown.height;
     for (const [k, e] of req.entries.entries()) {

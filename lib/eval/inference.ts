@@ -11,6 +11,7 @@ import { type DenseNet, predict } from "../model/densenet.ts";
 import type { Progress } from "../util/progress.ts";
 import type { Rng } from "../util/rng.ts";
 import type { BatchTransform } from "../../transforms/augmented_transforms.ts";
+import { readValues } from "../backends/device_faults.ts";
 
 export type { BatchTransform };
 
@@ -61,7 +62,7 @@ export async function predictBatches(
       const p = predict(model, x);
       return views === 1 ? p : tf.mean(tf.reshape(p, [views, batch.n, NUM_CLASSES]), 0);
     });
-    const values = await out.data();
+    const values = await readValues(out);
     out.dispose();
     keys.push(...batch.keys);
     for (const v of batch.labels) labels.push(v);

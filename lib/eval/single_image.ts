@@ -11,6 +11,7 @@ import { decodeImagePath, isImageFile } from "../data/images.ts";
 import { batchToTensor, type BatchTransform } from "./inference.ts";
 import { type DenseNet, predict } from "../model/densenet.ts";
 import { Rng } from "../util/rng.ts";
+import { readValues } from "../backends/device_faults.ts";
 
 /** Expands directories into their PNG/JPEG/DICOM files (sorted); files are kept as given. */
 export async function expandImagePaths(paths: string[]): Promise<string[]> {
@@ -57,7 +58,7 @@ export async function predictImages(
     const out = tf.tidy(() =>
       predict(model, opts.transform(batchToTensor({ ...img, images: img.data, n: 1 }), rng))
     );
-    const probs = await out.data();
+    const probs = await readValues(out);
     out.dispose();
     const probabilities: Record<string, number> = {};
     const findings: string[] = [];

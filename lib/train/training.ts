@@ -16,6 +16,7 @@ import {
   trainableVariables,
 } from "../model/densenet.ts";
 import type { Progress } from "../util/progress.ts";
+import { readValues } from "../backends/device_faults.ts";
 import type { Rng } from "../util/rng.ts";
 
 /** Options of a training step. */
@@ -41,8 +42,8 @@ export async function trainStep(
   }, variables);
   adam.apply(variables, grads);
   // Asynchronous reads: WebGPU under Deno cannot read synchronously.
-  const loss = (await value.data())[0];
-  const out = await (probs as tf.Tensor | null)!.data() as Float32Array;
+  const loss = (await readValues(value))[0];
+  const out = await readValues((probs as tf.Tensor | null)!) as Float32Array;
   tf.dispose([value, probs!, ...Object.values(grads)]);
   return { loss, probs: Float32Array.from(out) };
 }

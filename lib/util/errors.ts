@@ -23,6 +23,29 @@ export function printable(text: string, max = 200): string {
   return clean.length > max ? `${clean.slice(0, max)}…` : clean;
 }
 
+/** Replaces an error by a clearer one that names its cause, or returns null. */
+export type ErrorExplainer = (err: Error) => Promise<Error | null>;
+
+const explainers: ErrorExplainer[] = [];
+
+/**
+ * Registers `explain` for `explainError` (idempotent). A backend registers one that knows what
+ * its bare errors mean, e.g. the GPU fault behind tfjs's "validation error occurred".
+ */
+export function addErrorExplainer(explain: ErrorExplainer): void {
+  if (!explainers.includes(explain)) explainers.push(explain);
+}
+
+/** `err` as an Error, replaced by the first registered explainer's clearer one if any. */
+export async function explainError(err: unknown): Promise<Error> {
+  const e = err instanceof Error ? err : new Error(String(err));
+  for (const explain of explainers) {
+    const clearer = await explain(e).catch(() => null);
+    if (clearer != null) return clearer;
+  }
+  return e;
+}
+
 /** Runs a script's main function; turns errors into one line on stderr and an exit code. */
 export async function runMain(
   main: (args: string[]) => Promise<void> | void,
@@ -32,8 +55,11 @@ export async function runMain(
   try {
     await main(args);
   } catch (err) {
-    const e = err instanceof Error ? err : new Error(String(err));
-    if (verbose) console.error(e.stack ?? e.message);
+    const e = await explainError(err);
+    if (verbose) {
+      console.error(e.stack ?? e.message);
+      if (e.cause instanceof Error && e.cause !== e) console.error(`caused by: ${e.cause.stack}`);
+    }
     const line = e instanceof UserError ? e.message : `${e.name}: ${e.message}`;
     console.error(`error: ${line.split("\n")[0]}`);
     if (!verbose && !(e instanceof UserError)) {
