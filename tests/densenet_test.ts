@@ -165,6 +165,40 @@ for (const backend of PARITY_BACKENDS) {
     }));
 }
 
+Deno.test("evaluation never joins a dense block where BatchNormReluConcatInference exists", async () => {
+  for (const backend of PARITY_BACKENDS) {
+    await initBackend(backend, { threads: 2 });
+    const model = referenceModel();
+    const x = referenceImages("input40");
+    try {
+      const check = tf.env().getBool("CHECK_COMPUTATION_FOR_ERRORS");
+      tf.env().set("CHECK_COMPUTATION_FOR_ERRORS", false);
+      const profile = await tf.profile(() => tf.dispose(predict(model, x)));
+      tf.env().set("CHECK_COMPUTATION_FOR_ERRORS", check);
+      const count = (name: string) => profile.kernels.filter((k) => k.name === name).length;
+      const layers = model.blocks.flat().length;
+      if (backend === "cpu") {
+        // No such kernel: each layer joins its block (a custom op, listed as "unnamed scope").
+        assert.equal(count("BatchNormReluConcatInference"), 0);
+        assert.ok(count("unnamed scope") >= layers, `${backend}: ${count("unnamed scope")}`);
+        continue;
+      }
+      // No block is joined (the joining custom op: "unnamed scope"; the Concats left join
+      // the folded BatchNorms' vectors).
+      assert.equal(count("unnamed scope"), 0, backend);
+      // Each layer's norm1, each transition's norm and norm5 read the feature list.
+      assert.equal(count("BatchNormReluConcatInference"), layers + model.transitions.length + 1);
+      // wasm, lacking a one-pass BatchNormReluInference, folds norm2 into conv1 (FusedConv2D).
+      const folded = tf.getKernel("BatchNormReluInference", tf.getBackend()) == null;
+      assert.ok(!folded || count("FusedConv2D") >= layers, `${backend}: ${profile.kernelNames}`);
+    } finally {
+      tf.dispose(x);
+      disposeModel(model);
+      await tf.setBackend("cpu");
+    }
+  }
+});
+
 for (const backend of PARITY_BACKENDS) {
   Deno.test(`training mode matches PyTorch: outputs, running stats, loss, gradients, ${backend}`, () =>
     onBackend(backend, () => {

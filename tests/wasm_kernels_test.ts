@@ -413,3 +413,53 @@ Deno.test("a small conv/BN/pool training step on wasm: gradients match cpu, loss
   tf.dispose([x, y, ...p.values()]);
   opt.dispose();
 });
+
+Deno.test("BatchNormReluConcatInference on plain wasm equals concat + BatchNorm + ReLU", async () => {
+  await initBackend("wasm", { threads: 2 });
+  const rng = new Rng(3);
+  const eps = 1e-5;
+  // Multiples of 4 take the SIMD threads; odd channel counts the JavaScript map (no oneDNN here).
+  for (const channels of [[64, 32, 32], [6, 5, 3], [8]]) {
+    const c = channels.reduce((a, b) => a + b, 0);
+    const rows = 2 * 9 * 7;
+    const xs = channels.map((k) => Float32Array.from({ length: rows * k }, () => rng.normal()));
+    const vec = (f: () => number) => Float32Array.from({ length: c }, f);
+    const [mean, variance, gamma, beta] = [
+      vec(() => rng.normal()),
+      vec(() => 0.5 + rng.next()),
+      vec(() => 1 + 0.2 * rng.normal()),
+      vec(() => 0.3 * rng.normal()),
+    ];
+    const before = tf.memory().numTensors;
+    const got = tf.tidy(() => {
+      const inputs: tf.NamedTensorMap = {
+        mean: tf.tensor1d(mean),
+        variance: tf.tensor1d(variance),
+        gamma: tf.tensor1d(gamma),
+        beta: tf.tensor1d(beta),
+      };
+      xs.forEach((x, i) => (inputs[`x${i}`] = tf.tensor4d(x, [2, 9, 7, channels[i]])));
+      const attrs = { epsilon: eps, relu: true };
+      const y = tf.engine().runKernel("BatchNormReluConcatInference", inputs, attrs) as tf.Tensor;
+      assert.deepEqual(y.shape, [2, 9, 7, c]);
+      return y.dataSync() as Float32Array;
+    });
+    assert.equal(tf.memory().numTensors, before);
+    // Float64 reference over the joined channels.
+    const expected = new Float64Array(rows * c);
+    let c0 = 0;
+    channels.forEach((k, i) => {
+      for (let r = 0; r < rows; r++) {
+        for (let j = 0; j < k; j++) {
+          const ch = c0 + j;
+          const v = (xs[i][r * k + j] - mean[ch]) / Math.sqrt(variance[ch] + eps) * gamma[ch] +
+            beta[ch];
+          expected[r * c + ch] = Math.max(0, v);
+        }
+      }
+      c0 += k;
+    });
+    const err = relError(got, Float32Array.from(expected));
+    assert.ok(err < 1e-6, `[${channels}]: relative error ${err}`);
+  }
+});

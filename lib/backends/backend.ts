@@ -24,6 +24,7 @@ import {
   unregisterNativeKernels,
 } from "./native/native_kernels.ts";
 import { ONEDNN_INSTALL_HINT, OneDnnUnavailable } from "./native/onednn.ts";
+import { setHeapThreadCount } from "./native/kernel_support.ts";
 import {
   MAX_WASM_THREADS,
   resolveWasmThreads,
@@ -356,10 +357,11 @@ async function startWasm(opts: InitBackendOptions): Promise<BackendInfo> {
         "node_modules/@tensorflow/tfjs-backend-wasm/dist complete? run `deno install`)",
     );
   }
+  running ??= wasmThreadsCount(wasm);
+  setHeapThreadCount(running);
   registerWasmTrainingKernels();
   const simd = await tf.env().getAsync("WASM_HAS_SIMD_SUPPORT");
   if (!simd) notes.push("this CPU/runtime lacks WebAssembly SIMD: the plain wasm build is slower");
-  running ??= wasmThreadsCount(wasm);
   return {
     name: "wasm",
     device: `CPU, WebAssembly${simd ? " SIMD" : ""} (XNNPACK${running > 1 ? ", threaded" : ""})`,

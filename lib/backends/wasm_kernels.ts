@@ -15,6 +15,11 @@
  *   backend's Identity do) instead of copying it. The gradient tape clones every tensor it saves
  *   for the backward pass through Identity: ~1,200 full activation copies per DenseNet-121
  *   training step with wasm's copying kernel.
+ * - `BatchNormReluConcatInference` (evaluation mode): the native backend's, which needs no
+ *   oneDNN (WebAssembly SIMD threads on the heap, native/batchnorm.ts): with it a dense block
+ *   stays a list of features, never concatenated, and each BatchNorm reads the list in one
+ *   pass, where wasm's concatenation copied the block once per layer and normalised it in two
+ *   passes (BatchNorm, ReLU).
  * Anything these do not cover (other dtypes, NCHW, strides ≠ 1 for Conv2DBackpropInput, other
  * reduction axes) goes to tfjs's own kernel.
  *
@@ -35,6 +40,8 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import type { BackendWasm } from "@tensorflow/tfjs-backend-wasm";
+import { batchNormReluConcatInference } from "./native/batchnorm.ts";
+import { BN_CONCAT_INFERENCE_KERNEL } from "./batchnorm_kernels.ts";
 
 /** Kernels this module registers for the wasm backend. */
 export const WASM_TRAINING_KERNELS = [
@@ -45,6 +52,8 @@ export const WASM_TRAINING_KERNELS = [
   "Mean",
   "MaxPoolGrad",
   "Identity",
+  "Slice",
+  BN_CONCAT_INFERENCE_KERNEL,
 ] as const;
 
 /** Bytes one patch matrix may take on the wasm heap (the heap is limited to 4 GB). */
@@ -132,6 +141,11 @@ function ownKernels(): OwnKernel[] {
       replaces: true,
     },
     { kernelName: "Slice", kernelFunc: sliceKernel as unknown as tf.KernelFunc, replaces: true },
+    {
+      kernelName: BN_CONCAT_INFERENCE_KERNEL,
+      kernelFunc: batchNormReluConcatInference as unknown as tf.KernelFunc,
+      replaces: false,
+    },
   ];
 }
 

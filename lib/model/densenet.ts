@@ -312,13 +312,15 @@ function featuresPass(
 }
 
 /**
- * Evaluation mode where the backend has `BatchNormReluConcatInference` (native): a dense block
- * stays the list of its features and is never concatenated; every BatchNorm that reads the
- * block (each layer's norm1, the transition's norm, norm5) normalises straight from the list,
- * where the joined block would be copied once per layer. `h`: the stem's output.
+ * Evaluation mode where the backend has `BatchNormReluConcatInference` (native, wasm, WebGPU): a
+ * dense block stays the list of its features and is never concatenated; every BatchNorm that
+ * reads the block (each layer's norm1, the transition's norm, norm5) normalises straight from
+ * the list, where the joined block would be copied once per layer. norm2 is folded into conv1
+ * where `norm2Folds` says so. `h`: the stem's output.
  */
 function unjoinedFeatures(h: tf.Tensor4D, model: DenseNet): tf.Tensor4D {
   const pass = passFor({ training: false });
+  const folds = norm2Folds(model, pass);
   const bnRelu = (xs: tf.Tensor4D[], bn: BatchNorm): tf.Tensor4D => {
     const inputs: tf.NamedTensorMap = {
       mean: bn.runningMean,
@@ -331,20 +333,21 @@ function unjoinedFeatures(h: tf.Tensor4D, model: DenseNet): tf.Tensor4D {
   };
   let features: tf.Tensor4D[] = [h];
   model.blocks.forEach((layers, b) => {
-    for (const layer of layers) {
+    layers.forEach((layer, i) => {
       const inputs = features;
+      const folded = folds?.[b][i];
       features = [
         ...inputs,
         tf.tidy(() => {
           const y1 = bnRelu(inputs, layer.norm1);
-          const bottleneck: tf.Tensor4D = tf.conv2d(y1, layer.conv1, 1, "valid");
-          // norm2 stays a pass of its own here: folded into conv1 (bias + ReLU post-ops) it
-          // measured slower on native, 421 against 399 ms a batch of 16 at 224 px.
+          const y2 = folded
+            ? foldedBottleneck(y1, layer.conv1, folded)
+            : batchNormRelu(tf.conv2d(y1, layer.conv1, 1, "valid"), layer.norm2, pass);
           // 3×3, stride 1: 'same' pads 1 on each side, as torch's padding=1.
-          return tf.conv2d(batchNormRelu(bottleneck, layer.norm2, pass), layer.conv2, 1, "same");
+          return tf.conv2d(y2, layer.conv2, 1, "same");
         }),
       ];
-    }
+    });
     const t: Transition | undefined = model.transitions[b];
     if (!t) return;
     const block = features;
@@ -593,15 +596,11 @@ function denseLayer(
     return fusedDenseLayer(concat(features), layer, pass);
   }
   if (folded) {
-    // conv1 + norm2 + ReLU as one FusedConv2D.
-    const h = tf.fused.conv2d({
-      x: batchNormRelu(concat(features), layer.norm1, pass),
-      filter: tf.mul(layer.conv1, folded.scale) as tf.Tensor4D,
-      strides: 1,
-      pad: "valid",
-      bias: folded.bias,
-      activation: "relu",
-    });
+    const h = foldedBottleneck(
+      batchNormRelu(concat(features), layer.norm1, pass),
+      layer.conv1,
+      folded,
+    );
     return tf.conv2d(h, layer.conv2, 1, "same");
   }
   const bottleneck = pass.bottleneck
@@ -609,6 +608,18 @@ function denseLayer(
     : tf.conv2d(batchNormRelu(concat(features), layer.norm1, pass), layer.conv1, 1, "valid");
   // 3×3, stride 1: 'same' pads 1 on each side, as torch's padding=1.
   return tf.conv2d(batchNormRelu(bottleneck, layer.norm2, pass), layer.conv2, 1, "same");
+}
+
+/** Evaluation mode: a dense layer's conv1 + norm2 + ReLU as one FusedConv2D (`norm2Folds`). */
+function foldedBottleneck(y1: tf.Tensor4D, conv1: tf.Tensor4D, folded: FoldedBatchNorm) {
+  return tf.fused.conv2d({
+    x: y1,
+    filter: tf.mul(conv1, folded.scale) as tf.Tensor4D,
+    strides: 1,
+    pad: "valid",
+    bias: folded.bias,
+    activation: "relu",
+  });
 }
 
 /**

@@ -17,6 +17,7 @@ import {
   heapOffset,
   heapPointer,
   type KernelArgs,
+  openedOneDnn,
   openOneDnn,
   threadsFor,
 } from "./kernel_support.ts";
@@ -315,10 +316,13 @@ function batchNormReluInference(args: KernelArgs): tf.TensorInfo {
 /**
  * `BatchNormReluConcatInference`: the running-statistics normalisation (+ReLU) of the channel
  * concatenation of x0, x1, … written straight from the inputs (SIMD threads,
- * `normaliseConcat`); where that cannot run (no SIMD, channels not multiples of 4), the
- * concatenation is made and normalised by oneDNN.
+ * `normaliseConcat`). Where that cannot run (no SIMD, channels not multiples of 4): with oneDNN
+ * (native), the concatenation made and normalised by `batchNormReluInference`, the arithmetic
+ * of `BatchNormReluConcatTrain`'s same fallback, so that a recompute equals its y; without
+ * (the plain wasm backend, which registers this kernel for evaluation mode: wasm_kernels.ts),
+ * the same map in JavaScript.
  */
-function batchNormReluConcatInference(args: KernelArgs): tf.TensorInfo {
+export function batchNormReluConcatInference(args: KernelArgs): tf.TensorInfo {
   const { backend } = args;
   const { mean, variance, gamma, beta, ...rest } = args.inputs;
   const attrs = args.attrs as unknown as BatchNormReluAttrs;
@@ -326,7 +330,8 @@ function batchNormReluConcatInference(args: KernelArgs): tf.TensorInfo {
   const { xs, c, lead, channels, rows } = concatInputs(BN_CONCAT_INFERENCE_KERNEL, rest, vectors);
   for (const t of [...xs, ...vectors]) backend.dataIdMap.get(t.dataId);
   const { normaliseConcat } = threadsFor(backend);
-  if (normaliseConcat == null || channels.some((k) => k % 4 !== 0)) {
+  const simd = normaliseConcat != null && channels.every((k) => k % 4 === 0);
+  if (!simd && openedOneDnn() != null) {
     const x = joined(xs, backend);
     try {
       return batchNormReluInference({
@@ -339,14 +344,49 @@ function batchNormReluConcatInference(args: KernelArgs): tf.TensorInfo {
     }
   }
   const out = backend.makeOutput([...lead, c], "float32");
-  normaliseConcat(
+  const affine = affineOf(backend, attrs, {
+    mean: mean!,
+    variance: variance!,
+    gamma: gamma!,
+    beta: beta!,
+  });
+  if (!simd) {
+    const f32 = (t: tf.TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
+    normaliseConcatJs(xs.map(f32), channels, f32(out), rows, affine, attrs.relu);
+    return out;
+  }
+  normaliseConcat!(
     xs.map((t, i) => ({ at: heapOffset(backend, t), c: channels[i] })),
     heapOffset(backend, out),
     rows,
-    affineOf(backend, attrs, { mean: mean!, variance: variance!, gamma: gamma!, beta: beta! }),
+    affine,
     attrs.relu,
   );
   return out;
+}
+
+/** `normaliseConcat`'s map in JavaScript: y[r, c0 + j] = ReLU?((x_i[r, j] − mean)·scale + β). */
+function normaliseConcatJs(
+  xs: Float32Array[],
+  channels: number[],
+  y: Float32Array,
+  rows: number,
+  { mean, scale, shift }: Affine,
+  relu: boolean,
+): void {
+  const c = y.length / Math.max(1, rows);
+  let c0 = 0;
+  xs.forEach((x, i) => {
+    const ci = channels[i];
+    for (let r = 0; r < rows; r++) {
+      for (let j = 0; j < ci; j++) {
+        const k = c0 + j;
+        const v = (x[r * ci + j] - mean[k]) * scale[k] + shift[k];
+        y[r * c + k] = relu && v < 0 ? 0 : v; // NaN stays NaN
+      }
+    }
+    c0 += ci;
+  });
 }
 
 /** The x0, x1, … of a concatenation kernel, their shared leading shape and channel counts. */

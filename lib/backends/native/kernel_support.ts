@@ -25,6 +25,11 @@ export function openOneDnn(): OneDnn {
   return dnn;
 }
 
+/** oneDNN if it has been opened in this process (the native backend started), else null. */
+export function openedOneDnn(): OneDnn | null {
+  return dnn;
+}
+
 /** The kernels the native ones replaced, by name: the fallbacks and what unregistering restores. */
 export const replacedKernels = new Map<string, tf.KernelConfig>();
 
@@ -35,8 +40,17 @@ export function fallback(name: string, args: KernelArgs): tf.TensorInfo {
   return config.kernelFunc(args as unknown as Parameters<tf.KernelFunc>[0]) as tf.TensorInfo;
 }
 
-/** The BatchNorm passes split over oneDNN's thread count, per wasm module. */
+/** The BatchNorm passes split over the wasm backend's thread count, per wasm module. */
 const threadsByModule = new WeakMap<object, HeapThreads>();
+let heapThreadCount = 1;
+
+/**
+ * Threads the BatchNorm passes of `threadsFor` use: the wasm backend's (set when it starts, as
+ * oneDNN's are; modules whose passes already started keep theirs).
+ */
+export function setHeapThreadCount(n: number): void {
+  heapThreadCount = Math.max(1, Math.floor(n));
+}
 
 export function threadsFor(backend: BackendWasm): HeapThreads {
   const module = backend.wasm as unknown as {
@@ -52,8 +66,7 @@ export function threadsFor(backend: BackendWasm): HeapThreads {
     const memory = [module.wasmMemory, module.asm?.memory, module.wasmExports?.memory].find(
       (m) => m instanceof WebAssembly.Memory && m.buffer === module.HEAPU8.buffer,
     ) ?? null;
-    const n = openOneDnn().threads ?? 1;
-    threads = heapThreads(memory, n, (bytes) => module._malloc(bytes));
+    threads = heapThreads(memory, heapThreadCount, (bytes) => module._malloc(bytes));
     threadsByModule.set(module, threads);
   }
   return threads;
