@@ -73,3 +73,114 @@ Deno.test("SIMD row sums equal rowSums in float64 (to rounding) on shared memory
     }
   }
 });
+
+Deno.test("wide variant: normalise, masked sums and dx in float64 (float64 vectors), rounded once", () => {
+  const memory = new WebAssembly.Memory({ initial: 64, maximum: 65536, shared: true });
+  const simd = simdBatchNorm(memory, true);
+  assert.ok(simd != null);
+  const rng = new Rng(11);
+  const f32 = new Float32Array(memory.buffer);
+  const f64 = new Float64Array(memory.buffer);
+  const c = 12, rows = 23, stride = 20; // strided rows: channels 0..11 of 20
+  let next = 64;
+  const alloc = (bytes: number) => {
+    const at = next;
+    next += Math.ceil(bytes / 16) * 16 + 16;
+    return at;
+  };
+  const matrix = (fill: () => number) => {
+    const at = alloc(4 * rows * stride);
+    for (let i = 0; i < rows * stride; i++) f32[at / 4 + i] = fill();
+    return at;
+  };
+  const vector64 = (values: number[]) => {
+    const at = alloc(8 * c);
+    f64.set(values, at / 8);
+    return at;
+  };
+  const x = matrix(() => 3 + rng.normal());
+  const dy = matrix(() => rng.normal());
+  const addend = matrix(() => rng.normal());
+  const out = matrix(() => 0);
+  const per = (f: () => number) => Array.from({ length: c }, f);
+  // Per-channel vectors with more than float32's precision: the wide variant keeps it.
+  const m32 = per(() => 3 + 0.1 * rng.normal());
+  const scale = per(() => 1 + 0.3 * rng.normal());
+  const shift = per(() => 0.2 * rng.normal());
+  const [ca, cb, cd] = [0, 1, 2].map(() => per(() => rng.normal()));
+  const floor = per(() => 0);
+  const at = Object.fromEntries(
+    Object.entries({ m32, scale, shift, ca, cb, cd, floor }).map(([k, v]) => [k, vector64(v)]),
+  );
+  const v = (name: string, k: number) => f64[at[name] / 8 + k];
+  const value = (base: number, r: number, k: number) => f32[base / 4 + r * stride + k];
+  const pre = (r: number, k: number) =>
+    (value(x, r, k) - v("m32", k)) * v("scale", k) + v("shift", k);
+
+  // y = max(pre, 0), rounded once
+  simd!.apply(x, 4 * stride, out, 4 * stride, c, 2, rows, at.m32, at.scale, at.shift, at.floor);
+  for (let r = 0; r < rows; r++) {
+    for (let k = 0; k < c; k++) {
+      const want = r < 2 ? 0 : Math.fround(Math.max(pre(r, k), 0));
+      assert.equal(value(out, r, k), want, `apply [${r}, ${k}]`);
+    }
+  }
+  // dx = g·a + (x − m32)·b + d + addend with g = dy where pre > 0
+  simd!.gradApply(
+    dy,
+    x,
+    c,
+    4 * stride,
+    4 * stride,
+    0,
+    rows,
+    out,
+    4 * stride,
+    at.scale,
+    at.shift,
+    at.ca,
+    at.cb,
+    at.cd,
+    addend,
+    4 * stride,
+    at.m32,
+  );
+  for (let r = 0; r < rows; r++) {
+    for (let k = 0; k < c; k++) {
+      const g = pre(r, k) > 0 ? value(dy, r, k) : 0;
+      const want = g * v("ca", k) + (value(x, r, k) - v("m32", k)) * v("cb", k) + v("cd", k) +
+        value(addend, r, k);
+      assert.equal(value(out, r, k), Math.fround(want), `gradApply [${r}, ${k}]`);
+    }
+  }
+  // Σ g and Σ g·(x − mean) per channel, mean in float64
+  const mean64 = alloc(8 * c), s1 = alloc(8 * c), s2 = alloc(8 * c);
+  const means = per(() => 3 + 0.1 * rng.normal());
+  f64.set(means, mean64 / 8);
+  simd!.maskedSums(
+    dy,
+    x,
+    mean64,
+    c,
+    4 * stride,
+    4 * stride,
+    1,
+    rows,
+    s1,
+    s2,
+    8,
+    at.scale,
+    at.shift,
+    at.m32,
+  );
+  for (let k = 0; k < c; k++) {
+    let a = 0, b = 0;
+    for (let r = 1; r < rows; r++) {
+      const g = pre(r, k) > 0 ? value(dy, r, k) : 0;
+      a += g;
+      b += g * (value(x, r, k) - means[k]);
+    }
+    assert.ok(Math.abs(f64[s1 / 8 + k] - a) < 1e-12 * Math.max(1, Math.abs(a)), `s1[${k}]`);
+    assert.ok(Math.abs(f64[s2 / 8 + k] - b) < 1e-12 * Math.max(1, Math.abs(b)), `s2[${k}]`);
+  }
+});

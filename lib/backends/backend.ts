@@ -24,7 +24,7 @@ import {
   unregisterNativeKernels,
 } from "./native/native_kernels.ts";
 import { ONEDNN_INSTALL_HINT, OneDnnUnavailable } from "./native/onednn.ts";
-import { setHeapThreadCount } from "./native/kernel_support.ts";
+import { setHeapPasses } from "./native/kernel_support.ts";
 import {
   MAX_WASM_THREADS,
   resolveWasmThreads,
@@ -358,7 +358,7 @@ async function startWasm(opts: InitBackendOptions): Promise<BackendInfo> {
     );
   }
   running ??= wasmThreadsCount(wasm);
-  setHeapThreadCount(running);
+  setHeapPasses(running, true);
   registerWasmTrainingKernels();
   const simd = await tf.env().getAsync("WASM_HAS_SIMD_SUPPORT");
   if (!simd) notes.push("this CPU/runtime lacks WebAssembly SIMD: the plain wasm build is slower");
@@ -388,6 +388,7 @@ async function startNative(opts: InitBackendOptions, explicit: boolean): Promise
     throw new UserError(`backend native cannot start: ${why}; or use --backend wasm`);
   }
   const wasm = await startWasm(opts);
+  setHeapPasses(wasm.threads ?? 1, false);
   registerNativeKernels();
   dnn.setThreads(wasm.threads ?? 1);
   const notes = [...wasm.notes];

@@ -40,8 +40,18 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import type { BackendWasm } from "@tensorflow/tfjs-backend-wasm";
-import { batchNormReluConcatInference } from "./native/batchnorm.ts";
-import { BN_CONCAT_INFERENCE_KERNEL } from "./batchnorm_kernels.ts";
+import {
+  batchNormReluConcatInference,
+  batchNormReluGrad,
+  batchNormReluTrain,
+  simdPassesTake,
+} from "./native/batchnorm.ts";
+import type { KernelArgs } from "./native/kernel_support.ts";
+import {
+  BN_CONCAT_INFERENCE_KERNEL,
+  BN_GRAD_KERNEL,
+  BN_TRAIN_KERNEL,
+} from "./batchnorm_kernels.ts";
 
 /** Kernels this module registers for the wasm backend. */
 export const WASM_TRAINING_KERNELS = [
@@ -53,6 +63,8 @@ export const WASM_TRAINING_KERNELS = [
   "MaxPoolGrad",
   "Identity",
   "Slice",
+  BN_TRAIN_KERNEL,
+  BN_GRAD_KERNEL,
   BN_CONCAT_INFERENCE_KERNEL,
 ] as const;
 
@@ -146,13 +158,40 @@ function ownKernels(): OwnKernel[] {
       kernelFunc: batchNormReluConcatInference as unknown as tf.KernelFunc,
       replaces: false,
     },
+    { kernelName: BN_TRAIN_KERNEL, kernelFunc: simdBatchNormTrain, replaces: true },
+    { kernelName: BN_GRAD_KERNEL, kernelFunc: simdBatchNormGrad, replaces: true },
   ];
 }
+
+/**
+ * The native backend's SIMD BatchNorm kernel `simd` where its passes take the inputs (in the
+ * float64 arithmetic the plain wasm backend sets: kernel_support.ts `setHeapPasses`), else the
+ * JavaScript kernel it replaced (batchnorm_kernels.ts).
+ */
+function simdOrJs(kernelName: string, simd: (args: KernelArgs) => tf.TensorInfo[]): tf.KernelFunc {
+  return ((args: KernelArgs) => {
+    const x = args.inputs.x!;
+    const inputs = Object.values(args.inputs).filter((t) => t != null) as tf.TensorInfo[];
+    return simdPassesTake(args.backend, [x, ...inputs], [x.shape[x.shape.length - 1]])
+      ? simd(args)
+      : runNative(kernelName, args as unknown as { backend: BackendWasm });
+  }) as unknown as tf.KernelFunc;
+}
+
+// Made once: registration recognises its own kernels by identity.
+const simdBatchNormTrain = simdOrJs(BN_TRAIN_KERNEL, batchNormReluTrain);
+const simdBatchNormGrad = simdOrJs(BN_GRAD_KERNEL, batchNormReluGrad);
+
+let ownFuncs: Set<tf.KernelFunc> | null = null;
 
 /** Runs tfjs-backend-wasm's own `kernelName` (the one ours replaced) on `args`. */
 function runNative(kernelName: string, args: { backend: BackendWasm }): tf.TensorInfo {
   const config = nativeKernels.get(kernelName) ?? tf.getKernel(kernelName, "wasm");
-  if (config == null) throw new Error(`wasm backend has no ${kernelName} kernel`);
+  ownFuncs ??= new Set(ownKernels().map((k) => k.kernelFunc));
+  // Never ours: a kernel of ours that fell back to itself would recurse.
+  if (config == null || ownFuncs.has(config.kernelFunc)) {
+    throw new Error(`wasm backend has no ${kernelName} kernel of its own`);
+  }
   let done = nativeSetUp.get(args.backend);
   if (done == null) nativeSetUp.set(args.backend, done = new Set());
   if (!done.has(kernelName)) {

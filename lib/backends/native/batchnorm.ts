@@ -37,6 +37,24 @@ import {
   statisticsFromSums,
 } from "../batchnorm_kernels.ts";
 
+/**
+ * True when the SIMD passes on `backend`'s heap take a BatchNorm over these inputs (float32,
+ * ≥ 2 rows, every channel count in `channels` a multiple of 4): the kernels then need no oneDNN.
+ * What the plain wasm backend checks before it runs them (wasm_kernels.ts).
+ */
+export function simdPassesTake(
+  backend: BackendWasm,
+  inputs: tf.TensorInfo[],
+  channels: number[],
+): boolean {
+  const t = threadsFor(backend);
+  if (t.normaliseConcat == null || t.maskedSums == null || t.gradApply == null) return false;
+  if (t.statisticsSums == null || inputs.some((v) => v.dtype !== "float32")) return false;
+  const x = inputs[0];
+  return channels.every((k) => k % 4 === 0) &&
+    tf.util.sizeFromShape(x.shape) / x.shape[x.shape.length - 1] >= 2;
+}
+
 /** [M, C] of an NHWC tensor; null for what the native BatchNorm does not take. */
 function rowsChannels(inputs: tf.TensorInfo[], x: tf.TensorInfo): [number, number] | null {
   if (inputs.some((t) => t.dtype !== "float32")) return null;
@@ -50,7 +68,7 @@ function rowsChannels(inputs: tf.TensorInfo[], x: tf.TensorInfo): [number, numbe
  * oneDNN's own float32 ones lose the variance of a channel whose mean is large against its
  * spread), then the normalise + ReLU pass with them (`normalise`).
  */
-function batchNormReluTrain(args: KernelArgs): tf.TensorInfo[] {
+export function batchNormReluTrain(args: KernelArgs): tf.TensorInfo[] {
   const { inputs: { x, gamma, beta }, backend } = args;
   const attrs = args.attrs as unknown as BatchNormReluAttrs;
   const rc = rowsChannels([x!, gamma!, beta!], x!);
@@ -63,10 +81,21 @@ function batchNormReluTrain(args: KernelArgs): tf.TensorInfo[] {
   const f32 = (t: tf.TensorInfo) => backend.typedArrayFromHeap(t) as Float32Array;
   const m64 = new Float64Array(c);
   const v64 = new Float64Array(c);
-  batchStatistics(f32(x!), m64, v64, threadsFor(backend).rowSums);
+  const threads = threadsFor(backend);
+  batchStatistics(f32(x!), m64, v64, threads.rowSums);
   f32(mean).set(m64);
   f32(variance).set(v64);
-  normalise(backend, rows, c, attrs, { x: x!, mean, variance, gamma: gamma!, beta: beta!, y });
+  // The wide passes normalise with the float64 statistics, as the JavaScript kernel does; the
+  // float32 ones with the rounded outputs, as every recompute of them will.
+  const stats = threads.wide ? { mean: m64, variance: v64 } : undefined;
+  normalise(
+    backend,
+    rows,
+    c,
+    attrs,
+    { x: x!, mean, variance, gamma: gamma!, beta: beta!, y },
+    stats,
+  );
   return [y, mean, variance];
 }
 
@@ -78,10 +107,12 @@ function affineOf(
   backend: BackendWasm,
   attrs: BatchNormReluAttrs,
   t: Record<"mean" | "variance" | "gamma" | "beta", tf.TensorInfo>,
+  stats?: { mean: Float64Array; variance: Float64Array },
 ): Affine {
   const f32 = (v: tf.TensorInfo) => backend.typedArrayFromHeap(v) as Float32Array;
-  const [mean, beta] = [f32(t.mean), f32(t.beta)];
-  const { scale } = normaliseAffine(f32(t.gamma), beta, mean, f32(t.variance), attrs.epsilon);
+  const beta = f32(t.beta);
+  const mean = stats?.mean ?? f32(t.mean), variance = stats?.variance ?? f32(t.variance);
+  const { scale } = normaliseAffine(f32(t.gamma), beta, mean, variance, attrs.epsilon);
   return { mean, scale, shift: beta };
 }
 
@@ -97,11 +128,13 @@ function normalise(
   c: number,
   attrs: BatchNormReluAttrs,
   t: Record<"x" | "mean" | "variance" | "gamma" | "beta" | "y", tf.TensorInfo>,
+  stats?: { mean: Float64Array; variance: Float64Array },
 ): void {
   const { normaliseConcat } = threadsFor(backend);
   if (normaliseConcat != null && c % 4 === 0) {
     const x = [{ at: heapOffset(backend, t.x), c }];
-    normaliseConcat(x, heapOffset(backend, t.y), rows, affineOf(backend, attrs, t), attrs.relu);
+    const affine = affineOf(backend, attrs, t, stats);
+    normaliseConcat(x, heapOffset(backend, t.y), rows, affine, attrs.relu);
     return;
   }
   const p = (v: tf.TensorInfo) => heapPointer(backend, v);
@@ -125,7 +158,7 @@ function normalise(
  * + d per channel, the mask recomputed in the forward's arithmetic. Where the SIMD passes are
  * missing or the channels are not a multiple of 4: `oneDnnBatchNormReluGrad`.
  */
-function batchNormReluGrad(args: KernelArgs): tf.TensorInfo[] {
+export function batchNormReluGrad(args: KernelArgs): tf.TensorInfo[] {
   const { inputs: { dy, x, gamma, beta, mean, variance }, backend } = args;
   const attrs = args.attrs as unknown as BatchNormReluAttrs;
   const all = [dy!, x!, gamma!, beta!, mean!, variance!];

@@ -40,16 +40,20 @@ export function fallback(name: string, args: KernelArgs): tf.TensorInfo {
   return config.kernelFunc(args as unknown as Parameters<tf.KernelFunc>[0]) as tf.TensorInfo;
 }
 
-/** The BatchNorm passes split over the wasm backend's thread count, per wasm module. */
-const threadsByModule = new WeakMap<object, HeapThreads>();
+/** The BatchNorm passes split over the wasm backend's thread count, per wasm module and arithmetic. */
+const threadsByModule = new WeakMap<object, Map<boolean, HeapThreads>>();
 let heapThreadCount = 1;
+let wideArithmetic = false;
 
 /**
- * Threads the BatchNorm passes of `threadsFor` use: the wasm backend's (set when it starts, as
- * oneDNN's are; modules whose passes already started keep theirs).
+ * How the BatchNorm passes of `threadsFor` run: on `threads` threads (the wasm backend's, set
+ * when it starts; modules whose passes already started keep their count), and with `wide`
+ * the float64 normalising arithmetic (the plain wasm backend: its XNNPACK convolutions leave
+ * less accuracy to spare than oneDNN's) or the float32 fused one (native).
  */
-export function setHeapThreadCount(n: number): void {
-  heapThreadCount = Math.max(1, Math.floor(n));
+export function setHeapPasses(threads: number, wide: boolean): void {
+  heapThreadCount = Math.max(1, Math.floor(threads));
+  wideArithmetic = wide;
 }
 
 export function threadsFor(backend: BackendWasm): HeapThreads {
@@ -60,14 +64,17 @@ export function threadsFor(backend: BackendWasm): HeapThreads {
     HEAPU8: Uint8Array;
     _malloc: (bytes: number) => number;
   };
-  let threads = threadsByModule.get(module);
+  let byVariant = threadsByModule.get(module);
+  if (byVariant == null) threadsByModule.set(module, byVariant = new Map());
+  let threads = byVariant.get(wideArithmetic);
   if (threads == null) {
     // The threaded build names its heap wasmMemory; the single-threaded one exports it.
     const memory = [module.wasmMemory, module.asm?.memory, module.wasmExports?.memory].find(
       (m) => m instanceof WebAssembly.Memory && m.buffer === module.HEAPU8.buffer,
     ) ?? null;
-    threads = heapThreads(memory, heapThreadCount, (bytes) => module._malloc(bytes));
-    threadsByModule.set(module, threads);
+    const malloc = (bytes: number) => module._malloc(bytes);
+    threads = heapThreads(memory, heapThreadCount, malloc, wideArithmetic);
+    byVariant.set(wideArithmetic, threads);
   }
   return threads;
 }

@@ -24,8 +24,8 @@ const MIN_VALUES = 1 << 16;
 const TILE_ROWS = 16;
 /** Per-thread block: s1, s2 (float64). */
 const SUMS_BYTES = 2 * 8 * MAX_CHANNELS;
-/** Shared block: va, vb (float64), then six float32 vectors. */
-const VECTORS_BYTES = 2 * 8 * MAX_CHANNELS + 6 * 4 * MAX_CHANNELS;
+/** Shared block: va, vb (float64), then six per-channel vectors (float32, or float64 if wide). */
+const vectorsBytes = (valueBytes: number) => 2 * 8 * MAX_CHANNELS + 6 * valueBytes * MAX_CHANNELS;
 /** The module's functions by index, as the control block names them. */
 const FUNCTIONS = ["sums", "applyList", "sumsList", "maskedSumsList", "gradApplyList"] as const;
 type FunctionName = typeof FUNCTIONS[number];
@@ -91,6 +91,8 @@ export interface ListInput {
 
 /** The passes over the heap, threaded. Addresses are byte offsets into the heap. */
 export interface HeapThreads {
+  /** The SIMD module's float64 normalising arithmetic (its per-channel vectors float64 too). */
+  wide: boolean;
   /** `rowSums` over all rows (the `RowSums` contract). */
   rowSums: RowSums;
   /**
@@ -152,18 +154,21 @@ export interface HeapThreads {
 
 /**
  * The passes over `threads` threads (the caller plus threads − 1 workers) for tensors on
- * `memory`, with blocks from `malloc` (the wasm module's).
+ * `memory`, with blocks from `malloc` (the wasm module's); `wide`: the SIMD module's float64
+ * normalising arithmetic (simd_batchnorm.ts `Variant`).
  */
 export function heapThreads(
   memory: WebAssembly.Memory | null,
   threads: number,
   malloc: (bytes: number) => number,
+  wide = false,
 ): HeapThreads {
-  const simd = memory != null ? simdBatchNorm(memory) : null;
+  const simd = memory != null ? simdBatchNorm(memory, wide) : null;
   const sequential: RowSums = (a, va, b, vb, c, m, s1, s2) =>
     rowSums(a, va, b, vb, c, 0, m, s1, s2);
   if (memory == null || simd == null) {
     return {
+      wide: false,
       rowSums: sequential,
       statisticsSums: null,
       maskedSums: null,
@@ -173,7 +178,9 @@ export function heapThreads(
   }
   // The single-threaded wasm build's heap is not shared: no workers can see it.
   if (!(memory.buffer instanceof SharedArrayBuffer)) threads = 1;
-  const vectors = malloc(VECTORS_BYTES);
+  // The per-channel vectors' values: float32, or float64 for the wide variant.
+  const valueBytes = wide ? 8 : 4;
+  const vectors = malloc(vectorsBytes(valueBytes));
   const table = malloc(MAX_INPUTS * 4 * Math.max(...Object.values(LIST_FIELDS)));
   // One zero row: gradApply's addend (stride 0) when there is none.
   const zeros = malloc(4 * MAX_CHANNELS);
@@ -206,7 +213,8 @@ export function heapThreads(
   const f64 = (at: number, c: number) => new Float64Array(memory.buffer, at, c);
   const f32 = (at: number, c: number) => new Float32Array(memory.buffer, at, c);
   const va = vectors, vb = vectors + 8 * MAX_CHANNELS;
-  const f32Vector = (i: number) => vectors + 16 * MAX_CHANNELS + 4 * MAX_CHANNELS * i;
+  const vectorAt = (i: number) => vectors + 16 * MAX_CHANNELS + valueBytes * MAX_CHANNELS * i;
+  const vector = (i: number, c: number) => (wide ? f64 : f32)(vectorAt(i), c);
   const s1At = (block: number) => block, s2At = (block: number) => block + 8 * MAX_CHANNELS;
 
   /**
@@ -290,6 +298,7 @@ export function heapThreads(
   const onHeap = (...arrays: ArrayBufferView[]) => arrays.every((a) => a.buffer === memory.buffer);
 
   return {
+    wide,
     rowSums: (a, vA, b, vB, c, m, s1, s2) => {
       if (!fits(c) || !onHeap(a, b)) return sequential(a, vA, b, vB, c, m, s1, s2);
       f64(va, c).set(vA);
@@ -327,7 +336,7 @@ export function heapThreads(
     maskedSums: (inputs, m, mean64, mask, s1, s2) => {
       const c = width(inputs);
       f64(va, c).set(mean64);
-      [mask.scale, mask.shift, mask.mean].forEach((v, i) => f32(f32Vector(i), c).set(v));
+      [mask.scale, mask.shift, mask.mean].forEach((v, i) => vector(i, c).set(v));
       const k = writeTable(LIST_FIELDS.maskedSumsList, inputs, (t) => [
         t.dy!.at,
         t.x.at,
@@ -336,7 +345,7 @@ export function heapThreads(
         4 * t.dy!.stride,
         4 * t.x.stride,
         8 * t.from,
-        ...[0, 1, 2].map((v) => f32Vector(v) + 4 * t.from),
+        ...[0, 1, 2].map((v) => vectorAt(v) + valueBytes * t.from),
       ]);
       listSums("maskedSumsList", k, m, c, s1, s2);
     },
@@ -347,26 +356,24 @@ export function heapThreads(
         c: t.c,
       }));
       const c = width(list);
-      [affine.mean, affine.scale, affine.shift].forEach((v, i) => f32(f32Vector(i), c).set(v));
-      f32(f32Vector(3), c).fill(relu ? 0 : -Infinity);
+      [affine.mean, affine.scale, affine.shift].forEach((v, i) => vector(i, c).set(v));
+      vector(3, c).fill(relu ? 0 : -Infinity);
       const k = writeTable(LIST_FIELDS.applyList, list, (t) => [
         t.x.at,
         4 * t.x.stride,
         y + 4 * t.from,
         4 * c,
         t.c,
-        ...[0, 1, 2, 3].map((v) => f32Vector(v) + 4 * t.from),
+        ...[0, 1, 2, 3].map((v) => vectorAt(v) + valueBytes * t.from),
       ]);
       parallel("applyList", m, c, (r0, r1) => [table, k, r0, r1]);
     },
     gradApply: (inputs, m, mask, k) => {
       const c = width(inputs);
-      [mask.scale, mask.shift, k.a, k.b, k.d, mask.mean].forEach((v, i) =>
-        f32(f32Vector(i), c).set(v)
-      );
+      [mask.scale, mask.shift, k.a, k.b, k.d, mask.mean].forEach((v, i) => vector(i, c).set(v));
       const n = writeTable(LIST_FIELDS.gradApplyList, inputs, (t) => {
         const plus = t.addend ?? { at: zeros, stride: 0 };
-        const vec = (v: number) => f32Vector(v) + 4 * t.from;
+        const vec = (v: number) => vectorAt(v) + valueBytes * t.from;
         return [
           t.dy!.at,
           t.x.at,

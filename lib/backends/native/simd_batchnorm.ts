@@ -33,6 +33,8 @@
  *   `count` entries of i32 arguments at `table` (`LIST_FIELDS` per entry; the sums' s1, s2 as
  *   a byte offset into the thread's own blocks given by the call): one call, one thread
  *   hand-off, for all the inputs of a concatenation.
+ * The wide variant (`Variant`) computes the pre-ReLU value and dx in float64, rounding once to
+ * float32, and takes every per-channel vector named f32 above as float64 instead.
  * The sums go in tiles of `tile` rows, four channels at a time kept in registers across a
  * tile, so the accumulators touch memory once per tile; float64 sums in another order than the
  * JavaScript loops' differ from them only in the last bits.
@@ -50,6 +52,7 @@ const V_LOAD = 0x00, V_STORE = 0x0b, V_CONST = 0x0c, SHUFFLE = 0x0d, V_AND = 0x4
 const F32X4_GT = 0x44, F32X4_ADD = 0xe4, F32X4_SUB = 0xe5, F32X4_MUL = 0xe6, F32X4_MAX = 0xe9;
 const I32_LOAD = 0x28, CALL = 0x10;
 const F64X2_PROMOTE_LOW = 0x5f, F64X2_ADD = 0xf0, F64X2_SUB = 0xf1, F64X2_MUL = 0xf2;
+const F32X4_DEMOTE_ZERO = 0x5e, F64X2_GT = 0x4a, F64X2_MAX = 0xf5;
 
 function uleb(n: number): number[] {
   const out: number[] = [];
@@ -135,6 +138,26 @@ const RELAXED_MADD = 0x105;
 const madd = (a: number[], b: number[], c: number[], fused: boolean) =>
   fused ? [...a, ...b, ...c, ...simd(RELAXED_MADD)] : [...a, ...b, ...fmul, ...c, ...fadd];
 const fgt = simd(F32X4_GT), vand = simd(V_AND);
+const dgt = simd(F64X2_GT), dmax = simd(F64X2_MAX), demote = simd(F32X4_DEMOTE_ZERO);
+/** [a0, a1, b0, b1] of two f32x4s a, b whose lanes 0, 1 hold values (demote's results). */
+const joinLow = [...simd(SHUFFLE), 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
+
+/**
+ * The wide (float64) variant's helper: lo, hi = the two float64 halves of the f32x4 that `v`
+ * leaves on the stack (through the local `tmp`).
+ */
+const widen = (f: Fn, v: number[], tmp: string, lo: string, hi: string) => [
+  ...v,
+  ...f.set(tmp),
+  ...f.get(tmp),
+  ...promote,
+  ...f.set(lo),
+  ...f.get(tmp),
+  ...f.get(tmp),
+  ...high,
+  ...promote,
+  ...f.set(hi),
+];
 const i32 = (v: number) => [I32_CONST, ...sleb(v)];
 
 /** k·shift bytes from `base`: the address of channel k in a vector of 2^shift-byte values. */
@@ -541,6 +564,212 @@ function applyFn(fused: boolean): number[] {
   ]));
 }
 
+/** v = a·b + c over f64x2 locals (no fused multiply-add: products of float32 values are exact). */
+const dmaddInto = (f: Fn, v: string, a: string, b: string, c: string) => [
+  ...f.get(a),
+  ...f.get(b),
+  ...dmul,
+  ...f.get(c),
+  ...dadd,
+  ...f.set(v),
+];
+/** v = a·b over f64x2 locals. */
+const dmulInto = (f: Fn, v: string, a: string, b: string) => [
+  ...f.get(a),
+  ...f.get(b),
+  ...dmul,
+  ...f.set(v),
+];
+/** v = v ∘ a over f64x2 locals, ∘ one of dadd, dsub, dmul, dmax. */
+const dupdate = (f: Fn, v: string, op: number[], a: string) => [
+  ...f.get(v),
+  ...f.get(a),
+  ...op,
+  ...f.set(v),
+];
+/** g = g where p > 0, else 0 (f64x2 locals). */
+const dmask = (f: Fn, g: string, p: string) => [
+  ...f.get(g),
+  ...f.get(p),
+  ...zero,
+  ...dgt,
+  ...vand,
+  ...f.set(g),
+];
+/** The f32x4 of two f64x2 locals, rounded once, stored at the address left on the stack. */
+const narrowStore = (f: Fn, lo: string, hi: string) => [
+  ...f.get(lo),
+  ...demote,
+  ...f.get(hi),
+  ...demote,
+  ...joinLow,
+  ...store(0),
+];
+
+/**
+ * `maskedSums` in the wide variant: the pre-ReLU value (x − m32)·scale + shift in float64 (as
+ * `applyWide` computes it), so the mask is that forward's decision.
+ */
+function maskedSumsWideFn(): number[] {
+  const f = new Fn(
+    [
+      "a",
+      "b",
+      "va",
+      "c",
+      "strideA",
+      "strideB",
+      "r0",
+      "r1",
+      "s1",
+      "s2",
+      "tile",
+      "scale",
+      "shift",
+      "m32",
+    ],
+    REDUCTION_I32,
+    [
+      ...REDUCTION_V128,
+      "scLo",
+      "scHi",
+      "ofLo",
+      "ofHi",
+      "muLo",
+      "muHi",
+      "gLo",
+      "gHi",
+      "pLo",
+      "pHi",
+      "w",
+    ],
+  );
+  const halves = (v: string, lo: string, hi: string) => [
+    ...loadInto(f, v, 3, 0, lo),
+    ...loadInto(f, v, 3, 16, hi),
+  ];
+  const setup = [
+    ...halves("va", "vaLo", "vaHi"),
+    ...halves("scale", "scLo", "scHi"),
+    ...halves("shift", "ofLo", "ofHi"),
+    ...halves("m32", "muLo", "muHi"),
+  ];
+  const row = [
+    // p = (x − m32)·scale + shift, g = dy where p > 0
+    ...f.get("pb"),
+    ...load(0),
+    ...f.set("t"),
+    ...widen(f, f.get("t"), "w", "pLo", "pHi"),
+    ...dupdate(f, "pLo", dsub, "muLo"),
+    ...dupdate(f, "pHi", dsub, "muHi"),
+    ...dmaddInto(f, "pLo", "pLo", "scLo", "ofLo"),
+    ...dmaddInto(f, "pHi", "pHi", "scHi", "ofHi"),
+    ...widen(f, [...f.get("pa"), ...load(0)], "w", "gLo", "gHi"),
+    ...dmask(f, "gLo", "pLo"),
+    ...dmask(f, "gHi", "pHi"),
+    // x − mean (float64 mean); s1 += g, s2 += g·(x − mean)
+    ...centred(f, "t", "vaLo", "vaHi", "xLo", "xHi"),
+    ...accumulate(f, "s1Lo", f.get("gLo")),
+    ...accumulate(f, "s2Lo", [...f.get("gLo"), ...f.get("xLo"), ...dmul]),
+    ...accumulate(f, "s1Hi", f.get("gHi")),
+    ...accumulate(f, "s2Hi", [...f.get("gHi"), ...f.get("xHi"), ...dmul]),
+  ];
+  return f.body(reduction(f, "strideA", "strideB", setup, row));
+}
+
+/** `gradApply` in the wide variant: mask and dx in float64, dx rounded to float32 once. */
+function gradApplyWideFn(): number[] {
+  const f = new Fn(
+    [
+      "g",
+      "x",
+      "c",
+      "strideG",
+      "strideX",
+      "r0",
+      "r1",
+      "dx",
+      "strideDx",
+      "scale",
+      "offset",
+      "ca",
+      "cb",
+      "cd",
+      "addend",
+      "strideAddend",
+      "m32",
+    ],
+    ["r", "k", "pg", "px", "pd", "pa"],
+    ["w", "tLo", "tHi", "pLo", "pHi", "gLo", "gHi", "vLo", "vHi"],
+  );
+  /** vLo, vHi = channels k..k+3 of the float64 vector `v`; then `lo`, `hi` of each half. */
+  const withVector = (v: string, lo: number[], hi: number[]) => [
+    ...loadInto(f, v, 3, 0, "vLo"),
+    ...loadInto(f, v, 3, 16, "vHi"),
+    ...lo,
+    ...hi,
+  ];
+  const both = (make: (lo: boolean) => number[]) => [make(true), make(false)] as const;
+  const L = (lo: boolean, n: string) => `${n}${lo ? "Lo" : "Hi"}`;
+  const pointers: [string, string, string][] = [
+    ["g", "strideG", "pg"],
+    ["x", "strideX", "px"],
+    ["dx", "strideDx", "pd"],
+    ["addend", "strideAddend", "pa"],
+  ];
+  return f.body(elementwise(f, pointers, [
+    // t = x − m32
+    ...widen(f, [...f.get("px"), ...load(0)], "w", "tLo", "tHi"),
+    ...withVector("m32", ...both((lo) => dupdate(f, L(lo, "t"), dsub, L(lo, "v")))),
+    // p = t·scale + offset, the pre-ReLU value; g = dy where p > 0
+    ...withVector(
+      "scale",
+      ...both((lo) => dmulInto(f, L(lo, "p"), L(lo, "t"), L(lo, "v"))),
+    ),
+    ...withVector("offset", ...both((lo) => dupdate(f, L(lo, "p"), dadd, L(lo, "v")))),
+    ...widen(f, [...f.get("pg"), ...load(0)], "w", "gLo", "gHi"),
+    ...dmask(f, "gLo", "pLo"),
+    ...dmask(f, "gHi", "pHi"),
+    // dx = g·a + t·b + d + addend
+    ...withVector("ca", ...both((lo) => dmulInto(f, L(lo, "p"), L(lo, "g"), L(lo, "v")))),
+    ...withVector(
+      "cb",
+      ...both((lo) => dmaddInto(f, L(lo, "p"), L(lo, "t"), L(lo, "v"), L(lo, "p"))),
+    ),
+    ...withVector("cd", ...both((lo) => dupdate(f, L(lo, "p"), dadd, L(lo, "v")))),
+    ...widen(f, [...f.get("pa"), ...load(0)], "w", "vLo", "vHi"),
+    ...dupdate(f, "pLo", dadd, "vLo"),
+    ...dupdate(f, "pHi", dadd, "vHi"),
+    ...f.get("pd"),
+    ...narrowStore(f, "pLo", "pHi"),
+  ]));
+}
+
+/** `apply` in the wide variant: y = max((x − mean)·scale + offset, floor) in float64, rounded once. */
+function applyWideFn(): number[] {
+  const f = new Fn(
+    ["x", "strideX", "y", "strideY", "c", "r0", "r1", "mean", "scale", "offset", "floor"],
+    ["r", "k", "px", "py"],
+    ["w", "tLo", "tHi", "vLo", "vHi"],
+  );
+  const update = (v: string, op: number[]) => [
+    ...loadInto(f, v, 3, 0, "vLo"),
+    ...loadInto(f, v, 3, 16, "vHi"),
+    ...dupdate(f, "tLo", op, "vLo"),
+    ...dupdate(f, "tHi", op, "vHi"),
+  ];
+  const pointers: [string, string, string][] = [["x", "strideX", "px"], ["y", "strideY", "py"]];
+  return f.body(elementwise(f, pointers, [
+    ...widen(f, [...f.get("px"), ...load(0)], "w", "tLo", "tHi"),
+    ...update("mean", dsub),
+    ...update("scale", dmul),
+    ...update("offset", dadd),
+    ...update("floor", dmax),
+    ...f.get("py"),
+    ...narrowStore(f, "tLo", "tHi"),
+  ]));
+}
+
 /**
  * A list function: for each of `count` entries of i32 fields at `table` (`fields` per entry),
  * calls function `callee` with `args`, each a field of the entry (a number), one of the list
@@ -597,12 +826,22 @@ function listFn(
 /** i32 fields per entry of each list function (a table row is at most 16 fields). */
 export const LIST_FIELDS = { sumsList: 8, maskedSumsList: 10, gradApplyList: 15, applyList: 9 };
 
+/**
+ * Which arithmetic the normalising functions use: float32 with a fused multiply-add where the
+ * engine has relaxed SIMD (`fused`), or float64 (`wide`: every pre-ReLU value and dx computed in
+ * float64 and rounded once, as the JavaScript kernels do; more instructions per value).
+ */
+export interface Variant {
+  fused: boolean;
+  wide: boolean;
+}
+
 /** The exported functions, in order, with their parameter counts. */
-const FUNCTIONS: [string, (fused: boolean) => number[], number][] = [
+const FUNCTIONS: [string, (v: Variant) => number[], number][] = [
   ["sums", sumsFn, 12],
-  ["maskedSums", maskedSumsFn, 14],
-  ["gradApply", gradApplyFn, 17],
-  ["apply", applyFn, 11],
+  ["maskedSums", (v) => v.wide ? maskedSumsWideFn() : maskedSumsFn(v.fused), 14],
+  ["gradApply", (v) => v.wide ? gradApplyWideFn() : gradApplyFn(v.fused), 17],
+  ["apply", (v) => v.wide ? applyWideFn() : applyFn(v.fused), 11],
   // entry: x, strideX, y, strideY, c, mean, scale, shift, floor
   [
     "applyList",
@@ -684,10 +923,12 @@ const bytesFor = new Map<string, Uint8Array>();
 /**
  * The module's bytes: imports `env.memory` (shared, up to 4 GiB, as the threaded wasm build's
  * heap; or unshared, as the single-threaded build's), exports the functions; `fused`: the
- * normalisation's multiply-add as relaxed SIMD's relaxed_madd.
+ * normalisation's multiply-add as relaxed SIMD's relaxed_madd; `wide`: float64 normalising
+ * arithmetic (`Variant`).
  */
-export function simdBatchNormModuleBytes(shared = true, fused = true): Uint8Array {
-  const key = `${shared},${fused}`;
+export function simdBatchNormModuleBytes(shared = true, fused = true, wide = false): Uint8Array {
+  const variant: Variant = { fused: fused && !wide, wide };
+  const key = `${shared},${variant.fused},${wide}`;
   const cached = bytesFor.get(key);
   if (cached != null) return cached;
   const types = section(1, [
@@ -705,7 +946,7 @@ export function simdBatchNormModuleBytes(shared = true, fused = true): Uint8Arra
   ]);
   const code = section(10, [
     ...uleb(FUNCTIONS.length),
-    ...FUNCTIONS.flatMap(([, make]) => make(fused)),
+    ...FUNCTIONS.flatMap(([, make]) => make(variant)),
   ]);
   const bytes = new Uint8Array([
     ...[0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0],
@@ -735,13 +976,14 @@ export interface SimdBatchNorm {
 
 /**
  * The functions bound to `memory` (the wasm backend's heap, shared or not), with relaxed SIMD's
- * fused multiply-add where the engine has it; null where it has no WebAssembly SIMD.
+ * fused multiply-add where the engine has it, or (`wide`) float64 normalising arithmetic; null
+ * where the engine has no WebAssembly SIMD.
  */
-export function simdBatchNorm(memory: WebAssembly.Memory): SimdBatchNorm | null {
+export function simdBatchNorm(memory: WebAssembly.Memory, wide = false): SimdBatchNorm | null {
   const shared = memory.buffer instanceof SharedArrayBuffer;
-  for (const fused of [true, false]) {
+  for (const fused of wide ? [false] : [true, false]) {
     try {
-      const moduleBytes = simdBatchNormModuleBytes(shared, fused);
+      const moduleBytes = simdBatchNormModuleBytes(shared, fused, wide);
       const module = new WebAssembly.Module(moduleBytes as BufferSource);
       const instance = new WebAssembly.Instance(module, { env: { memory } });
       return { ...(instance.exports as unknown as SimdBatchNorm), moduleBytes };
