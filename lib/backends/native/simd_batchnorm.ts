@@ -361,25 +361,69 @@ function sumsFn(): number[] {
   return f.body(reduction(f, "strideA", "strideB", setup, row));
 }
 
+/** The parameters of `maskedSums` (a = dy, b = x, va = mean), both variants. */
+const MASKED_SUMS_PARAMS = [
+  "a",
+  "b",
+  "va",
+  "c",
+  "strideA",
+  "strideB",
+  "r0",
+  "r1",
+  "s1",
+  "s2",
+  "tile",
+  "scale",
+  "shift",
+  "m32",
+];
+/** The parameters of `gradApply`, and its rows' pointers ([base, stride, local]), both variants. */
+const GRAD_APPLY_PARAMS = [
+  "g",
+  "x",
+  "c",
+  "strideG",
+  "strideX",
+  "r0",
+  "r1",
+  "dx",
+  "strideDx",
+  "scale",
+  "offset",
+  "ca",
+  "cb",
+  "cd",
+  "addend",
+  "strideAddend",
+  "m32",
+];
+const GRAD_APPLY_POINTERS: [string, string, string][] = [
+  ["g", "strideG", "pg"],
+  ["x", "strideX", "px"],
+  ["dx", "strideDx", "pd"],
+  ["addend", "strideAddend", "pa"],
+];
+/** The parameters of `apply`, and its rows' pointers, both variants. */
+const APPLY_PARAMS = [
+  "x",
+  "strideX",
+  "y",
+  "strideY",
+  "c",
+  "r0",
+  "r1",
+  "mean",
+  "scale",
+  "offset",
+  "floor",
+];
+const APPLY_POINTERS: [string, string, string][] = [["x", "strideX", "px"], ["y", "strideY", "py"]];
+
 function maskedSumsFn(fused: boolean): number[] {
   // a = dy, b = x, va = mean.
   const f = new Fn(
-    [
-      "a",
-      "b",
-      "va",
-      "c",
-      "strideA",
-      "strideB",
-      "r0",
-      "r1",
-      "s1",
-      "s2",
-      "tile",
-      "scale",
-      "shift",
-      "m32",
-    ],
+    MASKED_SUMS_PARAMS,
     REDUCTION_I32,
     [...REDUCTION_V128, "sc", "of", "mu", "g"],
   );
@@ -483,36 +527,12 @@ function elementwise(f: Fn, pointers: [string, string, string][], body: number[]
 
 function gradApplyFn(fused: boolean): number[] {
   const f = new Fn(
-    [
-      "g",
-      "x",
-      "c",
-      "strideG",
-      "strideX",
-      "r0",
-      "r1",
-      "dx",
-      "strideDx",
-      "scale",
-      "offset",
-      "ca",
-      "cb",
-      "cd",
-      "addend",
-      "strideAddend",
-      "m32",
-    ],
+    GRAD_APPLY_PARAMS,
     ["r", "k", "pg", "px", "pd", "pa"],
     ["t"],
   );
   const vector = (v: string) => [...at(f, v, 2), ...load(0)];
-  const pointers: [string, string, string][] = [
-    ["g", "strideG", "pg"],
-    ["x", "strideX", "px"],
-    ["dx", "strideDx", "pd"],
-    ["addend", "strideAddend", "pa"],
-  ];
-  return f.body(elementwise(f, pointers, [
+  return f.body(elementwise(f, GRAD_APPLY_POINTERS, [
     // t = x − mean; dx = (g & (t·scale + shift > 0))·a + t·b + d + addend
     ...f.get("px"),
     ...load(0),
@@ -543,13 +563,12 @@ function gradApplyFn(fused: boolean): number[] {
 
 function applyFn(fused: boolean): number[] {
   const f = new Fn(
-    ["x", "strideX", "y", "strideY", "c", "r0", "r1", "mean", "scale", "offset", "floor"],
+    APPLY_PARAMS,
     ["r", "k", "px", "py"],
     [],
   );
   const vector = (v: string) => [...at(f, v, 2), ...load(0)];
-  const pointers: [string, string, string][] = [["x", "strideX", "px"], ["y", "strideY", "py"]];
-  return f.body(elementwise(f, pointers, [
+  return f.body(elementwise(f, APPLY_POINTERS, [
     // y = max((x − mean)·scale + offset, floor)
     ...f.get("py"),
     ...madd(
@@ -612,22 +631,7 @@ const narrowStore = (f: Fn, lo: string, hi: string) => [
  */
 function maskedSumsWideFn(): number[] {
   const f = new Fn(
-    [
-      "a",
-      "b",
-      "va",
-      "c",
-      "strideA",
-      "strideB",
-      "r0",
-      "r1",
-      "s1",
-      "s2",
-      "tile",
-      "scale",
-      "shift",
-      "m32",
-    ],
+    MASKED_SUMS_PARAMS,
     REDUCTION_I32,
     [
       ...REDUCTION_V128,
@@ -680,25 +684,7 @@ function maskedSumsWideFn(): number[] {
 /** `gradApply` in the wide variant: mask and dx in float64, dx rounded to float32 once. */
 function gradApplyWideFn(): number[] {
   const f = new Fn(
-    [
-      "g",
-      "x",
-      "c",
-      "strideG",
-      "strideX",
-      "r0",
-      "r1",
-      "dx",
-      "strideDx",
-      "scale",
-      "offset",
-      "ca",
-      "cb",
-      "cd",
-      "addend",
-      "strideAddend",
-      "m32",
-    ],
+    GRAD_APPLY_PARAMS,
     ["r", "k", "pg", "px", "pd", "pa"],
     ["w", "tLo", "tHi", "pLo", "pHi", "gLo", "gHi", "vLo", "vHi"],
   );
@@ -711,13 +697,7 @@ function gradApplyWideFn(): number[] {
   ];
   const both = (make: (lo: boolean) => number[]) => [make(true), make(false)] as const;
   const L = (lo: boolean, n: string) => `${n}${lo ? "Lo" : "Hi"}`;
-  const pointers: [string, string, string][] = [
-    ["g", "strideG", "pg"],
-    ["x", "strideX", "px"],
-    ["dx", "strideDx", "pd"],
-    ["addend", "strideAddend", "pa"],
-  ];
-  return f.body(elementwise(f, pointers, [
+  return f.body(elementwise(f, GRAD_APPLY_POINTERS, [
     // t = x − m32
     ...widen(f, [...f.get("px"), ...load(0)], "w", "tLo", "tHi"),
     ...withVector("m32", ...both((lo) => dupdate(f, L(lo, "t"), dsub, L(lo, "v")))),
@@ -748,7 +728,7 @@ function gradApplyWideFn(): number[] {
 /** `apply` in the wide variant: y = max((x − mean)·scale + offset, floor) in float64, rounded once. */
 function applyWideFn(): number[] {
   const f = new Fn(
-    ["x", "strideX", "y", "strideY", "c", "r0", "r1", "mean", "scale", "offset", "floor"],
+    APPLY_PARAMS,
     ["r", "k", "px", "py"],
     ["w", "tLo", "tHi", "vLo", "vHi"],
   );
@@ -758,8 +738,7 @@ function applyWideFn(): number[] {
     ...dupdate(f, "tLo", op, "vLo"),
     ...dupdate(f, "tHi", op, "vHi"),
   ];
-  const pointers: [string, string, string][] = [["x", "strideX", "px"], ["y", "strideY", "py"]];
-  return f.body(elementwise(f, pointers, [
+  return f.body(elementwise(f, APPLY_POINTERS, [
     ...widen(f, [...f.get("px"), ...load(0)], "w", "tLo", "tHi"),
     ...update("mean", dsub),
     ...update("scale", dmul),
