@@ -2,11 +2,13 @@
  * The WebAssembly SIMD BatchNorm reductions (lib/backends/native/simd_batchnorm.ts) against the
  * JavaScript `rowSums` they replace, on a shared memory like the threaded wasm heap: channel
  * counts 4 to 1,024, row ranges that start and end inside a tile, strided rows, sums added to
- * what the accumulators held.
+ * what the accumulators held; and the normalising functions of the two variants an engine may
+ * get besides the default (float64 "wide"; float32 without relaxed SIMD's fused multiply-add)
+ * against the same arithmetic in JavaScript, bit for bit.
  */
 import assert from "node:assert/strict";
 import { rowSums } from "../lib/backends/batchnorm_kernels.ts";
-import { simdBatchNorm } from "../lib/backends/native/simd_batchnorm.ts";
+import { simdBatchNorm, simdBatchNormModuleBytes } from "../lib/backends/native/simd_batchnorm.ts";
 import { Rng } from "../lib/util/rng.ts";
 
 Deno.test("SIMD row sums equal rowSums in float64 (to rounding) on shared memory", () => {
@@ -182,5 +184,34 @@ Deno.test("wide variant: normalise, masked sums and dx in float64 (float64 vecto
     }
     assert.ok(Math.abs(f64[s1 / 8 + k] - a) < 1e-12 * Math.max(1, Math.abs(a)), `s1[${k}]`);
     assert.ok(Math.abs(f64[s2 / 8 + k] - b) < 1e-12 * Math.max(1, Math.abs(b)), `s2[${k}]`);
+  }
+});
+
+Deno.test("float32 variant without relaxed SIMD: a multiply and an add, each rounded", () => {
+  // The module an engine without relaxed SIMD gets (simdBatchNorm falls back to it).
+  const memory = new WebAssembly.Memory({ initial: 16, maximum: 65536, shared: true });
+  const bytes = simdBatchNormModuleBytes(true, false, false);
+  const { exports } = new WebAssembly.Instance(new WebAssembly.Module(bytes as BufferSource), {
+    env: { memory },
+  });
+  const apply = exports.apply as (...args: number[]) => void;
+  const rng = new Rng(5);
+  const f32 = new Float32Array(memory.buffer);
+  const c = 8, rows = 9;
+  const [x, y, mean, scale, shift, floor] = [64, 64 + 4 * 72, 1024, 1056, 1088, 1120];
+  for (let i = 0; i < rows * c; i++) f32[x / 4 + i] = 2 + rng.normal();
+  for (let k = 0; k < c; k++) {
+    f32[mean / 4 + k] = 2 + 0.1 * rng.normal();
+    f32[scale / 4 + k] = 1 + 0.3 * rng.normal();
+    f32[shift / 4 + k] = 0.2 * rng.normal();
+    f32[floor / 4 + k] = k % 2 === 0 ? 0 : -Infinity; // ReLU on even channels only
+  }
+  apply(x, 4 * c, y, 4 * c, c, 0, rows, mean, scale, shift, floor);
+  const r = Math.fround;
+  for (let i = 0; i < rows * c; i++) {
+    const k = i % c;
+    const t = r(f32[x / 4 + i] - f32[mean / 4 + k]);
+    const want = Math.max(r(r(t * f32[scale / 4 + k]) + f32[shift / 4 + k]), f32[floor / 4 + k]);
+    assert.equal(f32[y / 4 + i], want, `y[${i}]`);
   }
 });
