@@ -38,21 +38,19 @@ import {
 } from "../batchnorm_kernels.ts";
 
 /**
- * True when the SIMD passes on `backend`'s heap take a BatchNorm over these inputs (float32,
- * ≥ 2 rows, every channel count in `channels` a multiple of 4): the kernels then need no oneDNN.
- * What the plain wasm backend checks before it runs them (wasm_kernels.ts).
+ * True when the SIMD passes on `backend`'s heap take a BatchNorm of x [.., C] with these inputs
+ * (float32, ≥ 2 rows, C a multiple of 4): `batchNormReluTrain` and `batchNormReluGrad` then
+ * need no oneDNN. What the plain wasm backend checks before it runs them (wasm_kernels.ts).
  */
 export function simdPassesTake(
   backend: BackendWasm,
+  x: tf.TensorInfo,
   inputs: tf.TensorInfo[],
-  channels: number[],
 ): boolean {
   const t = threadsFor(backend);
   if (t.normaliseConcat == null || t.maskedSums == null || t.gradApply == null) return false;
-  if (t.statisticsSums == null || inputs.some((v) => v.dtype !== "float32")) return false;
-  const x = inputs[0];
-  return channels.every((k) => k % 4 === 0) &&
-    tf.util.sizeFromShape(x.shape) / x.shape[x.shape.length - 1] >= 2;
+  const rc = rowsChannels([x, ...inputs], x);
+  return rc != null && rc[1] % 4 === 0;
 }
 
 /** [M, C] of an NHWC tensor; null for what the native BatchNorm does not take. */
@@ -177,7 +175,8 @@ export function batchNormReluGrad(args: KernelArgs): tf.TensorInfo[] {
  * The SIMD backward of a BatchNorm(+ReLU) over the channel concatenation of `xs` (each with a
  * multiple of 4 channels): per input, the masked float64 sums over its channel range of dy,
  * then `gradientPartsFromSums`, then per input the dx pass, `addend`'s first C channels (when
- * given) added in it. The mask is the forward's pre-ReLU value in its own float32 arithmetic.
+ * given) added in it. The mask is the forward's pre-ReLU value in its own float32 arithmetic
+ * (with the wide passes: in float64 from the saved statistics, as the JavaScript backward).
  */
 function simdGrad(
   backend: BackendWasm,
