@@ -3,14 +3,16 @@
  * sigmoid outputs; warm-up step excluded) and inference (eval-mode forward) on a tfjs backend,
  * with random weights and images; the data path (PNG decode + batching from the fixture shard,
  * and training augmentation); peak RSS; the tfjs kernels (and, on webgpu, GPU dispatches) of one
- * training step and one inference batch, counted with `tf.profile`. With `--compare-torch`, the same DenseNet-121 work in
- * Debian's PyTorch (`bench/torch_bench.py`) at the same batch and thread count, and the ratios.
+ * training step and one inference batch, counted with `tf.profile`; on webgpu the CPU's encoding
+ * time per step and, with `--gpu_times`, GPU time by program. With `--compare-torch`, the same
+ * DenseNet-121 work in Debian's PyTorch (`bench/torch_bench.py`) at the same batch and thread
+ * count, and the ratios.
  * Prints one JSON object on stdout; progress goes to stderr.
  *
  *     deno run --allow-read --allow-env --allow-ffi --allow-run --allow-sys bench/bench.ts \
  *       [--backend wasm] [--batch 16] [--image_size 224] [--steps 3] [--compare-torch] \
  *       [--threads N] [--memory_efficient on|off|auto|bottleneck|block|layer] [--tensor_memory]
- *       [--wasm_kernels ours|tfjs] [--model_only]
+ *       [--wasm_kernels ours|tfjs] [--model_only] [--gpu_times]
  * @module
  */
 
@@ -473,7 +475,6 @@ function loadAverage(): number | null {
 
 const round = (v: number, digits = 3) => Number(v.toFixed(digits));
 
-/** `--memory_efficient` → `forward`'s level (on = true, off = false). */
 function logGpuTimes(what: string, t: GpuTimes | null): void {
   if (t == null) {
     log(`GPU times of a ${what}: unavailable (the adapter has no timestamp-query)`);
@@ -496,6 +497,7 @@ function gpuTimesJson(t: GpuTimes | null | undefined) {
   };
 }
 
+/** `--memory_efficient` → `forward`'s level (on = true, off = false). */
 function memoryLevel(flag: string): MemoryEfficiency {
   return flag === "on" ? true : flag === "off" ? false : flag as MemoryEfficiency;
 }
