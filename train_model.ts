@@ -20,7 +20,10 @@ import {
 import { Adam } from "./lib/train/adam.ts";
 import { ensureDir, writeFileAtomic } from "./lib/util/atomic_file.ts";
 import { RUN_FLAGS, startBackend } from "./lib/run_flags.ts";
-import { resolveMemoryEfficient } from "./lib/backends/memory_efficient.ts";
+import {
+  type MemoryEfficientChoice,
+  resolveMemoryEfficient,
+} from "./lib/backends/memory_efficient.ts";
 import { checkTrainingFits } from "./lib/model/training_memory.ts";
 import { checkOutputPaths } from "./lib/util/output_paths.ts";
 import { type FlagSpecs, givenFlags, parseFlags } from "./lib/util/cli.ts";
@@ -229,7 +232,17 @@ async function main(args: string[]): Promise<void> {
   const resumed = parsed.resume ? await openResume(parsed) : null;
   const flags = resumed?.flags ?? parsed;
   const startedAt = resumed ? new Date(resumed.state.progress.started) : new Date();
-  const backend = await startBackend(flags);
+  // The memory decision probes the started GPU and belongs on its `backend:` line.
+  let memory: MemoryEfficientChoice = { on: true };
+  const backend = await startBackend(flags, async (info) => {
+    memory = await resolveMemoryEfficient(
+      flags.memory_efficient,
+      info.name,
+      flags.batch_size,
+      flags.image_size,
+    );
+    return memory.note ?? null;
+  });
   const train = await loadSubset({
     datasetDir: flags.dataset_dir,
     subset: "train",
@@ -295,15 +308,7 @@ async function main(args: string[]): Promise<void> {
     }
     for (const note of init.source.notes) console.error(`  ${note}`);
   }
-  const memory = await resolveMemoryEfficient(
-    flags.memory_efficient,
-    backend.name,
-    flags.batch_size,
-    flags.image_size,
-  );
   const memoryEfficient = memory.on;
-  // A setting of the run (it decides speed and memory), not a backend note: always shown.
-  if (memory.note) console.error(memory.note);
   checkTrainingFits(
     backend.name,
     model.config,

@@ -43,15 +43,18 @@ export const RUN_FLAGS = {
 } as const satisfies FlagSpecs;
 
 /**
- * Starts the backend named by `--backend` / `--threads`, logging the choice on stderr. The
- * `note:` lines (why `auto` skipped a backend, …) are for `--verbose` or an explicit backend.
+ * Starts the backend named by `--backend` / `--threads`, logging the choice on stderr (with
+ * `detail`'s setting on the same line). The `note:` lines (why `auto` skipped a backend, …) are
+ * for `--verbose` or an explicit backend.
  */
 export function startBackend(
   flags: { backend: string; threads: number; verbose?: boolean },
+  detail?: (info: BackendInfo) => Promise<string | null>,
 ): Promise<BackendInfo> {
   const notes = flags.verbose === true || flags.backend !== "auto";
   return initBackend(flags.backend as BackendName, {
     threads: flags.threads || undefined,
     log: (line) => (notes || !line.startsWith("note: ")) && console.error(line),
+    detail,
   });
 }

@@ -52,8 +52,9 @@ Deno.test({
       out,
     ], [out]);
     assert.equal(train.code, 0, train.stderr);
-    // auto decides per adapter (on for a software one such as lavapipe) and says which.
-    assert.match(train.stderr, /^--memory_efficient auto: (on|off) \(/m);
+    // auto decides per adapter (on for a software one such as lavapipe) and says which, on the
+    // backend line.
+    assert.match(train.stderr, /^backend: webgpu \(.*\); --memory_efficient auto: (on|off) \(/m);
     assert.ok([...Deno.readDirSync(out)].some((e) => e.name.endsWith("_model.pt")));
     await Deno.remove(dataset, { recursive: true });
     await Deno.remove(out, { recursive: true });

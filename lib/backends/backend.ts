@@ -58,6 +58,11 @@ export interface InitBackendOptions {
   threads?: number;
   /** Receives the human-readable lines (chosen backend and device); default: none. */
   log?: (line: string) => void;
+  /**
+   * A setting decided on the started backend, added to its `backend:` line (train_model.ts:
+   * the `--memory_efficient auto` decision, which probes the GPU).
+   */
+  detail?: (info: BackendInfo) => Promise<string | null>;
 }
 
 /** Version of the tfjs packages this project is pinned to (deno.json). */
@@ -113,7 +118,8 @@ export async function initBackend(
   const threads = info.threads != null
     ? `, ${info.threads} thread${info.threads > 1 ? "s" : ""}`
     : "";
-  log(`backend: ${info.name} (${info.device}${threads})`);
+  const detail = await opts.detail?.(info);
+  log(`backend: ${info.name} (${info.device}${threads})${detail ? `; ${detail}` : ""}`);
   return info;
 }
 
