@@ -316,12 +316,6 @@ async function benchModel(
         trainEncodeS.push(encode);
       }
     }
-    let trainGpu: GpuTimes | null = null;
-    if (gpuTimes && webgpu) {
-      let pending: Promise<unknown> | null = null;
-      trainGpu = await gpuProgramTimes(() => void (pending = step()), () => pending!);
-      logGpuTimes("training step", trainGpu);
-    }
     const trainProfile = await profileKernels(
       () => trainStep(model, adam, x as tf.Tensor4D, y, { memoryEfficient }),
       kernelHistogram,
@@ -346,23 +340,31 @@ async function benchModel(
       );
       if (s > 0) accumulate(infer, t);
     }
-    let inferGpu: GpuTimes | null = null;
-    if (gpuTimes && webgpu) {
-      let out: tf.Tensor | null = null;
-      inferGpu = await gpuProgramTimes(
-        () => void (out = forward(model, x as tf.Tensor4D, { training: false })),
-        async () => {
-          await out!.data();
-          out!.dispose();
-        },
-      );
-      logGpuTimes("inference batch", inferGpu);
-    }
     const inferProfile = await profileKernels(infer1);
     log(
       `profiled inference batch: ${inferProfile.kernels} kernels` +
         (inferProfile.dispatches != null ? `, ${inferProfile.dispatches} dispatches` : ""),
     );
+    // Last, and allowed to fail: the rates and counts above are the run's main results.
+    let trainGpu: GpuTimes | null = null, inferGpu: GpuTimes | null = null;
+    if (gpuTimes && webgpu) {
+      try {
+        let pending: Promise<unknown> | null = null;
+        trainGpu = await gpuProgramTimes(() => void (pending = step()), () => pending!);
+        logGpuTimes("training step", trainGpu);
+        let out: tf.Tensor | null = null;
+        inferGpu = await gpuProgramTimes(
+          () => void (out = forward(model, x as tf.Tensor4D, { training: false })),
+          async () => {
+            await out!.data();
+            out!.dispose();
+          },
+        );
+        logGpuTimes("inference batch", inferGpu);
+      } catch (err) {
+        log(`GPU times failed: ${(err as Error).message}`);
+      }
+    }
     const images = batch * steps;
     return {
       train: images / train.wall,
