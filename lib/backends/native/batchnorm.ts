@@ -11,7 +11,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { BackendWasm } from "@tensorflow/tfjs-backend-wasm";
 import { offsetPointer } from "./onednn.ts";
-import type { Affine } from "./row_threads.ts";
+import { type Affine, MAX_CHANNELS } from "./row_threads.ts";
 import {
   fallback,
   heapOffset,
@@ -39,7 +39,7 @@ import {
 
 /**
  * True when the SIMD passes on `backend`'s heap take a BatchNorm of x [.., C] with these inputs
- * (float32, ≥ 2 rows, C a multiple of 4): `batchNormReluTrain` and `batchNormReluGrad` then
+ * (float32, ≥ 2 rows, C a multiple of 4 and within the passes' blocks): `batchNormReluTrain` and `batchNormReluGrad` then
  * need no oneDNN. What the plain wasm backend checks before it runs them (wasm_kernels.ts).
  */
 export function simdPassesTake(
@@ -50,7 +50,7 @@ export function simdPassesTake(
   const t = threadsFor(backend);
   if (t.normaliseConcat == null || t.maskedSums == null || t.gradApply == null) return false;
   const rc = rowsChannels([x, ...inputs], x);
-  return rc != null && rc[1] % 4 === 0;
+  return rc != null && rc[1] % 4 === 0 && rc[1] <= MAX_CHANNELS;
 }
 
 /** [M, C] of an NHWC tensor; null for what the native BatchNorm does not take. */

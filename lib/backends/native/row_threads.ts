@@ -17,7 +17,7 @@ import { type RowSums, rowSums } from "../batchnorm_kernels.ts";
 import { LIST_FIELDS, simdBatchNorm } from "./simd_batchnorm.ts";
 
 /** Largest channel count the vector blocks hold (DenseNet-121: 1,024). */
-const MAX_CHANNELS = 4096;
+export const MAX_CHANNELS = 4096;
 /** Below this many values a split costs more than it saves. */
 const MIN_VALUES = 1 << 16;
 /** Rows per reduction tile (accumulators in registers across a tile; 8–32 measured alike). */
