@@ -363,12 +363,14 @@ Deno.test({
     const engine = tf.engine();
     const attrs = { epsilon: 1e-5, relu: true };
     // A dense layer's inputs (block input + 32-channel features, split across both threads);
-    // odd channel counts take the kernels' join-then-fuse fallback.
-    for (const channels of [[64, 32, 32, 32], [16, 8], [6, 5, 3]]) {
+    // odd channel counts, and more channels than the SIMD passes' blocks hold (4,096), take the
+    // kernels' join-then-fuse fallback.
+    for (const channels of [[64, 32, 32, 32], [16, 8], [6, 5, 3], [4000, 104]]) {
       const before = tf.memory().numTensors;
       const c = channels.reduce((a, b) => a + b, 0);
-      const lead = [2, 28, 28];
-      const rows = 2 * 28 * 28;
+      // (Fewer rows for the widest case: what it checks is the channel count.)
+      const lead = c > 1024 ? [2, 4, 4] : [2, 28, 28];
+      const rows = tf.util.sizeFromShape(lead);
       const got = tf.tidy(() => {
         // Means large against the spread, as in a network's later layers.
         const xs = channels.map((k) =>

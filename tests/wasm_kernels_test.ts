@@ -418,8 +418,9 @@ Deno.test("BatchNormReluConcatInference on plain wasm equals concat + BatchNorm 
   await initBackend("wasm", { threads: 2 });
   const rng = new Rng(3);
   const eps = 1e-5;
-  // Multiples of 4 take the SIMD threads; odd channel counts the JavaScript map (no oneDNN here).
-  for (const channels of [[64, 32, 32], [6, 5, 3], [8]]) {
+  // Multiples of 4 take the SIMD threads; odd channel counts, and more channels than the SIMD
+  // passes' blocks hold (4,096), the JavaScript map (no oneDNN here).
+  for (const channels of [[64, 32, 32], [6, 5, 3], [8], [4000, 104]]) {
     const c = channels.reduce((a, b) => a + b, 0);
     const rows = 2 * 9 * 7;
     const xs = channels.map((k) => Float32Array.from({ length: rows * k }, () => rng.normal()));

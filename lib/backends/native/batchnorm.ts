@@ -39,7 +39,7 @@ import {
 
 /**
  * True when the SIMD passes on `backend`'s heap take a BatchNorm of x [.., C] with these inputs
- * (float32, ≥ 2 rows, C a multiple of 4 and within the passes' blocks): `batchNormReluTrain` and `batchNormReluGrad` then
+ * (float32, ≥ 2 rows, `passesFit`): `batchNormReluTrain` and `batchNormReluGrad` then
  * need no oneDNN. What the plain wasm backend checks before it runs them (wasm_kernels.ts).
  */
 export function simdPassesTake(
@@ -50,7 +50,15 @@ export function simdPassesTake(
   const t = threadsFor(backend);
   if (t.normaliseConcat == null || t.maskedSums == null || t.gradApply == null) return false;
   const rc = rowsChannels([x, ...inputs], x);
-  return rc != null && rc[1] % 4 === 0 && rc[1] <= MAX_CHANNELS;
+  return rc != null && passesFit([rc[1]]);
+}
+
+/**
+ * True when the SIMD passes take inputs of these channel counts: each a multiple of 4 (four
+ * channels a step), together within the passes' per-channel blocks.
+ */
+function passesFit(channels: number[]): boolean {
+  return channels.every((k) => k % 4 === 0) && channels.reduce((a, k) => a + k, 0) <= MAX_CHANNELS;
 }
 
 /** [M, C] of an NHWC tensor; null for what the native BatchNorm does not take. */
@@ -129,7 +137,7 @@ function normalise(
   stats?: { mean: Float64Array; variance: Float64Array },
 ): void {
   const { normaliseConcat } = threadsFor(backend);
-  if (normaliseConcat != null && c % 4 === 0) {
+  if (normaliseConcat != null && passesFit([c])) {
     const x = [{ at: heapOffset(backend, t.x), c }];
     const affine = affineOf(backend, attrs, t, stats);
     normaliseConcat(x, heapOffset(backend, t.y), rows, affine, attrs.relu);
@@ -164,7 +172,7 @@ export function batchNormReluGrad(args: KernelArgs): tf.TensorInfo[] {
   if (rc == null) return fallback(BN_GRAD_KERNEL, args) as unknown as tf.TensorInfo[];
   const [rows, c] = rc;
   const { maskedSums, gradApply } = threadsFor(backend);
-  if (maskedSums == null || gradApply == null || c % 4 !== 0) {
+  if (maskedSums == null || gradApply == null || !passesFit([c])) {
     return oneDnnBatchNormReluGrad(args, rows, c);
   }
   const vectors = { gamma: gamma!, beta: beta!, mean: mean!, variance: variance! };
@@ -362,7 +370,7 @@ export function batchNormReluConcatInference(args: KernelArgs): tf.TensorInfo {
   const { xs, c, lead, channels, rows } = concatInputs(BN_CONCAT_INFERENCE_KERNEL, rest, vectors);
   for (const t of [...xs, ...vectors]) backend.dataIdMap.get(t.dataId);
   const { normaliseConcat } = threadsFor(backend);
-  const simd = normaliseConcat != null && channels.every((k) => k % 4 === 0);
+  const simd = normaliseConcat != null && passesFit(channels);
   if (!simd && openedOneDnn() != null) {
     const x = joined(xs, backend);
     try {
@@ -465,8 +473,7 @@ function batchNormReluConcatTrain(args: KernelArgs): tf.TensorInfo[] {
   ]);
   const threads = threadsFor(backend);
   if (
-    threads.normaliseConcat == null || threads.statisticsSums == null ||
-    channels.some((k) => k % 4 !== 0)
+    threads.normaliseConcat == null || threads.statisticsSums == null || !passesFit(channels)
   ) {
     const x = joined(xs, backend);
     try {
@@ -520,7 +527,7 @@ function batchNormReluConcatGrad(args: KernelArgs): tf.TensorInfo[] {
     throw new Error(`${BN_CONCAT_GRAD_KERNEL}: dy [.., ${c}] and addend [.., ≥ ${c}] needed`);
   }
   const { maskedSums, gradApply } = threadsFor(backend);
-  if (maskedSums == null || gradApply == null || [...channels, width].some((k) => k % 4 !== 0)) {
+  if (maskedSums == null || gradApply == null || !passesFit(channels) || width % 4 !== 0) {
     const x = joined(xs, backend);
     const [dx, dgamma, dbeta] = batchNormReluGrad({
       inputs: { dy, x, gamma, beta, mean, variance },
