@@ -15,14 +15,9 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { fileURLToPath } from "node:url";
 import { UserError } from "../util/errors.ts";
-import { registerWasmTrainingKernels } from "./wasm_kernels.ts";
-import { registerWebgpuKernels } from "./webgpu/kernels.ts";
+import { installBackendKernels } from "./kernel_tables.ts";
 import { watchDeviceFaults } from "./device_faults.ts";
-import {
-  openOneDnn,
-  registerNativeKernels,
-  unregisterNativeKernels,
-} from "./native/native_kernels.ts";
+import { openOneDnn } from "./native/native_kernels.ts";
 import { ONEDNN_INSTALL_HINT, OneDnnUnavailable } from "./native/onednn.ts";
 import { setHeapPasses } from "./native/kernel_support.ts";
 import {
@@ -113,6 +108,7 @@ export async function initBackend(
       throw new UserError(`backend ${requested} cannot start: ${why}`);
     }
   }
+  installBackendKernels(info.name);
   info.notes = [...notes, ...info.notes];
   for (const note of info.notes) log(`note: ${note}`);
   const threads = info.threads != null
@@ -266,7 +262,6 @@ async function startWebgpu(_opts: InitBackendOptions, explicit: boolean): Promis
     if (!(await activate("webgpu"))) {
       throw new UserError(`backend webgpu cannot start: tfjs could not open ${device}; ${fix}`);
     }
-    registerWebgpuKernels();
     watchDeviceFaults((tf.backend() as unknown as { device: GPUDevice }).device);
     return { name: "webgpu", device: `WebGPU: ${device}`, notes };
   });
@@ -324,7 +319,6 @@ function describeAdapter(adapter: GPUAdapter): { device: string; software: boole
  */
 async function startWasm(opts: InitBackendOptions): Promise<BackendInfo> {
   const wasm = await import("@tensorflow/tfjs-backend-wasm");
-  unregisterNativeKernels(); // plain wasm after native in one process
   const notes: string[] = [];
   const threads = resolveWasmThreads(opts.threads);
   if (opts.threads != null && opts.threads > MAX_WASM_THREADS) {
@@ -365,7 +359,6 @@ async function startWasm(opts: InitBackendOptions): Promise<BackendInfo> {
   }
   running ??= wasmThreadsCount(wasm);
   setHeapPasses(running, true);
-  registerWasmTrainingKernels();
   const simd = await tf.env().getAsync("WASM_HAS_SIMD_SUPPORT");
   if (!simd) notes.push("this CPU/runtime lacks WebAssembly SIMD: the plain wasm build is slower");
   return {
@@ -395,7 +388,6 @@ async function startNative(opts: InitBackendOptions, explicit: boolean): Promise
   }
   const wasm = await startWasm(opts);
   setHeapPasses(wasm.threads ?? 1, false);
-  registerNativeKernels();
   dnn.setThreads(wasm.threads ?? 1);
   const notes = [...wasm.notes];
   if (dnn.threads == null) notes.push("oneDNN's thread count could not be set (no OpenMP found)");

@@ -1,15 +1,8 @@
 /**
- * The fused BatchNorm(+ReLU) kernels of the DenseNet seam (lib/model/densenet.ts), for the CPU
- * backends: `cpu` (plain JS arrays) and `wasm` (the wasm heap, so also `native`). One pass
- * computes the batch statistics, one normalises; the backward is two passes. Registered when
- * this module is imported; the WebGPU backend registers its own under the same names.
- *
- * Contract (float32, NHWC, M = N·H·W values per channel):
- * - `BatchNormReluTrain` {x, gamma, beta} {epsilon, relu} → [y, mean, variance (biased)],
- *   y = (x − mean)·gamma/√(variance + epsilon) + beta, then max(·, 0) when relu.
- * - `BatchNormReluGrad` {dy, x, gamma, beta, mean, variance} {epsilon, relu} → [dx, dgamma,
- *   dbeta]: g = dy masked where the pre-ReLU value ≤ 0, dbeta = Σ g, dgamma = Σ g·x̂,
- *   dx = gamma·rstd/M · (M·g − dbeta − x̂·dgamma).
+ * The seam's training BatchNorm(+ReLU) kernels (`BatchNormReluTrain`, `BatchNormReluGrad`:
+ * contracts in seam.ts) in JavaScript, for the CPU backends: the `cpu` backend's kernel table
+ * (plain JS arrays), and the wasm heap (what the `wasm` table runs where its SIMD passes cannot).
+ * One pass computes the batch statistics, one normalises; the backward is two passes.
  *
  * Every sum over M is accumulated in float64 (the statistics from sums shifted by the first
  * row, so the one-pass variance does not cancel), which keeps a training step more accurate
@@ -19,45 +12,8 @@
 
 import * as tf from "@tensorflow/tfjs-core";
 import type { BackendWasm } from "@tensorflow/tfjs-backend-wasm";
-
-/** The kernel names of the seam (fixed: shared with the WebGPU backend and the model). */
-export const BN_TRAIN_KERNEL = "BatchNormReluTrain";
-export const BN_GRAD_KERNEL = "BatchNormReluGrad";
-
-/**
- * Optional, not part of the seam: BatchNorm(+ReLU) with given statistics, {x, mean, variance,
- * gamma, beta} {epsilon, relu} → y, in one pass: evaluation mode (running statistics), and the
- * memory-efficient backward's recompute (the forward's batch statistics: it must give
- * `BatchNormReluTrain`'s y for them). The native and WebGPU backends register it; the model
- * falls back to tfjs's batchNorm + relu, or the training kernel again, elsewhere.
- */
-export const BN_INFERENCE_KERNEL = "BatchNormReluInference";
-
-/**
- * Optional (native, WebGPU): `BatchNormReluInference` of the channel concatenation of its inputs
- * {mean, variance, gamma, beta, x0, x1, …} (same leading dims) in one pass that never writes
- * the concatenation. The model keeps a dense block as its list of features where it is
- * registered.
- */
-export const BN_CONCAT_INFERENCE_KERNEL = "BatchNormReluConcatInference";
-
-/**
- * Optional, native only, a pair: the training BatchNorm(+ReLU) of a channel concatenation that
- * is never written. `BatchNormReluConcatTrain` {gamma, beta, x0, x1, …} → [y, mean, variance]
- * as `BatchNormReluTrain` of the concatenation (its y equals `BatchNormReluConcatInference`'s
- * with these statistics); `BatchNormReluConcatGrad` {dy, gamma, beta, mean, variance, addend,
- * x0, x1, …} → [dx + addend's first C channels, dgamma, dbeta], `BatchNormReluGrad` of the
- * concatenation with the gradient already accumulated there added in the same pass. The
- * memory-efficient dense block uses them where all three concatenation kernels are registered.
- */
-export const BN_CONCAT_TRAIN_KERNEL = "BatchNormReluConcatTrain";
-export const BN_CONCAT_GRAD_KERNEL = "BatchNormReluConcatGrad";
-
-/** Attributes of both kernels. */
-export interface BatchNormReluAttrs {
-  epsilon: number;
-  relu: boolean;
-}
+import { type BatchNormReluAttrs, BN_GRAD_KERNEL, BN_TRAIN_KERNEL } from "./seam.ts";
+import type { KernelTable } from "./kernel_registry.ts";
 
 /**
  * Σ (a − va) and Σ (a − va)·(b − vb) per channel over rows [r0, r1) of a and b viewed as
@@ -390,20 +346,22 @@ function gradKernel(io: (b: tf.KernelBackend) => Io): tf.KernelFunc {
   };
 }
 
-/** Registers both kernels for `cpu` and `wasm` (idempotent). */
-export function registerBatchNormKernels(): void {
-  const ios: Record<string, (b: tf.KernelBackend) => Io> = {
-    cpu: cpuIo,
-    wasm: (b) => wasmIo(b as unknown as BackendWasm),
+/** The JavaScript training kernels on the wasm heap (what the wasm table runs where SIMD cannot). */
+export function wasmJsKernels(): { train: tf.KernelFunc; grad: tf.KernelFunc } {
+  return wasmJs ??= {
+    train: trainKernel((b) => wasmIo(b as unknown as BackendWasm)),
+    grad: gradKernel((b) => wasmIo(b as unknown as BackendWasm)),
   };
-  for (const [backendName, io] of Object.entries(ios)) {
-    if (tf.getKernel(BN_TRAIN_KERNEL, backendName) == null) {
-      tf.registerKernel({ kernelName: BN_TRAIN_KERNEL, backendName, kernelFunc: trainKernel(io) });
-    }
-    if (tf.getKernel(BN_GRAD_KERNEL, backendName) == null) {
-      tf.registerKernel({ kernelName: BN_GRAD_KERNEL, backendName, kernelFunc: gradKernel(io) });
-    }
-  }
 }
+let wasmJs: { train: tf.KernelFunc; grad: tf.KernelFunc } | null = null;
 
-registerBatchNormKernels();
+let cpuTable: KernelTable | null = null;
+
+/** The `cpu` backend's kernel table: both training kernels over plain JavaScript arrays. */
+export function cpuKernelTable(): KernelTable {
+  return cpuTable ??= {
+    name: "cpu",
+    backendName: "cpu",
+    kernels: { [BN_TRAIN_KERNEL]: trainKernel(cpuIo), [BN_GRAD_KERNEL]: gradKernel(cpuIo) },
+  };
+}

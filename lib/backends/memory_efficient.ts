@@ -9,11 +9,6 @@ import * as tf from "@tensorflow/tfjs-core";
 import type { WebGPUBackendInternals } from "./webgpu/program.ts";
 
 /**
- * GPU memory one image costs DenseNet-121's plain (not memory-efficient) training path at
- * 224×224, measured; it scales with the number of pixels.
- */
-export const PLAIN_BYTES_PER_IMAGE_224 = 465 * 2 ** 20;
-/**
  * Tensor bytes a training step may use on a backend whose tensors live in the 4 GiB wasm heap
  * (`wasm`, and `native`, which computes on that heap): the address space less what tfjs, XNNPACK
  * and the allocator keep. Null for backends without such a hard limit.
@@ -25,11 +20,6 @@ export function heapBudgetBytes(backendName: string): number | null {
 /** Headroom over the estimate (weights, Adam's moments, the allocator's pooling). */
 const HEADROOM = 1.25;
 
-/** Estimated GPU bytes of a plain-path training step at `batch` images of `imageSize`². */
-export function plainPathBytes(batch: number, imageSize: number): number {
-  return batch * PLAIN_BYTES_PER_IMAGE_224 * (imageSize / 224) ** 2;
-}
-
 /** The decision of `--memory_efficient`, and for `auto` why. */
 export interface MemoryEfficientChoice {
   on: boolean;
@@ -37,18 +27,24 @@ export interface MemoryEfficientChoice {
   note?: string;
 }
 
+/** A training step without `--memory_efficient`: its estimated bytes (model/training_memory.ts). */
+export interface PlainStep {
+  bytes: number;
+  batch: number;
+  imageSize: number;
+}
+
 /**
- * Resolves `--memory_efficient` (`on`, `off` or `auto`) for the active backend `backendName`,
- * training `batch` images of `imageSize`². On webgpu, `auto` probes the adapter: it allocates
- * the estimated plain-path bytes (with headroom) in buffers of at most the adapter's
- * `maxBufferSize` inside an out-of-memory error scope and frees them at once; off when that
- * succeeds. A software (fallback) adapter keeps it on: its memory is the host's.
+ * Resolves `--memory_efficient` (`on`, `off` or `auto`) for the active backend `backendName`
+ * and the step `plain` would take without it. On webgpu, `auto` probes the adapter: it
+ * allocates those bytes (with headroom) in buffers of at most the adapter's `maxBufferSize`
+ * inside an out-of-memory error scope and frees them at once; off when that succeeds. A
+ * software (fallback) adapter keeps it on: its memory is the host's.
  */
 export async function resolveMemoryEfficient(
   flag: string,
   backendName: string,
-  batch: number,
-  imageSize: number,
+  plain: PlainStep,
 ): Promise<MemoryEfficientChoice> {
   if (flag === "on" || flag === "off") return { on: flag === "on" };
   const auto = (on: boolean, why: string) => ({
@@ -58,9 +54,10 @@ export async function resolveMemoryEfficient(
   if (backendName === "tensorflow") return auto(false, "libtensorflow manages its own memory");
   if (backendName === "wasm") return auto(true, "the wasm heap is limited to 4 GB");
   if (backendName !== "webgpu") return auto(true, `${backendName} backend`);
-  const need = plainPathBytes(batch, imageSize) * HEADROOM;
+  const need = plain.bytes * HEADROOM;
   const gb = (b: number) => `${(b / 2 ** 30).toFixed(1)} GB`;
-  const what = `the plain path at batch ${batch}, ${imageSize}², needs ~${gb(need / HEADROOM)}`;
+  const what = `the plain path at batch ${plain.batch}, ${plain.imageSize}², needs ~` +
+    gb(need / HEADROOM);
   const adapter = await navigator.gpu?.requestAdapter({ powerPreference: "high-performance" })
     .catch(() => null);
   const info = (adapter as GPUAdapter & { info?: { isFallbackAdapter?: boolean } } | null)?.info;

@@ -51,159 +51,56 @@ import {
   simdPassesTake,
 } from "./native/batchnorm.ts";
 import type { KernelArgs } from "./native/kernel_support.ts";
-import {
-  BN_CONCAT_INFERENCE_KERNEL,
-  BN_GRAD_KERNEL,
-  BN_TRAIN_KERNEL,
-} from "./batchnorm_kernels.ts";
-
-/** Kernels this module registers for the wasm backend. */
-export const WASM_TRAINING_KERNELS = [
-  "Conv2DBackpropFilter",
-  "Conv2DBackpropInput",
-  "SplitV",
-  "Sum",
-  "Mean",
-  "MaxPoolGrad",
-  "Identity",
-  "Slice",
-  BN_TRAIN_KERNEL,
-  BN_GRAD_KERNEL,
-  BN_CONCAT_INFERENCE_KERNEL,
-] as const;
+import { BN_CONCAT_INFERENCE_KERNEL, BN_GRAD_KERNEL, BN_TRAIN_KERNEL } from "./seam.ts";
+import { wasmJsKernels } from "./batchnorm_kernels.ts";
+import { fallback, type KernelTable } from "./kernel_registry.ts";
 
 /** Bytes one patch matrix may take on the wasm heap (the heap is limited to 4 GB). */
 const PATCH_BUDGET_BYTES = 128 * 1024 * 1024;
 /** Patch rows (G·Ci) worth batching filter positions for; thinner products are slow. */
 const MIN_PATCH_ROWS = 64;
-/** A kernel of this module: its name and the function registered for wasm. */
-interface OwnKernel {
-  kernelName: string;
-  kernelFunc: tf.KernelFunc;
-  /** True when it replaces a kernel tfjs-backend-wasm provides (kept as the fallback). */
-  replaces: boolean;
-}
 
-/** tfjs-backend-wasm's own kernels that ours replace, kept for the cases ours do not cover. */
-const nativeKernels = new Map<string, tf.KernelConfig>();
-/** Native kernels whose setup (binding the wasm export) has run for a given backend. */
-const nativeSetUp = new WeakMap<object, Set<string>>();
+let table: KernelTable | null = null;
 
 /**
- * Registers this module's kernels for the `wasm` backend (call it after the backend started).
- * Idempotent: a kernel already registered by this module is left alone; a native one that ours
- * replaces is unregistered first and kept as the fallback. Returns the names registered by this
- * call.
+ * The `wasm` backend's kernel table (this module's kernels; tfjs-backend-wasm's own, where ours
+ * replace one, stay the fallback for the cases ours do not cover).
  */
-export function registerWasmTrainingKernels(): string[] {
-  const added: string[] = [];
-  for (const own of ownKernels()) {
-    const current = tf.getKernel(own.kernelName, "wasm");
-    if (current?.kernelFunc === own.kernelFunc) continue;
-    if (current != null) {
-      if (!own.replaces) continue; // tfjs provides it: keep tfjs's
-      nativeKernels.set(own.kernelName, current);
-      tf.unregisterKernel(own.kernelName, "wasm");
-    }
-    tf.registerKernel({
-      kernelName: own.kernelName,
-      backendName: "wasm",
-      kernelFunc: own.kernelFunc,
-    });
-    added.push(own.kernelName);
-  }
-  return added;
-}
-
-/**
- * Puts tfjs-backend-wasm's own kernels back in place of the ones this module replaced (for
- * before/after measurements; `Conv2DBackpropFilter`, which tfjs lacks, stays). Returns their
- * names. `registerWasmTrainingKernels()` swaps them in again.
- */
-export function restoreTfjsWasmKernels(): string[] {
-  const restored: string[] = [];
-  for (const [name, config] of nativeKernels) {
-    tf.unregisterKernel(name, "wasm");
-    tf.registerKernel(config);
-    restored.push(name);
-  }
-  nativeKernels.clear();
-  return restored;
-}
-
-function ownKernels(): OwnKernel[] {
-  return [
-    {
-      kernelName: "Conv2DBackpropFilter",
-      kernelFunc: conv2DBackpropFilterKernel as unknown as tf.KernelFunc,
-      replaces: false,
+export function wasmKernelTable(): KernelTable {
+  return table ??= {
+    name: "wasm",
+    backendName: "wasm",
+    kernels: {
+      Conv2DBackpropFilter: conv2DBackpropFilterKernel,
+      Conv2DBackpropInput: conv2DBackpropInputKernel,
+      SplitV: splitVKernel,
+      Sum: sumKernel,
+      Mean: meanKernel,
+      MaxPoolGrad: maxPoolGradKernel,
+      Identity: identityKernel,
+      Slice: sliceKernel,
+      [BN_CONCAT_INFERENCE_KERNEL]: batchNormReluConcatInference,
+      [BN_TRAIN_KERNEL]: simdOrJs(batchNormReluTrain, wasmJsKernels().train),
+      [BN_GRAD_KERNEL]: simdOrJs(batchNormReluGrad, wasmJsKernels().grad),
     },
-    {
-      kernelName: "Conv2DBackpropInput",
-      kernelFunc: conv2DBackpropInputKernel as unknown as tf.KernelFunc,
-      replaces: true,
-    },
-    { kernelName: "SplitV", kernelFunc: splitVKernel as unknown as tf.KernelFunc, replaces: true },
-    { kernelName: "Sum", kernelFunc: sumKernel as unknown as tf.KernelFunc, replaces: true },
-    { kernelName: "Mean", kernelFunc: meanKernel as unknown as tf.KernelFunc, replaces: true },
-    {
-      kernelName: "MaxPoolGrad",
-      kernelFunc: maxPoolGradKernel as unknown as tf.KernelFunc,
-      replaces: true,
-    },
-    {
-      kernelName: "Identity",
-      kernelFunc: identityKernel as unknown as tf.KernelFunc,
-      replaces: true,
-    },
-    { kernelName: "Slice", kernelFunc: sliceKernel as unknown as tf.KernelFunc, replaces: true },
-    {
-      kernelName: BN_CONCAT_INFERENCE_KERNEL,
-      kernelFunc: batchNormReluConcatInference as unknown as tf.KernelFunc,
-      replaces: false,
-    },
-    { kernelName: BN_TRAIN_KERNEL, kernelFunc: simdBatchNormTrain, replaces: true },
-    { kernelName: BN_GRAD_KERNEL, kernelFunc: simdBatchNormGrad, replaces: true },
-  ];
+  };
 }
 
 /**
  * The native backend's SIMD BatchNorm kernel `simd` where its passes take the inputs (in the
  * float64 arithmetic the plain wasm backend sets: kernel_support.ts `setHeapPasses`), else the
- * JavaScript kernel it replaced (batchnorm_kernels.ts).
+ * JavaScript kernel (batchnorm_kernels.ts).
  */
-function simdOrJs(kernelName: string, simd: (args: KernelArgs) => tf.TensorInfo[]): tf.KernelFunc {
-  return ((args: KernelArgs) => {
+function simdOrJs(
+  simd: (args: KernelArgs) => tf.TensorInfo[],
+  js: tf.KernelFunc,
+): (args: KernelArgs) => tf.TensorInfo | tf.TensorInfo[] {
+  return (args: KernelArgs) => {
     const inputs = Object.values(args.inputs).filter((t) => t != null) as tf.TensorInfo[];
     return simdPassesTake(args.backend, args.inputs.x!, inputs)
       ? simd(args)
-      : runNative(kernelName, args as unknown as { backend: BackendWasm });
-  }) as unknown as tf.KernelFunc;
-}
-
-// Made once: registration recognises its own kernels by identity.
-const simdBatchNormTrain = simdOrJs(BN_TRAIN_KERNEL, batchNormReluTrain);
-const simdBatchNormGrad = simdOrJs(BN_GRAD_KERNEL, batchNormReluGrad);
-
-let ownFuncs: Set<tf.KernelFunc> | null = null;
-
-/** Runs tfjs-backend-wasm's own `kernelName` (the one ours replaced) on `args`. */
-function runNative(kernelName: string, args: { backend: BackendWasm }): tf.TensorInfo {
-  const config = nativeKernels.get(kernelName) ?? tf.getKernel(kernelName, "wasm");
-  ownFuncs ??= new Set(ownKernels().map((k) => k.kernelFunc));
-  // Never ours: a kernel of ours that fell back to itself would recurse.
-  if (config == null || ownFuncs.has(config.kernelFunc)) {
-    throw new Error(`wasm backend has no ${kernelName} kernel of its own`);
-  }
-  let done = nativeSetUp.get(args.backend);
-  if (done == null) nativeSetUp.set(args.backend, done = new Set());
-  if (!done.has(kernelName)) {
-    // Its wasm export is bound in setupFunc, which tfjs ran when the backend started; a backend
-    // started after the swap never ran it.
-    config.setupFunc?.(args.backend);
-    done.add(kernelName);
-  }
-  return config.kernelFunc(args as unknown as Parameters<tf.KernelFunc>[0]) as tf.TensorInfo;
+      : js(args as unknown as Parameters<tf.KernelFunc>[0]) as tf.TensorInfo[];
+  };
 }
 
 /** Attributes common to tfjs's convolution backprop kernels. */
@@ -353,7 +250,7 @@ function conv2DBackpropInputKernel(args: Conv2DBackpropInputArgs): tf.TensorInfo
   const { dy, filter } = inputs;
   const { strides, pad, dataFormat, dimRoundingMode, inputShape } = attrs;
   if (dataFormat === "NCHW" || dy.dtype !== "float32" || filter.dtype !== "float32") {
-    return runNative("Conv2DBackpropInput", args);
+    return fallback("wasm", "Conv2DBackpropInput", args);
   }
   const conv = tf.backend_util.computeConv2DInfo(
     inputShape,
@@ -369,7 +266,7 @@ function conv2DBackpropInputKernel(args: Conv2DBackpropInputArgs): tf.TensorInfo
   const { top: pt, left: pl, bottom: pb, right: pr } = conv.padInfo;
   const [t, b, l, r] = [fh - 1 - pt, fh - 1 - pb, fw - 1 - pl, fw - 1 - pr];
   if (conv.strideHeight !== 1 || conv.strideWidth !== 1 || Math.min(t, b, l, r) < 0) {
-    return runNative("Conv2DBackpropInput", args);
+    return fallback("wasm", "Conv2DBackpropInput", args);
   }
   backend.dataIdMap.get(dy.dataId);
   backend.dataIdMap.get(filter.dataId);
@@ -483,7 +380,7 @@ interface SliceArgs {
  */
 function sliceKernel(args: SliceArgs): tf.TensorInfo {
   const { inputs: { x }, backend, attrs } = args;
-  if (x.dtype !== "float32" && x.dtype !== "int32") return runNative("Slice", args);
+  if (x.dtype !== "float32" && x.dtype !== "int32") return fallback("wasm", "Slice", args);
   const [begin, size] = tf.slice_util.parseSliceParams(
     x as unknown as tf.Tensor,
     attrs.begin,
@@ -528,7 +425,7 @@ interface SplitVArgs {
 function splitVKernel(args: SplitVArgs): tf.TensorInfo[] {
   const { inputs: { x }, backend, attrs } = args;
   if (x.dtype !== "float32" && x.dtype !== "int32") {
-    return runNative("SplitV", args) as unknown as tf.TensorInfo[];
+    return fallback("wasm", "SplitV", args) as unknown as tf.TensorInfo[];
   }
   const axis = tf.util.parseAxisParam(attrs.axis, x.shape)[0];
   const sizes = tf.backend_util.prepareSplitSize(x, attrs.numOrSizeSplits, axis);
@@ -559,11 +456,11 @@ interface ReduceArgs {
 }
 
 function sumKernel(args: ReduceArgs): tf.TensorInfo {
-  return leadingReduce(args, false) ?? runNative("Sum", args);
+  return leadingReduce(args, false) ?? fallback("wasm", "Sum", args);
 }
 
 function meanKernel(args: ReduceArgs): tf.TensorInfo {
-  return leadingReduce(args, true) ?? runNative("Mean", args);
+  return leadingReduce(args, true) ?? fallback("wasm", "Mean", args);
 }
 
 /**
@@ -599,7 +496,7 @@ function identityKernel(
   args: { inputs: { x: tf.TensorInfo }; backend: BackendWasm },
 ): tf.TensorInfo {
   const { inputs: { x }, backend } = args;
-  if (x.dtype === "string") return runNative("Identity", args);
+  if (x.dtype === "string") return fallback("wasm", "Identity", args);
   backend.incRef(x.dataId);
   return { dataId: x.dataId, shape: [...x.shape], dtype: x.dtype };
 }
@@ -622,7 +519,9 @@ interface MaxPoolGradArgs {
  */
 function maxPoolGradKernel(args: MaxPoolGradArgs): tf.TensorInfo {
   const { inputs: { dy, input }, backend, attrs } = args;
-  if (input.dtype !== "float32" || dy.dtype !== "float32") return runNative("MaxPoolGrad", args);
+  if (input.dtype !== "float32" || dy.dtype !== "float32") {
+    return fallback("wasm", "MaxPoolGrad", args);
+  }
   const info = tf.backend_util.computePool2DInfo(
     input.shape as [number, number, number, number],
     attrs.filterSize,

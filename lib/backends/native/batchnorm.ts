@@ -23,19 +23,21 @@ import {
 } from "./kernel_support.ts";
 import { add, concat, slice } from "./copy_kernels.ts";
 import {
-  type BatchNormReluAttrs,
   batchNormReluGradientParts,
   batchStatistics,
+  gradientPartsFromSums,
+  normaliseAffine,
+  statisticsFromSums,
+} from "../batchnorm_kernels.ts";
+import {
+  type BatchNormReluAttrs,
   BN_CONCAT_GRAD_KERNEL,
   BN_CONCAT_INFERENCE_KERNEL,
   BN_CONCAT_TRAIN_KERNEL,
   BN_GRAD_KERNEL,
   BN_INFERENCE_KERNEL,
   BN_TRAIN_KERNEL,
-  gradientPartsFromSums,
-  normaliseAffine,
-  statisticsFromSums,
-} from "../batchnorm_kernels.ts";
+} from "../seam.ts";
 
 /**
  * True when the SIMD passes on `backend`'s heap take a BatchNorm of x [.., C] with these inputs
@@ -552,7 +554,7 @@ function batchNormReluConcatGrad(args: KernelArgs): tf.TensorInfo[] {
 }
 
 /** The kernels of this module, by name. */
-export const BATCHNORM_KERNELS: Record<string, tf.KernelFunc> = {
+export const batchNormKernels = (): Record<string, tf.KernelFunc> => ({
   FusedBatchNorm: fusedBatchNorm as unknown as tf.KernelFunc,
   [BN_INFERENCE_KERNEL]: batchNormReluInference as unknown as tf.KernelFunc,
   [BN_TRAIN_KERNEL]: batchNormReluTrain as unknown as tf.KernelFunc,
@@ -560,4 +562,4 @@ export const BATCHNORM_KERNELS: Record<string, tf.KernelFunc> = {
   [BN_CONCAT_TRAIN_KERNEL]: batchNormReluConcatTrain as unknown as tf.KernelFunc,
   [BN_CONCAT_GRAD_KERNEL]: batchNormReluConcatGrad as unknown as tf.KernelFunc,
   [BN_CONCAT_INFERENCE_KERNEL]: batchNormReluConcatInference as unknown as tf.KernelFunc,
-};
+});

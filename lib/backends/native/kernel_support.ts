@@ -1,6 +1,6 @@
 /**
  * What every native kernel shares: the kernel-function arguments, oneDNN opened once, the
- * replaced wasm kernels as fallbacks, the heap addresses of tensors, and the BatchNorm threads
+ * replaced wasm kernels as fallbacks (kernel_registry.ts), the heap addresses of tensors, and the BatchNorm threads
  * of a wasm module.
  * @module
  */
@@ -9,6 +9,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import type { BackendWasm } from "@tensorflow/tfjs-backend-wasm";
 import { offsetPointer, OneDnn } from "./onednn.ts";
 import { type HeapThreads, heapThreads } from "./row_threads.ts";
+import { fallback as registryFallback, installedTables } from "../kernel_registry.ts";
 
 /** A kernel function's arguments, with the wasm backend. */
 export interface KernelArgs {
@@ -30,13 +31,17 @@ export function openedOneDnn(): OneDnn | null {
   return dnn;
 }
 
-/** The kernels the native ones replaced, by name: the fallbacks and what unregistering restores. */
-export const replacedKernels = new Map<string, tf.KernelConfig>();
-
-/** Runs the wasm kernel `name` that the native one replaced (for what the native one does not take). */
+/**
+ * Runs the wasm kernel `name` that the native one replaced (for what the native one does not
+ * take). Where the native table is not installed (plain wasm runs some native kernels: the SIMD
+ * BatchNorm), the kernel registered for `name` is the wasm one.
+ */
 export function fallback(name: string, args: KernelArgs): tf.TensorInfo {
-  const config = replacedKernels.get(name);
-  if (config == null) throw new Error(`wasm backend has no ${name} kernel to fall back to`);
+  if (installedTables("wasm").some((t) => t.name === "native")) {
+    return registryFallback("native", name, args);
+  }
+  const config = tf.getKernel(name, "wasm");
+  if (config == null) throw new Error(`wasm backend has no ${name} kernel`);
   return config.kernelFunc(args as unknown as Parameters<tf.KernelFunc>[0]) as tf.TensorInfo;
 }
 

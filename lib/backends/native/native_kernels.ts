@@ -5,55 +5,32 @@
  * SIMD threads (`row_threads.ts`). Registered for the `wasm` backend name, replacing the kernels
  * there (tfjs's or `wasm_kernels.ts`'s), which stay the fallback for what these do not cover
  * (dilations, NCHW, other dtypes, empty tensors, fused activations other than ReLU).
- * `unregisterNativeKernels()` puts the replaced kernels back (wasm without native, in one process).
+ * Uninstalling the table puts the replaced kernels back (wasm without native, in one process).
  * @module
  */
 
-import * as tf from "@tensorflow/tfjs-core";
-import { openOneDnn, replacedKernels } from "./kernel_support.ts";
+import { openOneDnn } from "./kernel_support.ts";
 import { CONV_KERNELS } from "./conv_kernels.ts";
-import { BATCHNORM_KERNELS } from "./batchnorm.ts";
+import { batchNormKernels } from "./batchnorm.ts";
 import { COPY_KERNELS } from "./copy_kernels.ts";
 import { POOL_KERNELS } from "./pool_kernels.ts";
+import type { KernelTable } from "../kernel_registry.ts";
 
 export { openOneDnn } from "./kernel_support.ts";
 
-const KERNELS: Record<string, tf.KernelFunc> = {
-  ...CONV_KERNELS,
-  ...BATCHNORM_KERNELS,
-  ...COPY_KERNELS,
-  ...POOL_KERNELS,
-};
+let table: KernelTable | null = null;
 
-/** Kernels this module registers for the wasm backend. */
-export const NATIVE_KERNELS: readonly string[] = Object.keys(KERNELS);
-
-/** Registers the native kernels for `wasm` (after the wasm backend and its kernels started). */
-export function registerNativeKernels(): void {
-  openOneDnn();
-  for (const [kernelName, kernelFunc] of Object.entries(KERNELS)) {
-    const current = tf.getKernel(kernelName, "wasm");
-    if (current?.kernelFunc === kernelFunc) continue;
-    if (current != null) {
-      replacedKernels.set(kernelName, current);
-      tf.unregisterKernel(kernelName, "wasm");
-    }
-    tf.registerKernel({ kernelName, backendName: "wasm", kernelFunc });
-  }
-}
-
-/** Puts back the kernels `registerNativeKernels` replaced. */
-export function unregisterNativeKernels(): void {
-  for (const kernelName of Object.keys(KERNELS)) {
-    const prev = replacedKernels.get(kernelName);
-    if (tf.getKernel(kernelName, "wasm")?.kernelFunc !== KERNELS[kernelName]) continue;
-    tf.unregisterKernel(kernelName, "wasm");
-    if (prev != null) tf.registerKernel(prev);
-  }
-  replacedKernels.clear();
-}
-
-/** True while the native kernels are the registered wasm kernels. */
-export function nativeKernelsActive(): boolean {
-  return tf.getKernel("Conv2D", "wasm")?.kernelFunc === KERNELS.Conv2D;
+/**
+ * The `native` backend's kernel table, on top of the `wasm` one (both for tfjs's `wasm`
+ * backend). Its BatchNorm inference kernels normalise with `normaliseAffine`'s map, as its
+ * training kernels do: given their batch statistics, they reproduce the training y bit for bit.
+ */
+export function nativeKernelTable(): KernelTable {
+  return table ??= {
+    name: "native",
+    backendName: "wasm",
+    kernels: { ...CONV_KERNELS, ...batchNormKernels(), ...COPY_KERNELS, ...POOL_KERNELS },
+    exactRecompute: true,
+    setup: () => void openOneDnn(),
+  };
 }

@@ -1,12 +1,7 @@
 /**
- * The `AdamStep` kernel: torch.optim.Adam's update of every parameter in one call. Contract
- * (any backend may register it; lib/train/adam.ts uses it when registered, otherwise composes
- * tfjs ops with the same numerics):
- * - inputs `p0…p{n−1}` (parameters, any shapes), `g0…g{n−1}` (their gradients), `m`, `v` (the
- *   flat moment vectors, [Σ sizes], in the order of the parameters);
- * - attrs `AdamStepAttrs`;
- * - outputs `[p0′ … p{n−1}′, m′, v′]`, with m′ = β1·m + (1−β1)·g, v′ = β2·v + (1−β2)·g²,
- *   p′ = p − stepSize · m′ / (√v′ / sqrtBc2 + ε).
+ * The seam's `AdamStep` kernel on WebGPU (contract in seam.ts): torch.optim.Adam's update of
+ * every parameter in one call, m′ = β1·m + (1−β1)·g, v′ = β2·v + (1−β2)·g²,
+ * p′ = p − stepSize · m′ / (√v′ / sqrtBc2 + ε).
  *
  * On WebGPU the parameters and gradients are gathered into flat buffers by buffer copies (no
  * dispatch each), the update is ONE dispatch over the flat vectors, and the new parameters are
@@ -14,21 +9,8 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import type { AdamStepAttrs } from "../seam.ts";
 import { copyRanges, groups, type Program, type WebGPUBackendInternals } from "./program.ts";
-
-/** The kernel's name. */
-export const ADAM_STEP = "AdamStep";
-
-/** Attributes of `AdamStep`. */
-export interface AdamStepAttrs {
-  beta1: number;
-  beta2: number;
-  eps: number;
-  /** lr / (1 − β1ᵗ). */
-  stepSize: number;
-  /** √(1 − β2ᵗ). */
-  sqrtBc2: number;
-}
 
 const WORKGROUP = 256;
 
@@ -63,7 +45,7 @@ class AdamProgram implements Program {
   }
 }
 
-function adamStepWebgpu(
+export function adamStepWebgpu(
   args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap },
 ): tf.TensorInfo[] {
   const backend = args.backend as WebGPUBackendInternals;
@@ -111,14 +93,4 @@ function adamStepWebgpu(
   ]);
   for (const t of [flatP, flatG, out]) backend.disposeData(t.dataId);
   return outputs;
-}
-
-/** Registers `AdamStep` for the webgpu backend (idempotent). */
-export function registerWebgpuAdamStep(): void {
-  if (tf.getKernel(ADAM_STEP, "webgpu") != null) return;
-  tf.registerKernel({
-    kernelName: ADAM_STEP,
-    backendName: "webgpu",
-    kernelFunc: adamStepWebgpu as unknown as tf.KernelFunc,
-  });
 }

@@ -17,9 +17,6 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { copyRanges, type Program, type Uniform, type WebGPUBackendInternals } from "./program.ts";
 
-export const BATCH_NORM_RELU_TRAIN = "BatchNormReluTrain";
-export const BATCH_NORM_RELU_GRAD = "BatchNormReluGrad";
-
 /** Channels per workgroup of the reductions, and threads per channel. */
 const CH = 64, ROWS = 4;
 const TARGET_WORKGROUPS = 512;
@@ -365,7 +362,7 @@ function splitRows(backend: WebGPUBackendInternals, rows: tf.TensorInfo, c: numb
   return out;
 }
 
-function batchNormReluTrain(args: Args): tf.TensorInfo[] {
+export function batchNormReluTrain(args: Args): tf.TensorInfo[] {
   const backend = args.backend as WebGPUBackendInternals;
   const { x, gamma, beta } = args.inputs as Record<string, tf.TensorInfo>;
   const a = args.attrs as unknown as BnAttrs;
@@ -390,7 +387,7 @@ function batchNormReluTrain(args: Args): tf.TensorInfo[] {
   return [y, mean, variance];
 }
 
-function batchNormReluGrad(args: Args): tf.TensorInfo[] {
+export function batchNormReluGrad(args: Args): tf.TensorInfo[] {
   const backend = args.backend as WebGPUBackendInternals;
   const { dy, x, gamma, beta, mean, variance } = args.inputs as Record<string, tf.TensorInfo>;
   const a = args.attrs as unknown as BnAttrs;
@@ -425,21 +422,4 @@ function batchNormReluGrad(args: Args): tf.TensorInfo[] {
   backend.disposeData(partials.dataId);
   backend.disposeData(sums.dataId);
   return [dx, dgamma, dbeta];
-}
-
-/** Registers both kernels for webgpu (idempotent). */
-export function registerWebgpuBatchNorm(): void {
-  for (
-    const [kernelName, kernelFunc] of [
-      [BATCH_NORM_RELU_TRAIN, batchNormReluTrain],
-      [BATCH_NORM_RELU_GRAD, batchNormReluGrad],
-    ] as const
-  ) {
-    if (tf.getKernel(kernelName, "webgpu") != null) continue;
-    tf.registerKernel({
-      kernelName,
-      backendName: "webgpu",
-      kernelFunc: kernelFunc as unknown as tf.KernelFunc,
-    });
-  }
 }

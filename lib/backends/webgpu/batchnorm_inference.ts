@@ -17,10 +17,8 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { type BnAttrs, normalize } from "./batchnorm.ts";
+import { BN_CONCAT_INFERENCE_KERNEL, BN_INFERENCE_KERNEL } from "../seam.ts";
 import { copyRanges, type Program, type WebGPUBackendInternals } from "./program.ts";
-
-export const BATCH_NORM_RELU_INFERENCE = "BatchNormReluInference";
-export const BATCH_NORM_RELU_CONCAT_INFERENCE = "BatchNormReluConcatInference";
 
 /** Most inputs bound directly, whatever the device allows (bounds the shader variants). */
 const MAX_BOUND = 14;
@@ -97,14 +95,14 @@ function checkVectors(kernel: string, vectors: tf.TensorInfo[], c: number): void
   }
 }
 
-function batchNormReluInference(args: Args): tf.TensorInfo {
+export function batchNormReluInference(args: Args): tf.TensorInfo {
   const backend = args.backend as WebGPUBackendInternals;
   const { x, mean, variance, gamma, beta } = args.inputs as Record<string, tf.TensorInfo>;
   if (x == null || x.dtype !== "float32" || x.shape.length === 0) {
-    throw new Error(`${BATCH_NORM_RELU_INFERENCE}: needs float32 x [.., C]`);
+    throw new Error(`${BN_INFERENCE_KERNEL}: needs float32 x [.., C]`);
   }
   const c = lastDim(x);
-  checkVectors(BATCH_NORM_RELU_INFERENCE, [mean, variance, gamma, beta], c);
+  checkVectors(BN_INFERENCE_KERNEL, [mean, variance, gamma, beta], c);
   if (tf.util.sizeFromShape(x.shape) === 0) return backend.makeTensorInfo(x.shape, "float32");
   const stats = backend.makeTensorInfo([2, c], "float32");
   copyRanges(backend, [
@@ -116,11 +114,11 @@ function batchNormReluInference(args: Args): tf.TensorInfo {
   return y;
 }
 
-function batchNormReluConcatInference(args: Args): tf.TensorInfo {
+export function batchNormReluConcatInference(args: Args): tf.TensorInfo {
   const backend = args.backend as WebGPUBackendInternals;
   const { mean, variance, gamma, beta, ...rest } = args.inputs as Record<string, tf.TensorInfo>;
   const all = Object.values(rest);
-  const name = BATCH_NORM_RELU_CONCAT_INFERENCE;
+  const name = BN_CONCAT_INFERENCE_KERNEL;
   if (all.length === 0) throw new Error(`${name}: no inputs x0, x1, …`);
   if (all.some((t) => t.dtype !== "float32" || t.shape.length === 0)) {
     throw new Error(`${name}: the inputs x_i must be float32 [.., C_i]`);
@@ -206,31 +204,4 @@ function batchNormReluConcatInference(args: Args): tf.TensorInfo {
   );
   for (const t of temps) backend.disposeData(t.dataId);
   return y;
-}
-
-const KERNELS: [string, (args: Args) => tf.TensorInfo][] = [
-  [BATCH_NORM_RELU_INFERENCE, batchNormReluInference],
-  [BATCH_NORM_RELU_CONCAT_INFERENCE, batchNormReluConcatInference],
-];
-
-/** Registers both kernels for webgpu (idempotent). */
-export function registerWebgpuBatchNormInference(): void {
-  for (const [kernelName, kernelFunc] of KERNELS) {
-    if (tf.getKernel(kernelName, "webgpu") != null) continue;
-    tf.registerKernel({
-      kernelName,
-      backendName: "webgpu",
-      kernelFunc: kernelFunc as unknown as tf.KernelFunc,
-    });
-  }
-}
-
-/**
- * Unregisters both (before/after measurements: the model then falls back to tfjs's batchNorm +
- * relu and joined dense blocks, as it checks for them at each call).
- */
-export function unregisterWebgpuBatchNormInference(): void {
-  for (const [kernelName] of KERNELS) {
-    if (tf.getKernel(kernelName, "webgpu") != null) tf.unregisterKernel(kernelName, "webgpu");
-  }
 }

@@ -10,6 +10,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { fallback } from "../kernel_registry.ts";
 import { copyRanges, type Program, type Uniform, type WebGPUBackendInternals } from "./program.ts";
 
 /**
@@ -78,11 +79,12 @@ function partsLayout(shape: number[], axis: number, sizes: number[]) {
 
 type Args = { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap };
 
-/** The kernel; null where it does not apply (not float32, empty parts), for tfjs's instead. */
-export function splitVContiguous(args: Args): tf.TensorInfo[] | null {
+/** The kernel; tfjs's where it does not apply (not float32, empty parts). */
+export function splitVContiguous(args: Args): tf.TensorInfo[] {
   const backend = args.backend as WebGPUBackendInternals;
   const { x } = args.inputs as Record<string, tf.TensorInfo>;
-  if (x.dtype !== "float32") return null;
+  const tfjs = () => fallback<tf.TensorInfo[]>("webgpu", "SplitV", args);
+  if (x.dtype !== "float32") return tfjs();
   const attrs = args.attrs as unknown as { numOrSizeSplits: number[] | number; axis: number };
   const axis = tf.util.parseAxisParam(attrs.axis, x.shape)[0];
   const sizes = tf.backend_util.prepareSplitSize(
@@ -90,7 +92,7 @@ export function splitVContiguous(args: Args): tf.TensorInfo[] | null {
     attrs.numOrSizeSplits,
     axis,
   );
-  if (sizes.some((s) => s === 0)) return null;
+  if (sizes.some((s) => s === 0)) return tfjs();
   const { outer, inner, starts, n, uniforms, blockOffset } = partsLayout(x.shape, axis, sizes);
   const outputs = sizes.map((s) => {
     const shape = x.shape.slice();
@@ -124,16 +126,18 @@ export function splitVContiguous(args: Args): tf.TensorInfo[] | null {
 }
 
 /**
- * The kernel; null where tfjs's does as well (at most `maxInputs` inputs: one pass, no copies)
- * or it does not apply (not float32, empty inputs).
+ * The kernel; tfjs's where tfjs's does as well (at most `maxInputs` inputs: one pass, no
+ * copies) or it does not apply (not float32, empty inputs).
  */
-export function concatBlocked(args: Args): tf.TensorInfo | null {
+export function concatBlocked(args: Args): tf.TensorInfo {
   const backend = args.backend as WebGPUBackendInternals;
   const inputs = Object.values(args.inputs) as tf.TensorInfo[];
   const maxInputs = backend.device.limits.maxStorageBuffersPerShaderStage - 1;
-  if (inputs.length <= maxInputs) return null;
-  if (inputs.some((t) => t.dtype !== "float32" || tf.util.sizeFromShape(t.shape) === 0)) {
-    return null;
+  if (
+    inputs.length <= maxInputs ||
+    inputs.some((t) => t.dtype !== "float32" || tf.util.sizeFromShape(t.shape) === 0)
+  ) {
+    return fallback("webgpu", "Concat", args);
   }
   const attrs = args.attrs as unknown as { axis: number };
   const axis = tf.util.parseAxisParam(attrs.axis, inputs[0].shape)[0];

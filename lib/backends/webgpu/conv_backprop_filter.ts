@@ -16,6 +16,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { fallback } from "../kernel_registry.ts";
 import type { Program, Uniform, WebGPUBackendInternals } from "./program.ts";
 
 /** Tile of dW rows (K) and columns (Co) per workgroup, and rows of M per shared-memory step. */
@@ -202,14 +203,14 @@ interface BackpropFilterAttrs {
   filterShape: [number, number, number, number];
 }
 
-/** The kernel; null when it does not apply (NCHW), for the caller to fall back to tfjs's. */
+/** The kernel; tfjs's where it does not apply (NCHW). */
 export function conv2DBackpropFilterGemm(
   args: { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap },
-): tf.TensorInfo | null {
+): tf.TensorInfo {
   const backend = args.backend as WebGPUBackendInternals;
   const { x, dy } = args.inputs as Record<string, tf.TensorInfo>;
   const a = args.attrs as unknown as BackpropFilterAttrs;
-  if (a.dataFormat === "NCHW") return null;
+  if (a.dataFormat === "NCHW") return fallback("webgpu", "Conv2DBackpropFilter", args);
   const info = tf.backend_util.computeConv2DInfo(
     x.shape as [number, number, number, number],
     a.filterShape,

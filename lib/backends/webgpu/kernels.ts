@@ -1,28 +1,24 @@
 /**
- * This project's WebGPU kernels, registered with tfjs for the `webgpu` backend when it starts.
- * Where one replaces a kernel tfjs-backend-webgpu has, tfjs's is kept: as the fallback for the
- * cases ours does not cover, and to put back for before/after measurements.
+ * The `webgpu` backend's kernel table: this project's WebGPU kernels (the seam's BatchNorm and
+ * Adam kernels, which tfjs lacks; the weight gradient, split and concatenation, which replace
+ * tfjs's, kept as the fallback for the cases ours do not cover and to put back for before/after
+ * measurements).
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { registerWebgpuAdamStep } from "./adam_step.ts";
-import { registerWebgpuBatchNorm } from "./batchnorm.ts";
-import { registerWebgpuBatchNormInference } from "./batchnorm_inference.ts";
+import { adamStepWebgpu } from "./adam_step.ts";
+import { batchNormReluGrad, batchNormReluTrain } from "./batchnorm.ts";
+import { batchNormReluConcatInference, batchNormReluInference } from "./batchnorm_inference.ts";
 import { conv2DBackpropFilterGemm } from "./conv_backprop_filter.ts";
 import { concatBlocked, splitVContiguous } from "./concat_split.ts";
-
-type Args = { inputs: tf.NamedTensorInfoMap; backend: unknown; attrs?: tf.NamedAttrMap };
-/** A kernel that returns null where it does not apply. */
-type OwnKernel = (args: Args) => tf.TensorInfo | tf.TensorInfo[] | null;
-
-/** tfjs-backend-webgpu's kernels that ours replace. */
-const tfjsKernels = new Map<string, tf.KernelConfig>();
-
-const OWN: Record<string, OwnKernel> = {
-  Conv2DBackpropFilter: conv2DBackpropFilterGemm,
-  SplitV: splitVContiguous,
-  Concat: concatBlocked,
-};
+import {
+  ADAM_STEP,
+  BN_CONCAT_INFERENCE_KERNEL,
+  BN_GRAD_KERNEL,
+  BN_INFERENCE_KERNEL,
+  BN_TRAIN_KERNEL,
+} from "../seam.ts";
+import type { KernelTable } from "../kernel_registry.ts";
 
 /**
  * tfjs-backend-webgpu's flag choosing its naive `Conv2DBackpropInput` (one thread per input
@@ -31,49 +27,28 @@ const OWN: Record<string, OwnKernel> = {
  */
 const NAIVE_BACKPROP_INPUT = "WEBGPU_USE_NAIVE_CONV2D_TRANSPOSE";
 
-/** Registers every kernel of lib/backends/webgpu/ (idempotent); returns the names replaced. */
-export function registerWebgpuKernels(): string[] {
-  tf.env().set(NAIVE_BACKPROP_INPUT, false);
-  registerWebgpuAdamStep();
-  registerWebgpuBatchNorm();
-  registerWebgpuBatchNormInference();
-  const replaced: string[] = [];
-  for (const [name, own] of Object.entries(OWN)) {
-    const current = tf.getKernel(name, "webgpu");
-    if (current != null && tfjsKernels.has(name)) continue; // ours already
-    if (current != null) {
-      tfjsKernels.set(name, current);
-      tf.unregisterKernel(name, "webgpu");
-    }
-    const kernelFunc = (args: Args) => {
-      const out = own(args);
-      if (out != null) return out;
-      const fallback = tfjsKernels.get(name);
-      if (fallback == null) throw new Error(`webgpu: no ${name} kernel for these attributes`);
-      return fallback.kernelFunc(args as unknown as Parameters<tf.KernelFunc>[0]);
-    };
-    tf.registerKernel({
-      kernelName: name,
-      backendName: "webgpu",
-      kernelFunc: kernelFunc as unknown as tf.KernelFunc,
-    });
-    replaced.push(name);
-  }
-  return replaced;
-}
+let table: KernelTable | null = null;
 
 /**
- * Puts tfjs-backend-webgpu's own kernels back in place of the ones replaced (before/after
- * measurements; `AdamStep` and the BatchNorm kernels, which tfjs lacks, stay), and its naive
- * `Conv2DBackpropInput`. Returns the names of the kernels put back.
+ * The table. Its BatchNorm inference kernels normalise with the training kernel's arithmetic
+ * (`normalize`), so given its batch statistics they reproduce its y.
  */
-export function restoreTfjsWebgpuKernels(): string[] {
-  const restored = [...tfjsKernels.keys()];
-  for (const [name, config] of tfjsKernels) {
-    tf.unregisterKernel(name, "webgpu");
-    tf.registerKernel(config);
-  }
-  tfjsKernels.clear();
-  tf.env().set(NAIVE_BACKPROP_INPUT, true);
-  return restored;
+export function webgpuKernelTable(): KernelTable {
+  return table ??= {
+    name: "webgpu",
+    backendName: "webgpu",
+    kernels: {
+      [ADAM_STEP]: adamStepWebgpu,
+      [BN_TRAIN_KERNEL]: batchNormReluTrain,
+      [BN_GRAD_KERNEL]: batchNormReluGrad,
+      [BN_INFERENCE_KERNEL]: batchNormReluInference,
+      [BN_CONCAT_INFERENCE_KERNEL]: batchNormReluConcatInference,
+      Conv2DBackpropFilter: conv2DBackpropFilterGemm,
+      SplitV: splitVContiguous,
+      Concat: concatBlocked,
+    },
+    exactRecompute: true,
+    setup: () => tf.env().set(NAIVE_BACKPROP_INPUT, false),
+    teardown: () => tf.env().set(NAIVE_BACKPROP_INPUT, true),
+  };
 }
