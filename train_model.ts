@@ -24,7 +24,7 @@ import {
   type MemoryEfficientChoice,
   resolveMemoryEfficient,
 } from "./lib/backends/memory_efficient.ts";
-import { checkTrainingFits } from "./lib/model/training_memory.ts";
+import { checkTrainingFits, trainingStepBytes } from "./lib/train/training_memory.ts";
 import { checkOutputPaths } from "./lib/util/output_paths.ts";
 import { type FlagSpecs, givenFlags, parseFlags } from "./lib/util/cli.ts";
 import { loadSubset } from "./lib/data/dataset.ts";
@@ -33,12 +33,7 @@ import { evaluate, jsonNumber } from "./lib/eval/evaluation.ts";
 import { predictBatches } from "./lib/eval/inference.ts";
 import { bceLoss, youdenThresholds } from "./lib/eval/metrics.ts";
 import { classBalanceWeights } from "./lib/train/loss.ts";
-import {
-  DENSENET121,
-  type DenseNetConfig,
-  disposeModel,
-  TINY_DENSENET,
-} from "./lib/model/densenet.ts";
+import { ARCHITECTURES, disposeModel } from "./lib/model/densenet.ts";
 import { initialModel, loadModel } from "./lib/model/model_loading.ts";
 import { stateDictFromModel } from "./lib/model/model_weights.ts";
 import { Progress } from "./lib/util/progress.ts";
@@ -85,19 +80,6 @@ import {
   transformsTrainAugmented,
 } from "./transforms/augmented_transforms.ts";
 import { writeAugmentationPreview } from "./transforms/preview.ts";
-
-/** Networks `--arch` offers: DenseNet-121 (the original's), and small ones for quick runs. */
-export const ARCHITECTURES: Record<string, DenseNetConfig> = {
-  densenet121: DENSENET121,
-  densenet_small: {
-    growthRate: 16,
-    blockConfig: [4, 8, 12, 8],
-    numInitFeatures: 32,
-    bnSize: 4,
-    numClasses: 14,
-  },
-  densenet_tiny: TINY_DENSENET,
-};
 
 export const FLAGS = {
   ...RUN_FLAGS,
@@ -155,13 +137,14 @@ export const FLAGS = {
     kind: "string",
     default: "imagenet",
     metavar: "imagenet|none|PATH",
-    help: "starting weights: torchvision's ImageNet DenseNet-121, random, or a file",
+    help: "starting weights: torchvision's ImageNet weights of the --arch, random, or a file",
   },
   arch: {
     kind: "string",
     default: "densenet121",
     choices: Object.keys(ARCHITECTURES),
-    help: "network: DenseNet-121, or a small DenseNet for quick runs (random init only)",
+    help: "network: DenseNet-121 (the original's), -169 or -201 (ImageNet weights for all " +
+      "three), or a small DenseNet for quick runs (random init only)",
   },
   loss: {
     kind: "string",
@@ -173,9 +156,10 @@ export const FLAGS = {
     kind: "string",
     default: "auto",
     choices: ["auto", "on", "off"],
-    help:
-      "recompute dense-layer bottlenecks in the backward pass (auto: on for wasm/cpu, off for " +
-      "tensorflow and for a WebGPU adapter that holds the plain path)",
+    help: "keep less for the backward pass and recompute it there (each dense layer's " +
+      "BatchNorm+ReLU outputs from their statistics; the stem and transitions from their " +
+      "inputs): same numbers, less memory (auto: on for native/wasm/cpu, off for tensorflow " +
+      "and for a WebGPU adapter that holds the plain path)",
   },
   preview_augmentation: {
     kind: "int",
@@ -235,12 +219,13 @@ async function main(args: string[]): Promise<void> {
   // The memory decision probes the started GPU and belongs on its `backend:` line.
   let memory: MemoryEfficientChoice = { on: true };
   const backend = await startBackend(flags, async (info) => {
-    memory = await resolveMemoryEfficient(
-      flags.memory_efficient,
-      info.name,
-      flags.batch_size,
-      flags.image_size,
-    );
+    // The --arch's network (a run from saved weights is sized as its --arch says).
+    const config = ARCHITECTURES[flags.arch].config;
+    memory = await resolveMemoryEfficient(flags.memory_efficient, info.name, {
+      bytes: trainingStepBytes(config, flags.batch_size, flags.image_size, false, info.name),
+      batch: flags.batch_size,
+      imageSize: flags.image_size,
+    });
     return memory.note ?? null;
   });
   const train = await loadSubset({
@@ -292,13 +277,17 @@ async function main(args: string[]): Promise<void> {
       `Starting from the weights of ${path} (optimiser and epochs afresh; --resume continues a run).`,
     );
   } else {
-    const config = ARCHITECTURES[flags.arch];
-    if (flags.arch !== "densenet121" && flags.weights === "imagenet") {
+    const arch = ARCHITECTURES[flags.arch];
+    if (arch.imagenet == null && flags.weights === "imagenet") {
       throw new UserError(
         `--arch ${flags.arch} has no ImageNet weights: use --weights none or PATH`,
       );
     }
-    const init = await initialModel(flags.weights, { config, seed: flags.seed });
+    const init = await initialModel(flags.weights, {
+      config: arch.config,
+      imagenetFile: arch.imagenet ?? undefined,
+      seed: flags.seed,
+    });
     model = init.model;
     weightsSource = init.source;
     if (init.source.kind === "none") {

@@ -24,16 +24,12 @@ import { resolveMemoryEfficient } from "../lib/backends/memory_efficient.ts";
 import { parseFlags } from "../lib/util/cli.ts";
 import { batches } from "../lib/data/dataset.ts";
 import { runMain, UserError } from "../lib/util/errors.ts";
-import {
-  createDenseNet,
-  DENSENET121,
-  disposeModel,
-  forward,
-  type MemoryEfficiency,
-} from "../lib/model/densenet.ts";
+import { ARCHITECTURES, createDenseNet, disposeModel, forward } from "../lib/model/densenet.ts";
+import { trainingStepBytes } from "../lib/train/training_memory.ts";
 import { Rng } from "../lib/util/rng.ts";
 import { trainStep } from "../lib/train/training.ts";
-import { restoreTfjsWasmKernels } from "../lib/backends/wasm_kernels.ts";
+import { wasmKernelTable } from "../lib/backends/wasm_kernels.ts";
+import { uninstallKernelTable } from "../lib/backends/kernel_registry.ts";
 import { readShard } from "../lib/data/webdataset.ts";
 import { transformsTrainAugmented } from "../transforms/augmented_transforms.ts";
 import { encodeSeconds, formatGpuTimes, gpuProgramTimes, type GpuTimes } from "./gpu_timing.ts";
@@ -52,9 +48,14 @@ const SPECS = {
   memory_efficient: {
     kind: "string",
     default: "on",
-    choices: ["on", "off", "auto", "bottleneck", "block", "layer"],
-    help: "what the training forward keeps (lib/model/densenet.ts MemoryEfficiency; on = layer; " +
-      "auto as train_model.ts resolves it)",
+    choices: ["on", "off", "auto"],
+    help: "train_model.ts's --memory_efficient (auto as train_model.ts resolves it)",
+  },
+  arch: {
+    kind: "string",
+    default: "densenet121",
+    choices: Object.keys(ARCHITECTURES),
+    help: "network (train_model.ts's --arch), random weights",
   },
   tensor_memory: {
     kind: "boolean",
@@ -283,12 +284,13 @@ async function benchModel(
   batch: number,
   size: number,
   steps: number,
-  memoryEfficient: MemoryEfficiency,
+  memoryEfficient: boolean,
+  arch: string,
   tensorMemory = false,
   kernelHistogram = false,
   gpuTimes = false,
 ): Promise<ModelRates> {
-  const model = createDenseNet(DENSENET121, { seed: 0 });
+  const model = createDenseNet(ARCHITECTURES[arch].config, { seed: 0 });
   const adam = new Adam({ lr: 1e-4 });
   const rng = new Rng(1);
   const x = tf.tidy(() => tf.randomNormal([batch, size, size, 3], 0, 1, "float32", 1));
@@ -499,11 +501,6 @@ function gpuTimesJson(t: GpuTimes | null | undefined) {
   };
 }
 
-/** `--memory_efficient` → `forward`'s level (on = true, off = false). */
-function memoryLevel(flag: string): MemoryEfficiency {
-  return flag === "on" ? true : flag === "off" ? false : flag as MemoryEfficiency;
-}
-
 async function main(args: string[]) {
   const flags = parseFlags(
     args,
@@ -518,11 +515,16 @@ async function main(args: string[]) {
     const info = await initBackend(flags.backend, { threads: flags.threads, log });
     const threads = info.threads ?? flags.threads;
     if (info.name === "wasm" && flags.wasm_kernels === "tfjs") {
-      log(`wasm: tfjs's own ${restoreTfjsWasmKernels().join(", ")} kernels`);
+      log(`wasm: tfjs's own ${uninstallKernelTable(wasmKernelTable()).join(", ")} kernels`);
     }
-    let memoryEfficient = memoryLevel(flags.memory_efficient);
+    let memoryEfficient = flags.memory_efficient === "on";
     if (flags.memory_efficient === "auto") {
-      const choice = await resolveMemoryEfficient("auto", info.name, flags.batch, flags.image_size);
+      const config = ARCHITECTURES[flags.arch].config;
+      const choice = await resolveMemoryEfficient("auto", info.name, {
+        bytes: trainingStepBytes(config, flags.batch, flags.image_size, false, info.name),
+        batch: flags.batch,
+        imageSize: flags.image_size,
+      });
       log(`note: ${choice.note}`);
       memoryEfficient = choice.on;
     }
@@ -534,6 +536,7 @@ async function main(args: string[]) {
         flags.image_size,
         flags.steps,
         memoryEfficient,
+        flags.arch,
         flags.tensor_memory,
         flags.kernel_histogram,
         flags.gpu_times,

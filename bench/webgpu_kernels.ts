@@ -15,9 +15,13 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../lib/backends/backend.ts";
-import { registerWebgpuKernels, restoreTfjsWebgpuKernels } from "../lib/backends/webgpu/kernels.ts";
-import { BATCH_NORM_RELU_GRAD, BATCH_NORM_RELU_TRAIN } from "../lib/backends/webgpu/batchnorm.ts";
-import { BATCH_NORM_RELU_CONCAT_INFERENCE } from "../lib/backends/webgpu/batchnorm_inference.ts";
+import { webgpuKernelTable } from "../lib/backends/webgpu/kernels.ts";
+import { installKernelTable, uninstallKernelTable } from "../lib/backends/kernel_registry.ts";
+import {
+  BN_CONCAT_INFERENCE_KERNEL,
+  BN_GRAD_KERNEL,
+  BN_TRAIN_KERNEL,
+} from "../lib/backends/seam.ts";
 import { parseFlags } from "../lib/util/cli.ts";
 import { runMain } from "../lib/util/errors.ts";
 
@@ -123,11 +127,11 @@ async function main(args: string[]) {
   const againstTfjs = async (run: () => tf.Tensor[]) => {
     const ours = () => run();
     const theirs = () => {
-      restoreTfjsWebgpuKernels();
+      uninstallKernelTable(webgpuKernelTable());
       try {
         return run();
       } finally {
-        registerWebgpuKernels();
+        installKernelTable(webgpuKernelTable());
       }
     };
     return await disagreement(ours, theirs);
@@ -146,9 +150,9 @@ async function main(args: string[]) {
     ];
     agreement[`Conv2DBackpropFilter ${what}`] = await againstTfjs(run);
     const ours = await time(run, flags.reps);
-    restoreTfjsWebgpuKernels();
+    uninstallKernelTable(webgpuKernelTable());
     const theirs = await time(run, flags.reps);
-    registerWebgpuKernels();
+    installKernelTable(webgpuKernelTable());
     // A 1×1 filter gradient is also xᵀ·dy: tfjs's matrix product (its program choice for this
     // shape) is the alternative to ours, which this project used before.
     const matMul = fs[0] === 1 && fs[1] === 1 && stride === 1
@@ -181,9 +185,9 @@ async function main(args: string[]) {
         } as unknown as tf.NamedAttrMap) as tf.Tensor,
       ];
       const gemm = await time(runInput, flags.reps);
-      restoreTfjsWebgpuKernels();
+      uninstallKernelTable(webgpuKernelTable());
       const naive = await time(runInput, flags.reps);
-      registerWebgpuKernels();
+      installKernelTable(webgpuKernelTable());
       input[what] = {
         gemm_ms: +gemm.toFixed(2),
         naive_ms: +naive.toFixed(2),
@@ -214,11 +218,11 @@ async function main(args: string[]) {
     const attrs = { epsilon: 1e-5, relu: true } as unknown as tf.NamedAttrMap;
     const fused = () => {
       const [y, mean, variance] = tf.engine().runKernel(
-        BATCH_NORM_RELU_TRAIN,
+        BN_TRAIN_KERNEL,
         { x, gamma, beta },
         attrs,
       ) as tf.Tensor[];
-      const grads = tf.engine().runKernel(BATCH_NORM_RELU_GRAD, {
+      const grads = tf.engine().runKernel(BN_GRAD_KERNEL, {
         dy,
         x,
         gamma,
@@ -265,7 +269,7 @@ async function main(args: string[]) {
     xs.forEach((x, i) => (inputs[`x${i}`] = x));
     const attrs = { epsilon: 1e-5, relu: true } as unknown as tf.NamedAttrMap;
     agreement["BatchNormReluConcatInference 12 inputs @28"] = await disagreement(
-      () => [tf.engine().runKernel(BATCH_NORM_RELU_CONCAT_INFERENCE, inputs, attrs) as tf.Tensor],
+      () => [tf.engine().runKernel(BN_CONCAT_INFERENCE_KERNEL, inputs, attrs) as tf.Tensor],
       () => [
         tf.tidy(() =>
           tf.relu(

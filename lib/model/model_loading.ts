@@ -140,12 +140,13 @@ async function sha256File(path: string): Promise<string> {
 
 /**
  * Creates the model to train: DenseNet-121 (or `config`) with `--weights imagenet` (torchvision's
- * ImageNet file; fresh 14-way classifier), `none` (seeded random init) or a PATH (a torchvision
- * state dict or an original-tool checkpoint; a classifier of another size is replaced).
+ * ImageNet file `imagenetFile`, default DenseNet-121's; fresh 14-way classifier), `none` (seeded
+ * random init) or a PATH (a torchvision state dict or an original-tool checkpoint; a classifier
+ * of another size is replaced).
  */
 export async function initialModel(
   weights: string,
-  opts: { config?: DenseNetConfig; seed?: number; silent?: boolean } = {},
+  opts: { config?: DenseNetConfig; imagenetFile?: string; seed?: number; silent?: boolean } = {},
 ): Promise<{ model: DenseNet; source: WeightsSource }> {
   const config = opts.config ?? DENSENET121;
   const model = createDenseNet(config, { seed: opts.seed });
@@ -153,7 +154,7 @@ export async function initialModel(
     return { model, source: { kind: "none", path: null, sha256: null, notes: [] } };
   }
   const path = weights === "imagenet"
-    ? await imagenetWeightsPath({ silent: opts.silent })
+    ? await imagenetWeightsPath({ file: opts.imagenetFile, silent: opts.silent })
     : weights;
   const ckpt = await loadCheckpoint(path);
   const report = loadStateDict(model, ckpt.stateDict, { allowNewClassifier: true, source: path });

@@ -1,5 +1,6 @@
 /**
- * ImageNet-pretrained DenseNet-121 weights: torchvision's published `densenet121-a639ec97.pth`,
+ * ImageNet-pretrained DenseNet weights: torchvision's published files (`densenet121-a639ec97.pth`,
+ * and the other depths' named in densenet.ts `ARCHITECTURES`),
  * found in this tool's cache (or PyTorch's hub cache), else downloaded once with a progress bar,
  * checked against the sha256 prefix in its name and written atomically.
  * @module
@@ -8,8 +9,10 @@ import { writeFileAtomic } from "../util/atomic_file.ts";
 import { UserError } from "../util/errors.ts";
 import { Progress } from "../util/progress.ts";
 
+/** DenseNet-121's file, the default. */
 export const IMAGENET_FILE = "densenet121-a639ec97.pth";
-export const IMAGENET_URL = `https://download.pytorch.org/models/${IMAGENET_FILE}`;
+const MODELS_URL = "https://download.pytorch.org/models/";
+export const IMAGENET_URL = `${MODELS_URL}${IMAGENET_FILE}`;
 
 /** Directory where this tool caches downloaded weights. */
 export function weightsCacheDir(env: (name: string) => string | undefined = Deno.env.get): string {
@@ -90,18 +93,20 @@ export async function downloadWeights(
 }
 
 /**
- * Path of the ImageNet weights file: this tool's cache, else PyTorch's hub cache
- * (`~/.cache/torch/hub/checkpoints`, where the original tool left it), else downloaded.
+ * Path of the ImageNet weights file `opts.file` (default DenseNet-121's): this tool's cache, else
+ * PyTorch's hub cache (`~/.cache/torch/hub/checkpoints`, where the original tool left it), else
+ * downloaded.
  */
-export async function imagenetWeightsPath(opts: { url?: string; silent?: boolean } = {}): Promise<
-  string
-> {
+export async function imagenetWeightsPath(
+  opts: { file?: string; url?: string; silent?: boolean } = {},
+): Promise<string> {
+  const file = opts.file ?? IMAGENET_FILE;
   const cacheDir = weightsCacheDir();
   const home = Deno.env.get("HOME") ?? ".";
   const torchHome = Deno.env.get("TORCH_HOME") ?? `${home}/.cache/torch`;
   const candidates = [
-    `${cacheDir}/${IMAGENET_FILE}`,
-    `${torchHome}/hub/checkpoints/${IMAGENET_FILE}`,
+    `${cacheDir}/${file}`,
+    `${torchHome}/hub/checkpoints/${file}`,
   ];
   for (const path of candidates) {
     try {
@@ -110,6 +115,6 @@ export async function imagenetWeightsPath(opts: { url?: string; silent?: boolean
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
   }
-  await downloadWeights(opts.url ?? IMAGENET_URL, candidates[0], hashPrefixOf(IMAGENET_FILE), opts);
+  await downloadWeights(opts.url ?? MODELS_URL + file, candidates[0], hashPrefixOf(file), opts);
   return candidates[0];
 }

@@ -7,7 +7,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { ADAM_STEP, type AdamStepAttrs } from "../backends/webgpu/adam_step.ts";
+import { type AdamStepAttrs, seam } from "../backends/seam.ts";
 
 export interface AdamOptions {
   lr: number;
@@ -73,10 +73,7 @@ export class Adam {
     const [m, v] = [this.#m, this.#v];
     tf.tidy(() => {
       const gs = vars.map((x) => grads[x.name]);
-      const fused = tf.getKernel(ADAM_STEP, tf.getBackend()) != null;
-      const [ps, newM, newV] = fused
-        ? fusedStep(vars, gs, m, v, attrs)
-        : composedStep(vars, gs, m, v, attrs);
+      const [ps, newM, newV] = seam().adamStep(vars, gs, m, v, attrs);
       vars.forEach((x, i) => x.assign(ps[i]));
       m.assign(newM);
       v.assign(newV);
@@ -111,59 +108,4 @@ export class Adam {
     this.#v?.dispose();
     this.#m = this.#v = null;
   }
-}
-
-type StepResult = [tf.Tensor[], tf.Tensor, tf.Tensor];
-
-/** The backend's `AdamStep` kernel: one call for all variables. */
-function fusedStep(
-  vars: tf.Variable[],
-  gs: tf.Tensor[],
-  m: tf.Tensor,
-  v: tf.Tensor,
-  attrs: AdamStepAttrs,
-): StepResult {
-  const inputs: Record<string, tf.Tensor> = { m, v };
-  vars.forEach((x, i) => {
-    inputs[`p${i}`] = x;
-    inputs[`g${i}`] = gs[i];
-  });
-  const out = tf.engine().runKernel(
-    ADAM_STEP,
-    inputs as unknown as tf.NamedTensorMap,
-    attrs as unknown as tf.NamedAttrMap,
-  ) as tf.Tensor[];
-  return [out.slice(0, vars.length), out[vars.length], out[vars.length + 1]];
-}
-
-/**
- * Any backend: one concatenation of the parameters and one of the gradients (flattened as
- * views, no kernel each), the update on the flat vectors, one split back; ~15 kernels.
- */
-function composedStep(
-  vars: tf.Variable[],
-  gs: tf.Tensor[],
-  m: tf.Tensor,
-  v: tf.Tensor,
-  a: AdamStepAttrs,
-): StepResult {
-  const g = tf.concat(gs.map((t) => view(t, [t.size])));
-  const p = tf.concat(vars.map((t) => view(t, [t.size])));
-  const newM = tf.add(tf.mul(m, a.beta1), tf.mul(g, 1 - a.beta1));
-  const newV = tf.add(tf.mul(v, a.beta2), tf.mul(tf.square(g), 1 - a.beta2));
-  const denom = tf.add(tf.div(tf.sqrt(newV), a.sqrtBc2), a.eps);
-  const newP = tf.sub(p, tf.mul(tf.div(newM, denom), a.stepSize));
-  const parts = tf.split(newP, vars.map((x) => x.size));
-  return [parts.map((t, i) => view(t, vars[i].shape)), newM, newV];
-}
-
-/**
- * `t` with another shape of the same size, sharing its data (what tfjs's Reshape kernel does,
- * without a kernel call per variable).
- */
-function view(t: tf.Tensor, shape: number[]): tf.Tensor {
-  const engine = tf.engine();
-  const backend = engine.backend as tf.KernelBackend & { incRef(dataId: tf.DataId): void };
-  backend.incRef(t.dataId);
-  return engine.makeTensorFromTensorInfo({ dataId: t.dataId, shape, dtype: t.dtype });
 }

@@ -9,19 +9,14 @@ import type { Adam } from "./adam.ts";
 import type { Batch } from "../data/dataset.ts";
 import { batchToTensor, type BatchTransform, type Predictions } from "../eval/inference.ts";
 import { bceWithLogits, type ClassWeights } from "./loss.ts";
-import {
-  type DenseNet,
-  forward,
-  type MemoryEfficiency,
-  trainableVariables,
-} from "../model/densenet.ts";
+import { type DenseNet, forward, trainableVariables } from "../model/densenet.ts";
 import type { Progress } from "../util/progress.ts";
 import { readValues } from "../backends/device_faults.ts";
 import type { Rng } from "../util/rng.ts";
 
 /** Options of a training step. */
 export interface StepOptions {
-  memoryEfficient: MemoryEfficiency;
+  memoryEfficient: boolean;
   classWeights?: ClassWeights;
 }
 

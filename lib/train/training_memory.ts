@@ -6,9 +6,12 @@
  * by the network's activation count, computed from its configuration.
  * @module
  */
-import { heapBudgetBytes, PLAIN_BYTES_PER_IMAGE_224 } from "../backends/memory_efficient.ts";
+import { heapBudgetBytes } from "../backends/memory_efficient.ts";
 import { UserError } from "../util/errors.ts";
-import { DENSENET121, type DenseNetConfig } from "./densenet.ts";
+import { DENSENET121 } from "../model/densenet.ts";
+import { activationsPerImage, type DenseNetConfig, parameterCount } from "../model/topology.ts";
+
+export { activationsPerImage, parameterCount } from "../model/topology.ts";
 
 const MB = 2 ** 20;
 
@@ -23,35 +26,9 @@ const MB = 2 ** 20;
  */
 const BYTES_PER_IMAGE_224: Record<string, { plain: number; checkpointed: number }> = {
   native: { plain: 240 * MB, checkpointed: 56 * MB },
-  other: { plain: PLAIN_BYTES_PER_IMAGE_224, checkpointed: 137 * MB },
+  // The plain path's figure was measured on WebGPU (GPU memory) and holds for wasm/cpu.
+  other: { plain: 465 * MB, checkpointed: 137 * MB },
 };
-
-/**
- * Activation values one image produces in a forward pass (every conv, BatchNorm, ReLU, concat
- * and pooling output), the quantity training memory grows with.
- */
-export function activationsPerImage(config: DenseNetConfig, imageSize: number): number {
-  const { growthRate: k, bnSize, numInitFeatures: f0, blockConfig } = config;
-  let r = Math.floor((imageSize - 1) / 2) + 1; // conv0: 7×7, stride 2, padding 3
-  let total = 3 * f0 * r * r; // conv0, norm0, relu0
-  r = Math.floor((r - 1) / 2) + 1; // pool0: 3×3, stride 2, padding 1
-  total += f0 * r * r;
-  let c = f0;
-  blockConfig.forEach((layers, b) => {
-    for (let l = 0; l < layers; l++) {
-      const cin = c + l * k;
-      // concat, norm1, relu1 over cin; conv1, norm2, relu2 over bnSize·k; conv2 over k.
-      total += (3 * cin + 3 * bnSize * k + k) * r * r;
-    }
-    c += layers * k;
-    if (b === blockConfig.length - 1) return;
-    total += (2 * c + Math.floor(c / 2)) * r * r; // norm, relu, conv of the transition
-    r = Math.floor(r / 2);
-    c = Math.floor(c / 2);
-    total += c * r * r; // its average pool
-  });
-  return total;
-}
 
 /** Estimated live-tensor bytes of one training step of `batch` images of `imageSize`². */
 export function trainingStepBytes(
@@ -67,24 +44,6 @@ export function trainingStepBytes(
   const params = parameterCount(config);
   // Weights, their gradients and Adam's two moments, float32.
   return batch * perImage * scale + 16 * params;
-}
-
-/** Trainable parameters of the configuration (convolutions, BatchNorm affine, classifier). */
-export function parameterCount(config: DenseNetConfig): number {
-  const { growthRate: k, bnSize, numInitFeatures: f0, blockConfig, numClasses } = config;
-  let n = 49 * 3 * f0 + 2 * f0;
-  let c = f0;
-  blockConfig.forEach((layers, b) => {
-    for (let l = 0; l < layers; l++) {
-      const cin = c + l * k;
-      n += 2 * cin + cin * bnSize * k + 2 * bnSize * k + 9 * bnSize * k * k;
-    }
-    c += layers * k;
-    if (b === blockConfig.length - 1) return;
-    n += 2 * c + c * Math.floor(c / 2);
-    c = Math.floor(c / 2);
-  });
-  return n + 2 * c + c * numClasses + numClasses;
 }
 
 /**
