@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
 import { Adam } from "../lib/train/adam.ts";
-import { ADAM_STEP } from "../lib/backends/webgpu/adam_step.ts";
+import { ADAM_STEP } from "../lib/backends/seam.ts";
 import { assertClose } from "./assert.ts";
 import { countKernels, NO_WEBGPU, usedGpuBuffers, useWebgpu } from "./helpers/webgpu.ts";
 

@@ -11,7 +11,7 @@ import { relError } from "./assert.ts";
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../lib/backends/backend.ts";
-import { BN_GRAD_KERNEL, BN_TRAIN_KERNEL } from "../lib/backends/batchnorm_kernels.ts";
+import { BN_GRAD_KERNEL, BN_TRAIN_KERNEL } from "../lib/backends/seam.ts";
 import { Rng } from "../lib/util/rng.ts";
 
 const nativeMissing = nativeMissingFor("the native BatchNorm tests");

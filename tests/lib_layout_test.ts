@@ -1,7 +1,8 @@
 /**
  * The layout rules of lib/README.md, checked on the import lines of every module: which folder
  * may import which, no import of an entry script or of lib/ root from a folder, no tfjs in
- * torch/, data/ and eval/metrics.ts, no network in data/.
+ * torch/, data/ and eval/metrics.ts, no network in data/; and the model's seam: lib/model/ reaches
+ * lib/backends/ only through seam.ts and never asks tfjs which kernels a backend has.
  */
 import { assertEquals } from "./assert.ts";
 
@@ -68,12 +69,18 @@ export function violations(path: string, source: string): string[] {
       bad.push(`${path} imports ${target} (lib/ root is entry-script glue)`);
     } else if (tParts[0] === "lib" && tParts.length > 2 && folder != null) {
       const to = tParts[1];
+      if (folder === "model" && to === "backends" && target !== "lib/backends/seam.ts") {
+        bad.push(`${path} imports ${target} (lib/model/ reaches backends/ only through seam.ts)`);
+      }
       if (to !== folder && !(ALLOWED[folder] ?? []).includes(to)) {
         bad.push(
           `${path} imports ${target} (${folder}/ may import ${ALLOWED[folder]?.join(", ")})`,
         );
       }
     }
+  }
+  if (folder === "model" && /\btf\.(getKernel|getBackend|backend|findBackend)\(/.test(source)) {
+    bad.push(`${path} asks tfjs about the backend (the seam decides, lib/backends/seam.ts)`);
   }
   if (folder === "data" && /\bfetch\(|Deno\.connect|node:(http|https|net)\b/.test(source)) {
     bad.push(`${path} uses the network (data/ knows no network)`);
@@ -110,6 +117,8 @@ Deno.test("lib layout: the checker catches each kind of violation", () => {
     ["lib/data/images.ts", `const r = await fetch("https://example.org/x.png");`],
     ["lib/eval/metrics.ts", `import type { Tensor } from "@tensorflow/tfjs-core";`],
     ["transforms/preview.ts", `import { a } from "../lib/data/images.ts";`],
+    ["lib/model/densenet.ts", `import { K } from "../backends/batchnorm_kernels.ts";`],
+    ["lib/model/dense_block.ts", `const fused = tf.getKernel("X", tf.getBackend()) != null;`],
   ];
   for (const [path, src] of cases) {
     assertEquals(violations(path, src).length, 1, `${path}: ${src}`);
@@ -119,4 +128,8 @@ Deno.test("lib layout: the checker catches each kind of violation", () => {
     [],
   );
   assertEquals(violations("lib/data/split.ts", `import { C } from "../../config.ts";`), []);
+  assertEquals(
+    violations("lib/model/densenet.ts", `import { seam } from "../backends/seam.ts";`),
+    [],
+  );
 });

@@ -2,18 +2,16 @@
  * The `native` backend (oneDNN convolutions on the wasm heap) against tfjs's cpu backend, and
  * its selection rules. Tests that need libdnnl are skipped, with a message, where it is absent.
  */
+import { tableInstalled, uninstallKernelTable } from "../lib/backends/kernel_registry.ts";
 import { nativeMissingFor } from "./helpers/native.ts";
 import { relError } from "./assert.ts";
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../lib/backends/backend.ts";
-import {
-  nativeKernelsActive,
-  unregisterNativeKernels,
-} from "../lib/backends/native/native_kernels.ts";
+import { nativeKernelTable } from "../lib/backends/native/native_kernels.ts";
 import { Rng } from "../lib/util/rng.ts";
 import { createDenseNet, disposeModel, forward, TINY_DENSENET } from "../lib/model/densenet.ts";
-import { BN_INFERENCE_KERNEL } from "../lib/backends/batchnorm_kernels.ts";
+import { BN_INFERENCE_KERNEL } from "../lib/backends/seam.ts";
 import "../lib/backends/tf_gradients.ts";
 
 const missing = nativeMissingFor("the native-backend tests");
@@ -90,7 +88,7 @@ for (const [i, c] of CASES.entries()) {
       await initBackend("cpu");
       const expected = convKernels(c, 100 + i);
       const info = await initBackend("native", { threads: 2 });
-      assert.ok(nativeKernelsActive());
+      assert.ok(tableInstalled(nativeKernelTable()));
       assert.equal(tf.getBackend(), "wasm");
       assert.equal(info.name, "native");
       const actual = convKernels(c, 100 + i);
@@ -137,10 +135,10 @@ Deno.test({
       /^backend: native \(oneDNN 2\.\d+\.\d+ \w+, wasm heap, 2 threads\)$/,
     );
     await initBackend("wasm", { threads: 2 });
-    assert.ok(!nativeKernelsActive());
+    assert.ok(!tableInstalled(nativeKernelTable()));
     await initBackend("native", { threads: 2 });
-    assert.ok(nativeKernelsActive());
-    unregisterNativeKernels();
+    assert.ok(tableInstalled(nativeKernelTable()));
+    uninstallKernelTable(nativeKernelTable());
   },
 });
 

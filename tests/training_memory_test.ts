@@ -1,24 +1,24 @@
 /**
- * The training-memory estimate (lib/model/training_memory.ts): its parameter count is the model's,
+ * The training-memory estimate (lib/train/training_memory.ts): its parameter count is the model's,
  * it reproduces the measured wasm-heap limits of DenseNet-121 (batch 24 trains at 224² with
  * checkpointing, 32 does not; plain batch 8 does not), and a step that cannot fit the heap is
  * refused before the first batch with one line naming the batch that fits.
  */
 import assert from "node:assert/strict";
 import {
+  ARCHITECTURES,
   countParams,
   createDenseNet,
   DENSENET121,
   disposeModel,
   TINY_DENSENET,
 } from "../lib/model/densenet.ts";
-import { checkTrainingFits, parameterCount } from "../lib/model/training_memory.ts";
+import { checkTrainingFits, parameterCount } from "../lib/train/training_memory.ts";
 import { UserError } from "../lib/util/errors.ts";
 import { fixtureDatasetDir, runScript } from "./helpers/scripts.ts";
-import { ARCHITECTURES } from "../train_model.ts";
 
 Deno.test("training memory: parameter count equals the model's", () => {
-  for (const config of Object.values(ARCHITECTURES)) {
+  for (const { config } of Object.values(ARCHITECTURES)) {
     const model = createDenseNet(config);
     assert.equal(parameterCount(config), countParams(model), JSON.stringify(config));
     disposeModel(model);

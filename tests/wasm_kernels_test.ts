@@ -1,12 +1,9 @@
+import { installKernelTable, uninstallKernelTable } from "../lib/backends/kernel_registry.ts";
 import assert from "node:assert/strict";
 import { relError } from "./assert.ts";
 import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../lib/backends/backend.ts";
-import {
-  registerWasmTrainingKernels,
-  restoreTfjsWasmKernels,
-  WASM_TRAINING_KERNELS,
-} from "../lib/backends/wasm_kernels.ts";
+import { wasmKernelTable } from "../lib/backends/wasm_kernels.ts";
 import "../lib/backends/tf_gradients.ts";
 import { Rng } from "../lib/util/rng.ts";
 
@@ -94,21 +91,23 @@ function filterGrad(backend: string, c: Case, xs: Float32Array, dys: Float32Arra
   });
 }
 
-Deno.test("registerWasmTrainingKernels registers its kernels once", async () => {
+Deno.test("the wasm kernel table installs once and can be taken off and put back", async () => {
   await initBackend("wasm");
-  for (const name of WASM_TRAINING_KERNELS) assert.ok(tf.getKernel(name, "wasm") != null, name);
-  assert.deepEqual(registerWasmTrainingKernels(), []);
-  assert.deepEqual(registerWasmTrainingKernels(), []);
+  const table = wasmKernelTable();
+  for (const name of Object.keys(table.kernels)) {
+    assert.equal(tf.getKernel(name, "wasm")?.kernelFunc, table.kernels[name], name);
+  }
+  assert.deepEqual(installKernelTable(table), []);
   // tfjs's own kernels can be put back (for before/after benchmarks) and swapped out again.
-  const ours = tf.getKernel("SplitV", "wasm")!.kernelFunc;
-  const restored = restoreTfjsWasmKernels();
+  const restored = uninstallKernelTable(table);
   assert.ok(restored.includes("SplitV") && !restored.includes("Conv2DBackpropFilter"));
-  assert.notEqual(tf.getKernel("SplitV", "wasm")!.kernelFunc, ours);
+  assert.notEqual(tf.getKernel("SplitV", "wasm")!.kernelFunc, table.kernels.SplitV);
+  assert.equal(tf.getKernel("Conv2DBackpropFilter", "wasm"), undefined);
   const [a, b] = tf.split(tf.range(0, 6), [2, 4]);
   assert.deepEqual([...a.dataSync(), ...b.dataSync()], [0, 1, 2, 3, 4, 5]);
   tf.dispose([a, b]);
-  assert.deepEqual(registerWasmTrainingKernels().sort(), restored.sort());
-  assert.equal(tf.getKernel("SplitV", "wasm")!.kernelFunc, ours);
+  assert.deepEqual(installKernelTable(table).sort(), restored.sort());
+  assert.equal(tf.getKernel("SplitV", "wasm")!.kernelFunc, table.kernels.SplitV);
 });
 
 for (const c of CASES) {

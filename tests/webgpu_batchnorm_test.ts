@@ -1,11 +1,8 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
-import {
-  BATCH_NORM_RELU_GRAD,
-  BATCH_NORM_RELU_TRAIN,
-  bnSplitPlan,
-} from "../lib/backends/webgpu/batchnorm.ts";
+import { bnSplitPlan } from "../lib/backends/webgpu/batchnorm.ts";
+import { BN_GRAD_KERNEL, BN_TRAIN_KERNEL } from "../lib/backends/seam.ts";
 import { assertClose } from "./assert.ts";
 import { countKernels, NO_WEBGPU, usedGpuBuffers, useWebgpu } from "./helpers/webgpu.ts";
 import { Rng } from "../lib/util/rng.ts";
@@ -40,13 +37,13 @@ async function runKernels(p: Inputs, relu: boolean): Promise<Float32Array[]> {
   const [gamma, beta] = [tf.tensor1d(p.gamma), tf.tensor1d(p.beta)];
   const attrs = { epsilon: EPS, relu } as unknown as tf.NamedAttrMap;
   const fwd = tf.engine().runKernel(
-    BATCH_NORM_RELU_TRAIN,
+    BN_TRAIN_KERNEL,
     { x, gamma, beta },
     attrs,
   ) as tf.Tensor[];
   const [, mean, variance] = fwd;
   const bwd = tf.engine().runKernel(
-    BATCH_NORM_RELU_GRAD,
+    BN_GRAD_KERNEL,
     { dy, x, gamma, beta, mean, variance },
     attrs,
   ) as tf.Tensor[];

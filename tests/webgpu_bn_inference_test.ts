@@ -1,10 +1,7 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
-import { BATCH_NORM_RELU_TRAIN } from "../lib/backends/webgpu/batchnorm.ts";
-import {
-  BATCH_NORM_RELU_CONCAT_INFERENCE,
-  BATCH_NORM_RELU_INFERENCE,
-} from "../lib/backends/webgpu/batchnorm_inference.ts";
+import { BN_TRAIN_KERNEL } from "../lib/backends/seam.ts";
+import { BN_CONCAT_INFERENCE_KERNEL, BN_INFERENCE_KERNEL } from "../lib/backends/seam.ts";
 import { assertClose } from "./assert.ts";
 import { countKernels, NO_WEBGPU, usedGpuBuffers, useWebgpu } from "./helpers/webgpu.ts";
 import { Rng } from "../lib/util/rng.ts";
@@ -74,13 +71,13 @@ async function run(p: Case, relu: boolean, plain = false): Promise<Float32Array>
   let y: tf.Tensor;
   if (plain) {
     y = tf.engine().runKernel(
-      BATCH_NORM_RELU_INFERENCE,
+      BN_INFERENCE_KERNEL,
       { ...inputs, x: xs[0] },
       attrs,
     ) as tf.Tensor;
   } else {
     xs.forEach((x, i) => (inputs[`x${i}`] = x));
-    y = tf.engine().runKernel(BATCH_NORM_RELU_CONCAT_INFERENCE, inputs, attrs) as tf.Tensor;
+    y = tf.engine().runKernel(BN_CONCAT_INFERENCE_KERNEL, inputs, attrs) as tf.Tensor;
   }
   assert.deepEqual(y.shape, [...p.lead, p.mean.length]);
   assert.equal(y.dtype, "float32");
@@ -158,12 +155,12 @@ Deno.test({
       const x = tf.tensor4d(p.x[0], [...lead, c]);
       const gamma = tf.tensor1d(p.gamma), beta = tf.tensor1d(p.beta);
       const [y, mean, variance] = tf.engine().runKernel(
-        BATCH_NORM_RELU_TRAIN,
+        BN_TRAIN_KERNEL,
         { x, gamma, beta },
         attrs,
       ) as tf.Tensor[];
       const again = tf.engine().runKernel(
-        BATCH_NORM_RELU_INFERENCE,
+        BN_INFERENCE_KERNEL,
         { x, mean, variance, gamma, beta },
         attrs,
       ) as tf.Tensor;
@@ -210,7 +207,7 @@ Deno.test({
       assert.throws(() => tf.engine().runKernel(name, inputs, attrs), re);
       tf.dispose(Object.values(inputs));
     };
-    const INF = BATCH_NORM_RELU_INFERENCE, CAT = BATCH_NORM_RELU_CONCAT_INFERENCE;
+    const INF = BN_INFERENCE_KERNEL, CAT = BN_CONCAT_INFERENCE_KERNEL;
     throws(INF, { x: tf.ones([1, 2, 2, 4], "int32"), ...vecs(4) }, /float32/);
     throws(INF, { x: tf.ones([1, 2, 2, 4]), ...vecs(5) }, /4 channels/);
     const [mean, variance, gamma, beta] = [v(4), v(4), tf.ones([4], "int32"), v(4)];

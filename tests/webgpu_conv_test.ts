@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
 import { splitPlan } from "../lib/backends/webgpu/conv_backprop_filter.ts";
-import { registerWebgpuKernels, restoreTfjsWebgpuKernels } from "../lib/backends/webgpu/kernels.ts";
+import { webgpuKernelTable } from "../lib/backends/webgpu/kernels.ts";
+import { installKernelTable, uninstallKernelTable } from "../lib/backends/kernel_registry.ts";
 import { assertClose } from "./assert.ts";
 import { countKernels, NO_WEBGPU, usedGpuBuffers, useWebgpu } from "./helpers/webgpu.ts";
 import { Rng } from "../lib/util/rng.ts";
@@ -175,11 +176,11 @@ Deno.test({
     const before = [tf.memory().numTensors, usedGpuBuffers()];
     for (let i = 0; i < 20; i++) await backpropFilter(c, xv, dyv);
     assert.deepEqual([tf.memory().numTensors, usedGpuBuffers()], before);
-    assert.ok(restoreTfjsWebgpuKernels().includes("Conv2DBackpropFilter"));
+    assert.ok(uninstallKernelTable(webgpuKernelTable()).includes("Conv2DBackpropFilter"));
     try {
       assertClose(await backpropFilter(c, xv, dyv), ours, 1e-6 * 2304, "tfjs's kernel");
     } finally {
-      registerWebgpuKernels();
+      installKernelTable(webgpuKernelTable());
     }
   },
 });
