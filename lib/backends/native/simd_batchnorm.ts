@@ -45,7 +45,7 @@
  * instruction's operands inside its parentheses, evaluated left to right), in a template string.
  * What repeats is a named piece interpolated with `${…}`: the address and the load of channels
  * k..k+3 of a per-channel vector, the float64 halves of a float32 vector, the two loop
- * skeletons (`tiledReduction`, `rowsByChannels`) and the list loop (`forEachEntry`). The
+ * skeletons (`tiledReduction`, `rowsByChannels`) and the list functions' (`listFunction`). The
  * variants differ by one piece each: `madd` (relaxed_madd or a multiply and an add) and the
  * memory import (shared or not); the wide variant's three normalising functions are functions
  * of their own (`…Wide`). All loads and stores say align=1: the heap's views promise nothing.
@@ -76,8 +76,9 @@ const params = (names: string) =>
 const locals = (type: "i32" | "v128", names: string) =>
   names.trim().split(/\s+/).map((n) => `(local $${n} ${type})`).join(" ");
 
-/** The address of channel k of the per-channel vector at `$v`: f32 values (4 bytes) or f64. */
+/** The address of channel k of the f32 (4-byte) per-channel vector at `$v`. */
 const f32At = (v: string) => `(i32.add (local.get $${v}) (i32.shl (local.get $k) (i32.const 2)))`;
+/** The address of channel k of the f64 (8-byte) per-channel vector at `$v`. */
 const f64At = (v: string) => `(i32.add (local.get $${v}) (i32.shl (local.get $k) (i32.const 3)))`;
 /** Channels k..k+3 of the f32 vector `$v`, one f32x4. */
 const f32s = (v: string) => `(v128.load align=1 ${f32At(v)})`;
@@ -483,7 +484,10 @@ type Features = { threads: boolean; relaxed_simd: boolean };
 /** Shared memory (threads) and relaxed_madd; SIMD is on by default. */
 const FEATURES: Features = { threads: true, relaxed_simd: true };
 
-/** wabt, started once at import (its own wasm module: an asynchronous start). */
+/**
+ * wabt, started once at import: its own wasm module starts asynchronously, so only a top-level
+ * await keeps the functions below synchronous (about 35 ms per process, measured).
+ */
 const wabt = await wabtInit() as unknown as Wabt;
 
 const bytesFor = new Map<string, Uint8Array>();
@@ -499,7 +503,7 @@ export function simdBatchNormModuleBytes(shared = true, fused = true, wide = fal
   const key = `${shared},${variant.fused},${wide}`;
   const cached = bytesFor.get(key);
   if (cached != null) return cached;
-  // A mistake in the text throws here, with its line and column in simd_batchnorm.wat.
+  // A mistake in the text throws here, quoting the line ("simd_batchnorm.wat:line:column").
   const module = wabt.parseWat("simd_batchnorm.wat", moduleText(shared, variant), FEATURES);
   try {
     module.validate(FEATURES);
