@@ -4,7 +4,8 @@
  * counts 4 to 1,024, row ranges that start and end inside a tile, strided rows, sums added to
  * what the accumulators held; and the normalising functions of the two variants an engine may
  * get besides the default (float64 "wide"; float32 without relaxed SIMD's fused multiply-add)
- * against the same arithmetic in JavaScript, bit for bit.
+ * against the same arithmetic in JavaScript, bit for bit; and that the text of each of the six
+ * variants (shared or unshared heap × fused, plain, wide) assembles into a module the engine takes.
  */
 import assert from "node:assert/strict";
 import { rowSums } from "../lib/backends/batchnorm_kernels.ts";
@@ -213,5 +214,34 @@ Deno.test("float32 variant without relaxed SIMD: a multiply and an add, each rou
     const t = r(f32[x / 4 + i] - f32[mean / 4 + k]);
     const want = Math.max(r(r(t * f32[scale / 4 + k]) + f32[shift / 4 + k]), f32[floor / 4 + k]);
     assert.equal(f32[y / 4 + i], want, `y[${i}]`);
+  }
+});
+
+Deno.test("every variant's text assembles and instantiates with the functions row_threads.ts calls", () => {
+  // Parameter counts as the module comment gives each function's arguments.
+  const arity = {
+    sums: 12,
+    maskedSums: 14,
+    gradApply: 17,
+    apply: 11,
+    applyList: 4,
+    sumsList: 7,
+    maskedSumsList: 7,
+    gradApplyList: 4,
+  };
+  for (const shared of [true, false]) {
+    const memory = new WebAssembly.Memory({ initial: 1, maximum: 65536, shared });
+    for (const [fused, wide] of [[true, false], [false, false], [false, true]]) {
+      const variant = `shared ${shared}, fused ${fused}, wide ${wide}`;
+      const bytes = simdBatchNormModuleBytes(shared, fused, wide);
+      assert.ok(WebAssembly.validate(bytes as BufferSource), variant);
+      const { exports } = new WebAssembly.Instance(new WebAssembly.Module(bytes as BufferSource), {
+        env: { memory },
+      });
+      const got = Object.fromEntries(
+        Object.entries(exports).map(([n, f]) => [n, (f as (...a: number[]) => void).length]),
+      );
+      assert.deepEqual(got, arity, variant);
+    }
   }
 });

@@ -2,8 +2,10 @@
  * The passes of the native BatchNorm(+ReLU) that oneDNN cannot do in float64, as WebAssembly
  * SIMD functions over the wasm heap itself: float32 loads and stores, float64 accumulation,
  * four channels per step. The module imports the tfjs wasm backend's shared memory, so it works
- * on the tensors where they are, on any thread that instantiates it (row_threads.ts). It is a
- * few hundred bytes, assembled here from opcodes: no toolchain, no binary in the repository.
+ * on the tensors where they are, on any thread that instantiates it (row_threads.ts). Its source
+ * is the WebAssembly text below, assembled once per variant by wabt (the WebAssembly Binary
+ * Toolkit's own parser and writer, npm `wabt`) when first asked for: no binary in the
+ * repository, no toolchain at build time.
  *
  * Every function takes i32 arguments: byte addresses and byte row strides into the heap, a
  * channel count c (a multiple of 4), rows r0 ≤ r < r1 of a [rows, c] view; per-channel vectors
@@ -38,769 +40,19 @@
  * The sums go in tiles of `tile` rows, four channels at a time kept in registers across a
  * tile, so the accumulators touch memory once per tile; float64 sums in another order than the
  * JavaScript loops' differ from them only in the last bits.
+ *
+ * How the text is put together: each function is WebAssembly text in the folded form (an
+ * instruction's operands inside its parentheses, evaluated left to right), in a template string.
+ * What repeats is a named piece interpolated with `${…}`: the address and the load of channels
+ * k..k+3 of a per-channel vector, the float64 halves of a float32 vector, the two loop
+ * skeletons (`tiledReduction`, `rowsByChannels`) and the list functions' (`listFunction`). The
+ * variants differ by one piece each: `madd` (relaxed_madd or a multiply and an add) and the
+ * memory import (shared or not); the wide variant's three normalising functions are functions
+ * of their own (`…Wide`). All loads and stores say align=1: the heap's views promise nothing.
  * @module
  */
 
-// Value types, control flow, locals.
-const I32 = 0x7f, V128 = 0x7b;
-const BLOCK = 0x02, LOOP = 0x03, BR = 0x0c, BR_IF = 0x0d, END = 0x0b, SELECT = 0x1b, VOID = 0x40;
-const GET = 0x20, SET = 0x21;
-const I32_CONST = 0x41, I32_LT_U = 0x49, I32_GE_U = 0x4f, I32_ADD = 0x6a, I32_MUL = 0x6c;
-const I32_SHL = 0x74;
-// Fixed-width SIMD (prefix 0xfd).
-const V_LOAD = 0x00, V_STORE = 0x0b, V_CONST = 0x0c, SHUFFLE = 0x0d, V_AND = 0x4e;
-const F32X4_GT = 0x44, F32X4_ADD = 0xe4, F32X4_SUB = 0xe5, F32X4_MUL = 0xe6, F32X4_MAX = 0xe9;
-const I32_LOAD = 0x28, CALL = 0x10;
-const F64X2_PROMOTE_LOW = 0x5f, F64X2_ADD = 0xf0, F64X2_SUB = 0xf1, F64X2_MUL = 0xf2;
-const F32X4_DEMOTE_ZERO = 0x5e, F64X2_GT = 0x4a, F64X2_MAX = 0xf5;
-
-function uleb(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let byte = n & 0x7f;
-    n >>>= 7;
-    if (n !== 0) byte |= 0x80;
-    out.push(byte);
-  } while (n !== 0);
-  return out;
-}
-
-/** Signed LEB128, as i32.const takes its operand (64 and up need a second byte). */
-function sleb(n: number): number[] {
-  const out: number[] = [];
-  for (;;) {
-    const byte = n & 0x7f;
-    n >>= 7;
-    if ((n === 0 && (byte & 0x40) === 0) || (n === -1 && (byte & 0x40) !== 0)) {
-      out.push(byte);
-      return out;
-    }
-    out.push(byte | 0x80);
-  }
-}
-
-const vec = (bytes: number[]) => [...uleb(bytes.length), ...bytes];
-const section = (id: number, body: number[]) => [id, ...vec(body)];
-const name = (s: string) => vec([...new TextEncoder().encode(s)]);
-
-/** A function's parameters (i32) and locals by name, and the instruction helpers over them. */
-class Fn {
-  readonly index = new Map<string, number>();
-  readonly i32Locals: string[];
-  readonly v128Locals: string[];
-
-  constructor(readonly params: string[], i32Locals: string[], v128Locals: string[]) {
-    [...params, ...i32Locals, ...v128Locals].forEach((n, i) => this.index.set(n, i));
-    this.i32Locals = i32Locals;
-    this.v128Locals = v128Locals;
-  }
-
-  get = (n: string) => [GET, this.#at(n)];
-  set = (n: string) => [SET, this.#at(n)];
-
-  #at(n: string): number {
-    const i = this.index.get(n);
-    if (i == null) throw new Error(`simd_batchnorm: no local ${n}`);
-    return i;
-  }
-
-  /** The encoded body: local declarations, then `code`, then `end`. */
-  body(code: number[]): number[] {
-    const locals = [
-      ...uleb(2),
-      ...uleb(this.i32Locals.length),
-      I32,
-      ...uleb(this.v128Locals.length),
-      V128,
-    ];
-    return vec([...locals, ...code, END]);
-  }
-}
-
-const simd = (op: number) => [0xfd, ...uleb(op)];
-// memarg: alignment exponent 0 (nothing promised), then the offset.
-const load = (offset = 0) => [...simd(V_LOAD), 0, ...uleb(offset)];
-const store = (offset = 0) => [...simd(V_STORE), 0, ...uleb(offset)];
-const zero = [...simd(V_CONST), ...new Array(16).fill(0)];
-/** Lanes 2, 3 of a f32x4 moved to lanes 0, 1, for the second promote. */
-const high = [...simd(SHUFFLE), 8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
-const promote = simd(F64X2_PROMOTE_LOW);
-const dadd = simd(F64X2_ADD), dsub = simd(F64X2_SUB), dmul = simd(F64X2_MUL);
-const fadd = simd(F32X4_ADD), fsub = simd(F32X4_SUB), fmul = simd(F32X4_MUL);
-/** f32x4.relaxed_madd (relaxed SIMD): a·b + c, fused where the CPU has FMA. */
-const RELAXED_MADD = 0x105;
-
-/**
- * a·b + c over f32x4s: one rounding with `fused` (relaxed_madd: the forward's normalisation is
- * then as accurate as oneDNN's, which the backward's ReLU mask recomputes the same way), else a
- * multiply and an add.
- */
-const madd = (a: number[], b: number[], c: number[], fused: boolean) =>
-  fused ? [...a, ...b, ...c, ...simd(RELAXED_MADD)] : [...a, ...b, ...fmul, ...c, ...fadd];
-const fgt = simd(F32X4_GT), vand = simd(V_AND);
-const dgt = simd(F64X2_GT), dmax = simd(F64X2_MAX), demote = simd(F32X4_DEMOTE_ZERO);
-/** [a0, a1, b0, b1] of two f32x4s a, b whose lanes 0, 1 hold values (demote's results). */
-const joinLow = [...simd(SHUFFLE), 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
-
-/**
- * The wide (float64) variant's helper: lo, hi = the two float64 halves of the f32x4 that `v`
- * leaves on the stack (through the local `tmp`).
- */
-const widen = (f: Fn, v: number[], tmp: string, lo: string, hi: string) => [
-  ...v,
-  ...f.set(tmp),
-  ...f.get(tmp),
-  ...promote,
-  ...f.set(lo),
-  ...f.get(tmp),
-  ...f.get(tmp),
-  ...high,
-  ...promote,
-  ...f.set(hi),
-];
-const i32 = (v: number) => [I32_CONST, ...sleb(v)];
-
-/** k·shift bytes from `base`: the address of channel k in a vector of 2^shift-byte values. */
-const at = (f: Fn, base: string, shift: number) => [
-  ...f.get(base),
-  ...f.get("k"),
-  ...i32(shift),
-  I32_SHL,
-  I32_ADD,
-];
-
-/**
- * The tiled reduction skeleton shared by `sums` and `maskedSums`: for each tile of rows and each
- * group of four channels, `setup` loads per-channel values, `row` adds one row's terms to the
- * register accumulators (pointers pa, pb at the row's channel group), then the tile's sums are
- * added into s1, s2.
- */
-function reduction(f: Fn, strideA: string, strideB: string, setup: number[], row: number[]) {
-  const addInto = (p: string, off: number, v: string) => [
-    ...at(f, p, 3),
-    ...at(f, p, 3),
-    ...load(off),
-    ...f.get(v),
-    ...dadd,
-    ...store(off),
-  ];
-  const rowPointer = (base: string, stride: string, p: string) => [
-    ...f.get(base),
-    ...f.get("r"),
-    ...f.get(stride),
-    I32_MUL,
-    I32_ADD,
-    ...f.get("k"),
-    ...i32(2),
-    I32_SHL,
-    I32_ADD,
-    ...f.set(p),
-  ];
-  return [
-    ...f.get("r0"),
-    ...f.set("r"),
-    BLOCK,
-    VOID,
-    LOOP,
-    VOID,
-    ...f.get("r"),
-    ...f.get("r1"),
-    I32_GE_U,
-    BR_IF,
-    1,
-    // rEnd = min(r + tile, r1)
-    ...f.get("r"),
-    ...f.get("tile"),
-    I32_ADD,
-    ...f.get("r1"),
-    ...f.get("r"),
-    ...f.get("tile"),
-    I32_ADD,
-    ...f.get("r1"),
-    I32_LT_U,
-    SELECT,
-    ...f.set("rEnd"),
-    ...i32(0),
-    ...f.set("k"),
-    LOOP,
-    VOID,
-    ...setup,
-    ...zero,
-    ...f.set("s1Lo"),
-    ...zero,
-    ...f.set("s1Hi"),
-    ...zero,
-    ...f.set("s2Lo"),
-    ...zero,
-    ...f.set("s2Hi"),
-    // pa = a + r·strideA + k·4, pb likewise
-    ...rowPointer("a", strideA, "pa"),
-    ...rowPointer("b", strideB, "pb"),
-    ...f.get("r"),
-    ...f.set("rr"),
-    LOOP,
-    VOID,
-    ...row,
-    ...f.get("pa"),
-    ...f.get(strideA),
-    I32_ADD,
-    ...f.set("pa"),
-    ...f.get("pb"),
-    ...f.get(strideB),
-    I32_ADD,
-    ...f.set("pb"),
-    ...f.get("rr"),
-    ...i32(1),
-    I32_ADD,
-    ...f.set("rr"),
-    ...f.get("rr"),
-    ...f.get("rEnd"),
-    I32_LT_U,
-    BR_IF,
-    0,
-    END,
-    ...addInto("s1", 0, "s1Lo"),
-    ...addInto("s1", 16, "s1Hi"),
-    ...addInto("s2", 0, "s2Lo"),
-    ...addInto("s2", 16, "s2Hi"),
-    ...f.get("k"),
-    ...i32(4),
-    I32_ADD,
-    ...f.set("k"),
-    ...f.get("k"),
-    ...f.get("c"),
-    I32_LT_U,
-    BR_IF,
-    0,
-    END,
-    ...f.get("rEnd"),
-    ...f.set("r"),
-    BR,
-    0,
-    END,
-    END,
-  ];
-}
-
-const REDUCTION_I32 = ["r", "rEnd", "k", "pa", "pb", "rr"];
-const REDUCTION_V128 = ["s1Lo", "s1Hi", "s2Lo", "s2Hi", "t", "xLo", "xHi", "vaLo", "vaHi"];
-
-/** acc += v, both f64x2 locals or expressions. */
-const accumulate = (
-  f: Fn,
-  acc: string,
-  v: number[],
-) => [...f.get(acc), ...v, ...dadd, ...f.set(acc)];
-
-/** local = the vector at channel k of `base` (2^shift-byte values), at byte `offset`. */
-const loadInto = (f: Fn, base: string, shift: number, offset: number, local: string) => [
-  ...at(f, base, shift),
-  ...load(offset),
-  ...f.set(local),
-];
-
-/** lo, hi = the two float64 halves of the f32x4 local `t`, less shiftLo, shiftHi. */
-const centred = (f: Fn, t: string, shiftLo: string, shiftHi: string, lo: string, hi: string) => [
-  ...f.get(t),
-  ...promote,
-  ...f.get(shiftLo),
-  ...dsub,
-  ...f.set(lo),
-  ...f.get(t),
-  ...f.get(t),
-  ...high,
-  ...promote,
-  ...f.get(shiftHi),
-  ...dsub,
-  ...f.set(hi),
-];
-
-function sumsFn(): number[] {
-  const f = new Fn(
-    ["a", "b", "va", "vb", "c", "strideA", "strideB", "r0", "r1", "s1", "s2", "tile"],
-    REDUCTION_I32,
-    [...REDUCTION_V128, "vbLo", "vbHi"],
-  );
-  const setup = [
-    ...loadInto(f, "va", 3, 0, "vaLo"),
-    ...loadInto(f, "va", 3, 16, "vaHi"),
-    ...loadInto(f, "vb", 3, 0, "vbLo"),
-    ...loadInto(f, "vb", 3, 16, "vbHi"),
-  ];
-  const row = [
-    // x = promote(a[rr, k..k+3]) − va
-    ...f.get("pa"),
-    ...load(0),
-    ...f.set("t"),
-    ...centred(f, "t", "vaLo", "vaHi", "xLo", "xHi"),
-    ...accumulate(f, "s1Lo", f.get("xLo")),
-    ...accumulate(f, "s1Hi", f.get("xHi")),
-    // s2 += x · (promote(b[rr, k..k+3]) − vb)
-    ...f.get("pb"),
-    ...load(0),
-    ...f.set("t"),
-    ...accumulate(f, "s2Lo", [
-      ...f.get("t"),
-      ...promote,
-      ...f.get("vbLo"),
-      ...dsub,
-      ...f.get("xLo"),
-      ...dmul,
-    ]),
-    ...accumulate(f, "s2Hi", [
-      ...f.get("t"),
-      ...f.get("t"),
-      ...high,
-      ...promote,
-      ...f.get("vbHi"),
-      ...dsub,
-      ...f.get("xHi"),
-      ...dmul,
-    ]),
-  ];
-  return f.body(reduction(f, "strideA", "strideB", setup, row));
-}
-
-/** The parameters of `maskedSums` (a = dy, b = x, va = mean), both variants. */
-const MASKED_SUMS_PARAMS = [
-  "a",
-  "b",
-  "va",
-  "c",
-  "strideA",
-  "strideB",
-  "r0",
-  "r1",
-  "s1",
-  "s2",
-  "tile",
-  "scale",
-  "shift",
-  "m32",
-];
-/** The parameters of `gradApply`, and its rows' pointers ([base, stride, local]), both variants. */
-const GRAD_APPLY_PARAMS = [
-  "g",
-  "x",
-  "c",
-  "strideG",
-  "strideX",
-  "r0",
-  "r1",
-  "dx",
-  "strideDx",
-  "scale",
-  "offset",
-  "ca",
-  "cb",
-  "cd",
-  "addend",
-  "strideAddend",
-  "m32",
-];
-const GRAD_APPLY_POINTERS: [string, string, string][] = [
-  ["g", "strideG", "pg"],
-  ["x", "strideX", "px"],
-  ["dx", "strideDx", "pd"],
-  ["addend", "strideAddend", "pa"],
-];
-/** The parameters of `apply`, and its rows' pointers, both variants. */
-const APPLY_PARAMS = [
-  "x",
-  "strideX",
-  "y",
-  "strideY",
-  "c",
-  "r0",
-  "r1",
-  "mean",
-  "scale",
-  "offset",
-  "floor",
-];
-const APPLY_POINTERS: [string, string, string][] = [["x", "strideX", "px"], ["y", "strideY", "py"]];
-
-function maskedSumsFn(fused: boolean): number[] {
-  // a = dy, b = x, va = mean.
-  const f = new Fn(
-    MASKED_SUMS_PARAMS,
-    REDUCTION_I32,
-    [...REDUCTION_V128, "sc", "of", "mu", "g"],
-  );
-  const setup = [
-    ...loadInto(f, "va", 3, 0, "vaLo"),
-    ...loadInto(f, "va", 3, 16, "vaHi"),
-    ...loadInto(f, "scale", 2, 0, "sc"),
-    ...loadInto(f, "shift", 2, 0, "of"),
-    ...loadInto(f, "m32", 2, 0, "mu"),
-  ];
-  const row = [
-    // t = x; g = dy & ((x − mean)·scale + shift > 0)
-    ...f.get("pb"),
-    ...load(0),
-    ...f.set("t"),
-    ...f.get("pa"),
-    ...load(0),
-    ...madd([...f.get("t"), ...f.get("mu"), ...fsub], f.get("sc"), f.get("of"), fused),
-    ...zero,
-    ...fgt,
-    ...vand,
-    ...f.set("g"),
-    // x − mean, in float64
-    ...centred(f, "t", "vaLo", "vaHi", "xLo", "xHi"),
-    // s1 += g, s2 += g·(x − mean)
-    ...f.get("g"),
-    ...promote,
-    ...f.set("t"),
-    ...accumulate(f, "s1Lo", f.get("t")),
-    ...accumulate(f, "s2Lo", [...f.get("t"), ...f.get("xLo"), ...dmul]),
-    ...f.get("g"),
-    ...f.get("g"),
-    ...high,
-    ...promote,
-    ...f.set("t"),
-    ...accumulate(f, "s1Hi", f.get("t")),
-    ...accumulate(f, "s2Hi", [...f.get("t"), ...f.get("xHi"), ...dmul]),
-  ];
-  return f.body(reduction(f, "strideA", "strideB", setup, row));
-}
-
-/**
- * The element-wise skeleton shared by `gradApply` and `apply`: for rows r0 ≤ r < r1, each of
- * `pointers` ([base parameter, stride parameter, local]) set to its row, then `body` for each
- * group of four channels k < c, after which every pointer moves on 16 bytes.
- */
-function elementwise(f: Fn, pointers: [string, string, string][], body: number[]): number[] {
-  const rowStart = ([base, stride, p]: [string, string, string]) => [
-    ...f.get(base),
-    ...f.get("r"),
-    ...f.get(stride),
-    I32_MUL,
-    I32_ADD,
-    ...f.set(p),
-  ];
-  const step = ([, , p]: [string, string, string]) => [
-    ...f.get(p),
-    ...i32(16),
-    I32_ADD,
-    ...f.set(p),
-  ];
-  return [
-    ...f.get("r0"),
-    ...f.set("r"),
-    BLOCK,
-    VOID,
-    LOOP,
-    VOID,
-    ...f.get("r"),
-    ...f.get("r1"),
-    I32_GE_U,
-    BR_IF,
-    1,
-    ...pointers.flatMap(rowStart),
-    ...i32(0),
-    ...f.set("k"),
-    LOOP,
-    VOID,
-    ...body,
-    ...pointers.flatMap(step),
-    ...f.get("k"),
-    ...i32(4),
-    I32_ADD,
-    ...f.set("k"),
-    ...f.get("k"),
-    ...f.get("c"),
-    I32_LT_U,
-    BR_IF,
-    0,
-    END,
-    ...f.get("r"),
-    ...i32(1),
-    I32_ADD,
-    ...f.set("r"),
-    BR,
-    0,
-    END,
-    END,
-  ];
-}
-
-function gradApplyFn(fused: boolean): number[] {
-  const f = new Fn(
-    GRAD_APPLY_PARAMS,
-    ["r", "k", "pg", "px", "pd", "pa"],
-    ["t"],
-  );
-  const vector = (v: string) => [...at(f, v, 2), ...load(0)];
-  return f.body(elementwise(f, GRAD_APPLY_POINTERS, [
-    // t = x − mean; dx = (g & (t·scale + shift > 0))·a + t·b + d + addend
-    ...f.get("px"),
-    ...load(0),
-    ...vector("m32"),
-    ...fsub,
-    ...f.set("t"),
-    ...f.get("pd"),
-    ...f.get("pg"),
-    ...load(0),
-    ...madd(f.get("t"), vector("scale"), vector("offset"), fused),
-    ...zero,
-    ...fgt,
-    ...vand,
-    ...vector("ca"),
-    ...fmul,
-    ...f.get("t"),
-    ...vector("cb"),
-    ...fmul,
-    ...fadd,
-    ...vector("cd"),
-    ...fadd,
-    ...f.get("pa"),
-    ...load(0),
-    ...fadd,
-    ...store(0),
-  ]));
-}
-
-function applyFn(fused: boolean): number[] {
-  const f = new Fn(
-    APPLY_PARAMS,
-    ["r", "k", "px", "py"],
-    [],
-  );
-  const vector = (v: string) => [...at(f, v, 2), ...load(0)];
-  return f.body(elementwise(f, APPLY_POINTERS, [
-    // y = max((x − mean)·scale + offset, floor)
-    ...f.get("py"),
-    ...madd(
-      [...f.get("px"), ...load(0), ...vector("mean"), ...fsub],
-      vector("scale"),
-      vector("offset"),
-      fused,
-    ),
-    ...vector("floor"),
-    ...simd(F32X4_MAX),
-    ...store(0),
-  ]));
-}
-
-/** v = a·b + c over f64x2 locals (no fused multiply-add: products of float32 values are exact). */
-const dmaddInto = (f: Fn, v: string, a: string, b: string, c: string) => [
-  ...f.get(a),
-  ...f.get(b),
-  ...dmul,
-  ...f.get(c),
-  ...dadd,
-  ...f.set(v),
-];
-/** v = a·b over f64x2 locals. */
-const dmulInto = (f: Fn, v: string, a: string, b: string) => [
-  ...f.get(a),
-  ...f.get(b),
-  ...dmul,
-  ...f.set(v),
-];
-/** v = v ∘ a over f64x2 locals, ∘ one of dadd, dsub, dmul, dmax. */
-const dupdate = (f: Fn, v: string, op: number[], a: string) => [
-  ...f.get(v),
-  ...f.get(a),
-  ...op,
-  ...f.set(v),
-];
-/** g = g where p > 0, else 0 (f64x2 locals). */
-const dmask = (f: Fn, g: string, p: string) => [
-  ...f.get(g),
-  ...f.get(p),
-  ...zero,
-  ...dgt,
-  ...vand,
-  ...f.set(g),
-];
-/** The f32x4 of two f64x2 locals, rounded once, stored at the address left on the stack. */
-const narrowStore = (f: Fn, lo: string, hi: string) => [
-  ...f.get(lo),
-  ...demote,
-  ...f.get(hi),
-  ...demote,
-  ...joinLow,
-  ...store(0),
-];
-
-/**
- * `maskedSums` in the wide variant: the pre-ReLU value (x − m32)·scale + shift in float64 (as
- * `applyWide` computes it), so the mask is that forward's decision.
- */
-function maskedSumsWideFn(): number[] {
-  const f = new Fn(
-    MASKED_SUMS_PARAMS,
-    REDUCTION_I32,
-    [
-      ...REDUCTION_V128,
-      "scLo",
-      "scHi",
-      "ofLo",
-      "ofHi",
-      "muLo",
-      "muHi",
-      "gLo",
-      "gHi",
-      "pLo",
-      "pHi",
-      "w",
-    ],
-  );
-  const halves = (v: string, lo: string, hi: string) => [
-    ...loadInto(f, v, 3, 0, lo),
-    ...loadInto(f, v, 3, 16, hi),
-  ];
-  const setup = [
-    ...halves("va", "vaLo", "vaHi"),
-    ...halves("scale", "scLo", "scHi"),
-    ...halves("shift", "ofLo", "ofHi"),
-    ...halves("m32", "muLo", "muHi"),
-  ];
-  const row = [
-    // p = (x − m32)·scale + shift, g = dy where p > 0
-    ...f.get("pb"),
-    ...load(0),
-    ...f.set("t"),
-    ...widen(f, f.get("t"), "w", "pLo", "pHi"),
-    ...dupdate(f, "pLo", dsub, "muLo"),
-    ...dupdate(f, "pHi", dsub, "muHi"),
-    ...dmaddInto(f, "pLo", "pLo", "scLo", "ofLo"),
-    ...dmaddInto(f, "pHi", "pHi", "scHi", "ofHi"),
-    ...widen(f, [...f.get("pa"), ...load(0)], "w", "gLo", "gHi"),
-    ...dmask(f, "gLo", "pLo"),
-    ...dmask(f, "gHi", "pHi"),
-    // x − mean (float64 mean); s1 += g, s2 += g·(x − mean)
-    ...centred(f, "t", "vaLo", "vaHi", "xLo", "xHi"),
-    ...accumulate(f, "s1Lo", f.get("gLo")),
-    ...accumulate(f, "s2Lo", [...f.get("gLo"), ...f.get("xLo"), ...dmul]),
-    ...accumulate(f, "s1Hi", f.get("gHi")),
-    ...accumulate(f, "s2Hi", [...f.get("gHi"), ...f.get("xHi"), ...dmul]),
-  ];
-  return f.body(reduction(f, "strideA", "strideB", setup, row));
-}
-
-/** `gradApply` in the wide variant: mask and dx in float64, dx rounded to float32 once. */
-function gradApplyWideFn(): number[] {
-  const f = new Fn(
-    GRAD_APPLY_PARAMS,
-    ["r", "k", "pg", "px", "pd", "pa"],
-    ["w", "tLo", "tHi", "pLo", "pHi", "gLo", "gHi", "vLo", "vHi"],
-  );
-  /** vLo, vHi = channels k..k+3 of the float64 vector `v`; then `lo`, `hi` of each half. */
-  const withVector = (v: string, lo: number[], hi: number[]) => [
-    ...loadInto(f, v, 3, 0, "vLo"),
-    ...loadInto(f, v, 3, 16, "vHi"),
-    ...lo,
-    ...hi,
-  ];
-  const both = (make: (lo: boolean) => number[]) => [make(true), make(false)] as const;
-  const L = (lo: boolean, n: string) => `${n}${lo ? "Lo" : "Hi"}`;
-  return f.body(elementwise(f, GRAD_APPLY_POINTERS, [
-    // t = x − m32
-    ...widen(f, [...f.get("px"), ...load(0)], "w", "tLo", "tHi"),
-    ...withVector("m32", ...both((lo) => dupdate(f, L(lo, "t"), dsub, L(lo, "v")))),
-    // p = t·scale + offset, the pre-ReLU value; g = dy where p > 0
-    ...withVector(
-      "scale",
-      ...both((lo) => dmulInto(f, L(lo, "p"), L(lo, "t"), L(lo, "v"))),
-    ),
-    ...withVector("offset", ...both((lo) => dupdate(f, L(lo, "p"), dadd, L(lo, "v")))),
-    ...widen(f, [...f.get("pg"), ...load(0)], "w", "gLo", "gHi"),
-    ...dmask(f, "gLo", "pLo"),
-    ...dmask(f, "gHi", "pHi"),
-    // dx = g·a + t·b + d + addend
-    ...withVector("ca", ...both((lo) => dmulInto(f, L(lo, "p"), L(lo, "g"), L(lo, "v")))),
-    ...withVector(
-      "cb",
-      ...both((lo) => dmaddInto(f, L(lo, "p"), L(lo, "t"), L(lo, "v"), L(lo, "p"))),
-    ),
-    ...withVector("cd", ...both((lo) => dupdate(f, L(lo, "p"), dadd, L(lo, "v")))),
-    ...widen(f, [...f.get("pa"), ...load(0)], "w", "vLo", "vHi"),
-    ...dupdate(f, "pLo", dadd, "vLo"),
-    ...dupdate(f, "pHi", dadd, "vHi"),
-    ...f.get("pd"),
-    ...narrowStore(f, "pLo", "pHi"),
-  ]));
-}
-
-/** `apply` in the wide variant: y = max((x − mean)·scale + offset, floor) in float64, rounded once. */
-function applyWideFn(): number[] {
-  const f = new Fn(
-    APPLY_PARAMS,
-    ["r", "k", "px", "py"],
-    ["w", "tLo", "tHi", "vLo", "vHi"],
-  );
-  const update = (v: string, op: number[]) => [
-    ...loadInto(f, v, 3, 0, "vLo"),
-    ...loadInto(f, v, 3, 16, "vHi"),
-    ...dupdate(f, "tLo", op, "vLo"),
-    ...dupdate(f, "tHi", op, "vHi"),
-  ];
-  return f.body(elementwise(f, APPLY_POINTERS, [
-    ...widen(f, [...f.get("px"), ...load(0)], "w", "tLo", "tHi"),
-    ...update("mean", dsub),
-    ...update("scale", dmul),
-    ...update("offset", dadd),
-    ...update("floor", dmax),
-    ...f.get("py"),
-    ...narrowStore(f, "tLo", "tHi"),
-  ]));
-}
-
-/**
- * A list function: for each of `count` entries of i32 fields at `table` (`fields` per entry),
- * calls function `callee` with `args`, each a field of the entry (a number), one of the list
- * call's own parameters (a name), or a parameter plus a field ([name, field]: a per-thread
- * base address plus the entry's offset into it). One call, so one thread hand-off, for the
- * many inputs of a concatenation.
- */
-function listFn(
-  callee: number,
-  fields: number,
-  params: string[],
-  args: (number | string | [string, number])[],
-): number[] {
-  const f = new Fn(["table", "count", ...params], ["i", "e"], []);
-  const field = (k: number) => [...f.get("e"), I32_LOAD, 2, ...uleb(4 * k)];
-  const arg = (a: number | string | [string, number]) =>
-    typeof a === "number" ? field(a) : typeof a === "string" ? f.get(a) : [
-      ...f.get(a[0]),
-      ...field(a[1]),
-      I32_ADD,
-    ];
-  return f.body([
-    ...i32(0),
-    ...f.set("i"),
-    BLOCK,
-    VOID,
-    LOOP,
-    VOID,
-    ...f.get("i"),
-    ...f.get("count"),
-    I32_GE_U,
-    BR_IF,
-    1,
-    ...f.get("table"),
-    ...f.get("i"),
-    ...i32(4 * fields),
-    I32_MUL,
-    I32_ADD,
-    ...f.set("e"),
-    ...args.flatMap(arg),
-    CALL,
-    ...uleb(callee),
-    ...f.get("i"),
-    ...i32(1),
-    I32_ADD,
-    ...f.set("i"),
-    BR,
-    0,
-    END,
-    END,
-  ]);
-}
+import wabtInit from "wabt";
 
 /** i32 fields per entry of each list function (a table row is at most 16 fields). */
 export const LIST_FIELDS = { sumsList: 8, maskedSumsList: 10, gradApplyList: 15, applyList: 9 };
@@ -815,87 +67,428 @@ export interface Variant {
   wide: boolean;
 }
 
-/** The exported functions, in order, with their parameter counts. */
-const FUNCTIONS: [string, (v: Variant) => number[], number][] = [
-  ["sums", sumsFn, 12],
-  ["maskedSums", (v) => v.wide ? maskedSumsWideFn() : maskedSumsFn(v.fused), 14],
-  ["gradApply", (v) => v.wide ? gradApplyWideFn() : gradApplyFn(v.fused), 17],
-  ["apply", (v) => v.wide ? applyWideFn() : applyFn(v.fused), 11],
+// ---- Pieces of text -----------------------------------------------------------------------
+
+/** `(param $a i32) (param $b i32) …` */
+const params = (names: string) =>
+  names.trim().split(/\s+/).map((n) => `(param $${n} i32)`).join(" ");
+/** `(local $a T) (local $b T) …` */
+const locals = (type: "i32" | "v128", names: string) =>
+  names.trim().split(/\s+/).map((n) => `(local $${n} ${type})`).join(" ");
+
+/** The address of channel k of the f32 (4-byte) per-channel vector at `$v`. */
+const f32At = (v: string) => `(i32.add (local.get $${v}) (i32.shl (local.get $k) (i32.const 2)))`;
+/** The address of channel k of the f64 (8-byte) per-channel vector at `$v`. */
+const f64At = (v: string) => `(i32.add (local.get $${v}) (i32.shl (local.get $k) (i32.const 3)))`;
+/** Channels k..k+3 of the f32 vector `$v`, one f32x4. */
+const f32s = (v: string) => `(v128.load align=1 ${f32At(v)})`;
+/** `$lo`, `$hi` = channels k, k+1 and k+2, k+3 of the f64 vector `$v`, two f64x2s. */
+const f64sInto = (v: string, lo: string, hi: string) => `
+  (local.set $${lo} (v128.load align=1 ${f64At(v)}))
+  (local.set $${hi} (v128.load offset=16 align=1 ${f64At(v)}))`;
+
+/** Lanes 0, 1 of the f32x4 local `$t` as an f64x2. */
+const lowF64 = (t: string) => `(f64x2.promote_low_f32x4 (local.get $${t}))`;
+/** Lanes 2, 3 of the f32x4 local `$t` as an f64x2 (moved to lanes 0, 1 first). */
+const highF64 = (t: string) =>
+  `(f64x2.promote_low_f32x4
+     (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $${t}) (local.get $${t})))`;
+/** `${to}Lo`, `${to}Hi` = the float64 halves of the f32x4 `value` (through the local `$w`). */
+const widen = (value: string, to: string) => `
+  (local.set $w ${value})
+  (local.set $${to}Lo ${lowF64("w")})
+  (local.set $${to}Hi ${highF64("w")})`;
+/** The f32x4 of the f64x2 locals `$lo`, `$hi`, each rounded once. */
+const narrow = (lo: string, hi: string) =>
+  `(i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23
+     (f32x4.demote_f64x2_zero (local.get $${lo})) (f32x4.demote_f64x2_zero (local.get $${hi})))`;
+
+const ZERO = "(v128.const i64x2 0 0)";
+
+/**
+ * a·b + c over f32x4s: one rounding with `fused` (relaxed SIMD's relaxed_madd, a fused
+ * multiply-add where the CPU has FMA: the forward's normalisation is then as accurate as
+ * oneDNN's, which the backward's ReLU mask recomputes the same way), else a multiply and an add.
+ */
+const madd = (fused: boolean, a: string, b: string, c: string) =>
+  fused ? `(f32x4.relaxed_madd ${a} ${b} ${c})` : `(f32x4.add (f32x4.mul ${a} ${b}) ${c})`;
+
+// ---- Loop skeletons -----------------------------------------------------------------------
+
+/** The locals of `tiledReduction`, before each function's own. */
+const REDUCTION_LOCALS = `
+  ${locals("i32", "r rEnd k pa pb rr")}
+  ${locals("v128", "s1Lo s1Hi s2Lo s2Hi t xLo xHi vaLo vaHi")}`;
+
+/**
+ * The tiled reduction shared by `sums` and `maskedSums`, over [rows, c] views `$a`, `$b`: for
+ * each tile of `$tile` rows and each group of four channels k, `setup` loads per-channel
+ * values, `row` adds one row's terms to the register accumulators `$s1Lo`…`$s2Hi` (pointers
+ * `$pa`, `$pb` at the row's channel group), then the tile's sums are added into s1, s2.
+ */
+const tiledReduction = (setup: string, row: string) => `
+  (local.set $r (local.get $r0))
+  (block $done
+    (loop $tiles
+      (br_if $done (i32.ge_u (local.get $r) (local.get $r1)))
+      ;; rEnd = min(r + tile, r1)
+      (local.set $rEnd
+        (select (i32.add (local.get $r) (local.get $tile)) (local.get $r1)
+          (i32.lt_u (i32.add (local.get $r) (local.get $tile)) (local.get $r1))))
+      (local.set $k (i32.const 0))
+      (loop $channels
+        ${setup}
+        (local.set $s1Lo ${ZERO})
+        (local.set $s1Hi ${ZERO})
+        (local.set $s2Lo ${ZERO})
+        (local.set $s2Hi ${ZERO})
+        ;; pa = a + r·strideA + 4k, pb likewise
+        (local.set $pa (i32.add (i32.add (local.get $a) (i32.mul (local.get $r) (local.get $strideA)))
+          (i32.shl (local.get $k) (i32.const 2))))
+        (local.set $pb (i32.add (i32.add (local.get $b) (i32.mul (local.get $r) (local.get $strideB)))
+          (i32.shl (local.get $k) (i32.const 2))))
+        (local.set $rr (local.get $r))
+        (loop $rows
+          ${row}
+          (local.set $pa (i32.add (local.get $pa) (local.get $strideA)))
+          (local.set $pb (i32.add (local.get $pb) (local.get $strideB)))
+          (local.set $rr (i32.add (local.get $rr) (i32.const 1)))
+          (br_if $rows (i32.lt_u (local.get $rr) (local.get $rEnd))))
+        ;; s1[k..k+3] += s1Lo, s1Hi; s2 likewise
+        (v128.store align=1 ${f64At("s1")}
+          (f64x2.add (v128.load align=1 ${f64At("s1")}) (local.get $s1Lo)))
+        (v128.store offset=16 align=1 ${f64At("s1")}
+          (f64x2.add (v128.load offset=16 align=1 ${f64At("s1")}) (local.get $s1Hi)))
+        (v128.store align=1 ${f64At("s2")}
+          (f64x2.add (v128.load align=1 ${f64At("s2")}) (local.get $s2Lo)))
+        (v128.store offset=16 align=1 ${f64At("s2")}
+          (f64x2.add (v128.load offset=16 align=1 ${f64At("s2")}) (local.get $s2Hi)))
+        (local.set $k (i32.add (local.get $k) (i32.const 4)))
+        (br_if $channels (i32.lt_u (local.get $k) (local.get $c))))
+      (local.set $r (local.get $rEnd))
+      (br $tiles)))`;
+
+/**
+ * The element-wise loop shared by `gradApply` and `apply`: for rows r0 ≤ r < r1, each of
+ * `pointers` ([base parameter, stride parameter, local]) set to its row, then `body` for each
+ * group of four channels k < c, after which every pointer moves on 16 bytes.
+ */
+function rowsByChannels(pointers: [string, string, string][], body: string): string {
+  const rowStarts = pointers.map(([base, stride, p]) =>
+    `(local.set $${p} (i32.add (local.get $${base}) (i32.mul (local.get $r) (local.get $${stride}))))`
+  ).join("\n      ");
+  const steps = pointers.map(([, , p]) =>
+    `(local.set $${p} (i32.add (local.get $${p}) (i32.const 16)))`
+  ).join("\n        ");
+  return `
+  (local.set $r (local.get $r0))
+  (block $done
+    (loop $rows
+      (br_if $done (i32.ge_u (local.get $r) (local.get $r1)))
+      ${rowStarts}
+      (local.set $k (i32.const 0))
+      (loop $channels
+        ${body}
+        ${steps}
+        (local.set $k (i32.add (local.get $k) (i32.const 4)))
+        (br_if $channels (i32.lt_u (local.get $k) (local.get $c))))
+      (local.set $r (i32.add (local.get $r) (i32.const 1)))
+      (br $rows)))`;
+}
+
+/**
+ * A list function `$name(table, count, …params)`: for each of `$count` entries of `fields` i32
+ * fields at `$table`, `$e` = the entry's address, then `call` (whose arguments read the entry
+ * with `entry`).
+ */
+const listFunction = (name: string, names: string, fields: number, call: string) => `
+(func $${name} (export "${name}") ${params(`table count ${names}`)}
+  ${locals("i32", "i e")}
+  (local.set $i (i32.const 0))
+  (block $done
+    (loop $entries
+      (br_if $done (i32.ge_u (local.get $i) (local.get $count)))
+      (local.set $e (i32.add (local.get $table) (i32.mul (local.get $i) (i32.const ${4 * fields}))))
+      ${call}
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $entries))))`;
+/** Fields `ks` of the list entry at `$e`. */
+const entry = (...ks: number[]) =>
+  ks.map((k) => `(i32.load${k === 0 ? "" : ` offset=${4 * k}`} (local.get $e))`).join(" ");
+
+// ---- The functions ------------------------------------------------------------------------
+
+const SUMS_PARAMS = params("a b va vb c strideA strideB r0 r1 s1 s2 tile");
+/** `maskedSums`'s parameters (a = dy, b = x, va = mean), both variants. */
+const MASKED_SUMS_PARAMS = params("a b va c strideA strideB r0 r1 s1 s2 tile scale shift m32");
+/** `gradApply`'s parameters, locals and row pointers, both variants. */
+const GRAD_APPLY_PARAMS = params(
+  "g x c strideG strideX r0 r1 dx strideDx scale offset ca cb cd addend strideAddend m32",
+);
+const GRAD_APPLY_LOCALS = locals("i32", "r k pg px pd pa");
+const GRAD_APPLY_POINTERS: [string, string, string][] = [
+  ["g", "strideG", "pg"],
+  ["x", "strideX", "px"],
+  ["dx", "strideDx", "pd"],
+  ["addend", "strideAddend", "pa"],
+];
+/** `apply`'s parameters, locals and row pointers, both variants. */
+const APPLY_PARAMS = params("x strideX y strideY c r0 r1 mean scale offset floor");
+const APPLY_LOCALS = locals("i32", "r k px py");
+const APPLY_POINTERS: [string, string, string][] = [["x", "strideX", "px"], ["y", "strideY", "py"]];
+
+function sums(): string {
+  const setup = `
+    ${f64sInto("va", "vaLo", "vaHi")}
+    ${f64sInto("vb", "vbLo", "vbHi")}`;
+  const row = `
+    ;; x = a[rr, k..k+3] − va, in float64; s1 += x
+    (local.set $t (v128.load align=1 (local.get $pa)))
+    (local.set $xLo (f64x2.sub ${lowF64("t")} (local.get $vaLo)))
+    (local.set $xHi (f64x2.sub ${highF64("t")} (local.get $vaHi)))
+    (local.set $s1Lo (f64x2.add (local.get $s1Lo) (local.get $xLo)))
+    (local.set $s1Hi (f64x2.add (local.get $s1Hi) (local.get $xHi)))
+    ;; s2 += x·(b[rr, k..k+3] − vb)
+    (local.set $t (v128.load align=1 (local.get $pb)))
+    (local.set $s2Lo (f64x2.add (local.get $s2Lo)
+      (f64x2.mul (f64x2.sub ${lowF64("t")} (local.get $vbLo)) (local.get $xLo))))
+    (local.set $s2Hi (f64x2.add (local.get $s2Hi)
+      (f64x2.mul (f64x2.sub ${highF64("t")} (local.get $vbHi)) (local.get $xHi))))`;
+  return `
+(func $sums (export "sums") ${SUMS_PARAMS}
+  ${REDUCTION_LOCALS} ${locals("v128", "vbLo vbHi")}
+  ${tiledReduction(setup, row)})`;
+}
+
+function maskedSums(fused: boolean): string {
+  const setup = `
+    ${f64sInto("va", "vaLo", "vaHi")}
+    (local.set $sc ${f32s("scale")})
+    (local.set $of ${f32s("shift")})
+    (local.set $mu ${f32s("m32")})`;
+  const preRelu = madd(
+    fused,
+    "(f32x4.sub (local.get $t) (local.get $mu))",
+    "(local.get $sc)",
+    "(local.get $of)",
+  );
+  const row = `
+    ;; t = x; g = dy where (x − m32)·scale + shift > 0
+    (local.set $t (v128.load align=1 (local.get $pb)))
+    (local.set $g (v128.and (v128.load align=1 (local.get $pa)) (f32x4.gt ${preRelu} ${ZERO})))
+    ;; x − mean, in float64
+    (local.set $xLo (f64x2.sub ${lowF64("t")} (local.get $vaLo)))
+    (local.set $xHi (f64x2.sub ${highF64("t")} (local.get $vaHi)))
+    ;; s1 += g, s2 += g·(x − mean)
+    (local.set $t ${lowF64("g")})
+    (local.set $s1Lo (f64x2.add (local.get $s1Lo) (local.get $t)))
+    (local.set $s2Lo (f64x2.add (local.get $s2Lo) (f64x2.mul (local.get $t) (local.get $xLo))))
+    (local.set $t ${highF64("g")})
+    (local.set $s1Hi (f64x2.add (local.get $s1Hi) (local.get $t)))
+    (local.set $s2Hi (f64x2.add (local.get $s2Hi) (f64x2.mul (local.get $t) (local.get $xHi))))`;
+  return `
+(func $maskedSums (export "maskedSums") ${MASKED_SUMS_PARAMS}
+  ${REDUCTION_LOCALS} ${locals("v128", "sc of mu g")}
+  ${tiledReduction(setup, row)})`;
+}
+
+function gradApply(fused: boolean): string {
+  const preRelu = madd(fused, "(local.get $t)", f32s("scale"), f32s("offset"));
+  const body = `
+    ;; t = x − m32; dx = (g where t·scale + offset > 0)·ca + t·cb + cd + addend
+    (local.set $t (f32x4.sub (v128.load align=1 (local.get $px)) ${f32s("m32")}))
+    (v128.store align=1 (local.get $pd)
+      (f32x4.add
+        (f32x4.add
+          (f32x4.add
+            (f32x4.mul
+              (v128.and (v128.load align=1 (local.get $pg)) (f32x4.gt ${preRelu} ${ZERO}))
+              ${f32s("ca")})
+            (f32x4.mul (local.get $t) ${f32s("cb")}))
+          ${f32s("cd")})
+        (v128.load align=1 (local.get $pa))))`;
+  return `
+(func $gradApply (export "gradApply") ${GRAD_APPLY_PARAMS}
+  ${GRAD_APPLY_LOCALS} ${locals("v128", "t")}
+  ${rowsByChannels(GRAD_APPLY_POINTERS, body)})`;
+}
+
+function apply(fused: boolean): string {
+  const x = `(v128.load align=1 (local.get $px))`;
+  const preRelu = madd(fused, `(f32x4.sub ${x} ${f32s("mean")})`, f32s("scale"), f32s("offset"));
+  const body = `
+    ;; y = max((x − mean)·scale + offset, floor)
+    (v128.store align=1 (local.get $py) (f32x4.max ${preRelu} ${f32s("floor")}))`;
+  return `
+(func $apply (export "apply") ${APPLY_PARAMS}
+  ${APPLY_LOCALS}
+  ${rowsByChannels(APPLY_POINTERS, body)})`;
+}
+
+/**
+ * `maskedSums` in the wide variant: the pre-ReLU value p = (x − m32)·scale + shift in float64
+ * (as `applyWide` computes it; no fused multiply-add: the products of float32 values are
+ * exact), so the mask is that forward's decision.
+ */
+function maskedSumsWide(): string {
+  const setup = `
+    ${f64sInto("va", "vaLo", "vaHi")}
+    ${f64sInto("scale", "scLo", "scHi")}
+    ${f64sInto("shift", "ofLo", "ofHi")}
+    ${f64sInto("m32", "muLo", "muHi")}`;
+  const row = `
+    ;; t = x; p = (x − m32)·scale + shift; g = dy where p > 0
+    (local.set $t (v128.load align=1 (local.get $pb)))
+    ${widen("(local.get $t)", "p")}
+    (local.set $pLo (f64x2.sub (local.get $pLo) (local.get $muLo)))
+    (local.set $pHi (f64x2.sub (local.get $pHi) (local.get $muHi)))
+    (local.set $pLo (f64x2.add (f64x2.mul (local.get $pLo) (local.get $scLo)) (local.get $ofLo)))
+    (local.set $pHi (f64x2.add (f64x2.mul (local.get $pHi) (local.get $scHi)) (local.get $ofHi)))
+    ${widen("(v128.load align=1 (local.get $pa))", "g")}
+    (local.set $gLo (v128.and (local.get $gLo) (f64x2.gt (local.get $pLo) ${ZERO})))
+    (local.set $gHi (v128.and (local.get $gHi) (f64x2.gt (local.get $pHi) ${ZERO})))
+    ;; x − mean (the float64 mean); s1 += g, s2 += g·(x − mean)
+    (local.set $xLo (f64x2.sub ${lowF64("t")} (local.get $vaLo)))
+    (local.set $xHi (f64x2.sub ${highF64("t")} (local.get $vaHi)))
+    (local.set $s1Lo (f64x2.add (local.get $s1Lo) (local.get $gLo)))
+    (local.set $s2Lo (f64x2.add (local.get $s2Lo) (f64x2.mul (local.get $gLo) (local.get $xLo))))
+    (local.set $s1Hi (f64x2.add (local.get $s1Hi) (local.get $gHi)))
+    (local.set $s2Hi (f64x2.add (local.get $s2Hi) (f64x2.mul (local.get $gHi) (local.get $xHi))))`;
+  return `
+(func $maskedSums (export "maskedSums") ${MASKED_SUMS_PARAMS}
+  ${REDUCTION_LOCALS} ${locals("v128", "scLo scHi ofLo ofHi muLo muHi gLo gHi pLo pHi w")}
+  ${tiledReduction(setup, row)})`;
+}
+
+/**
+ * `gradApply` in the wide variant: mask and dx in float64, dx rounded to float32 once. Each
+ * per-channel vector passes through `$vLo`, `$vHi`.
+ */
+function gradApplyWide(): string {
+  const body = `
+    ;; t = x − m32
+    ${widen("(v128.load align=1 (local.get $px))", "t")}
+    ${f64sInto("m32", "vLo", "vHi")}
+    (local.set $tLo (f64x2.sub (local.get $tLo) (local.get $vLo)))
+    (local.set $tHi (f64x2.sub (local.get $tHi) (local.get $vHi)))
+    ;; p = t·scale + offset, the pre-ReLU value; g = dy where p > 0
+    ${f64sInto("scale", "vLo", "vHi")}
+    (local.set $pLo (f64x2.mul (local.get $tLo) (local.get $vLo)))
+    (local.set $pHi (f64x2.mul (local.get $tHi) (local.get $vHi)))
+    ${f64sInto("offset", "vLo", "vHi")}
+    (local.set $pLo (f64x2.add (local.get $pLo) (local.get $vLo)))
+    (local.set $pHi (f64x2.add (local.get $pHi) (local.get $vHi)))
+    ${widen("(v128.load align=1 (local.get $pg))", "g")}
+    (local.set $gLo (v128.and (local.get $gLo) (f64x2.gt (local.get $pLo) ${ZERO})))
+    (local.set $gHi (v128.and (local.get $gHi) (f64x2.gt (local.get $pHi) ${ZERO})))
+    ;; p = g·ca + t·cb + cd + addend
+    ${f64sInto("ca", "vLo", "vHi")}
+    (local.set $pLo (f64x2.mul (local.get $gLo) (local.get $vLo)))
+    (local.set $pHi (f64x2.mul (local.get $gHi) (local.get $vHi)))
+    ${f64sInto("cb", "vLo", "vHi")}
+    (local.set $pLo (f64x2.add (f64x2.mul (local.get $tLo) (local.get $vLo)) (local.get $pLo)))
+    (local.set $pHi (f64x2.add (f64x2.mul (local.get $tHi) (local.get $vHi)) (local.get $pHi)))
+    ${f64sInto("cd", "vLo", "vHi")}
+    (local.set $pLo (f64x2.add (local.get $pLo) (local.get $vLo)))
+    (local.set $pHi (f64x2.add (local.get $pHi) (local.get $vHi)))
+    ${widen("(v128.load align=1 (local.get $pa))", "v")}
+    (local.set $pLo (f64x2.add (local.get $pLo) (local.get $vLo)))
+    (local.set $pHi (f64x2.add (local.get $pHi) (local.get $vHi)))
+    ;; dx = p, rounded once
+    (v128.store align=1 (local.get $pd) ${narrow("pLo", "pHi")})`;
+  return `
+(func $gradApply (export "gradApply") ${GRAD_APPLY_PARAMS}
+  ${GRAD_APPLY_LOCALS} ${locals("v128", "w tLo tHi pLo pHi gLo gHi vLo vHi")}
+  ${rowsByChannels(GRAD_APPLY_POINTERS, body)})`;
+}
+
+/** `apply` in the wide variant: y = max((x − mean)·scale + offset, floor) in float64, rounded once. */
+function applyWide(): string {
+  const body = `
+    ;; t = x, in float64; t = max((t − mean)·scale + offset, floor)
+    ${widen("(v128.load align=1 (local.get $px))", "t")}
+    ${f64sInto("mean", "vLo", "vHi")}
+    (local.set $tLo (f64x2.sub (local.get $tLo) (local.get $vLo)))
+    (local.set $tHi (f64x2.sub (local.get $tHi) (local.get $vHi)))
+    ${f64sInto("scale", "vLo", "vHi")}
+    (local.set $tLo (f64x2.mul (local.get $tLo) (local.get $vLo)))
+    (local.set $tHi (f64x2.mul (local.get $tHi) (local.get $vHi)))
+    ${f64sInto("offset", "vLo", "vHi")}
+    (local.set $tLo (f64x2.add (local.get $tLo) (local.get $vLo)))
+    (local.set $tHi (f64x2.add (local.get $tHi) (local.get $vHi)))
+    ${f64sInto("floor", "vLo", "vHi")}
+    (local.set $tLo (f64x2.max (local.get $tLo) (local.get $vLo)))
+    (local.set $tHi (f64x2.max (local.get $tHi) (local.get $vHi)))
+    ;; y = t, rounded once
+    (v128.store align=1 (local.get $py) ${narrow("tLo", "tHi")})`;
+  return `
+(func $apply (export "apply") ${APPLY_PARAMS}
+  ${APPLY_LOCALS} ${locals("v128", "w tLo tHi vLo vHi")}
+  ${rowsByChannels(APPLY_POINTERS, body)})`;
+}
+
+/** The list functions: one call of a function per table entry (fields as `LIST_FIELDS`). */
+function lists(): string {
   // entry: x, strideX, y, strideY, c, mean, scale, shift, floor
-  [
-    "applyList",
-    () => listFn(3, LIST_FIELDS.applyList, ["r0", "r1"], [0, 1, 2, 3, 4, "r0", "r1", 5, 6, 7, 8]),
-    4,
-  ],
+  const apply = `(call $apply ${entry(0, 1, 2, 3, 4)} (local.get $r0) (local.get $r1)
+        ${entry(5, 6, 7, 8)})`;
   // entry: a, b, va, vb, c, strideA, strideB, byte offset into s1/s2
-  [
-    "sumsList",
-    () =>
-      listFn(0, LIST_FIELDS.sumsList, ["r0", "r1", "s1", "s2", "tile"], [
-        0,
-        1,
-        2,
-        3,
-        4,
-        5,
-        6,
-        "r0",
-        "r1",
-        ["s1", 7],
-        ["s2", 7],
-        "tile",
-      ]),
-    7,
-  ],
+  const sums = `(call $sums ${entry(0, 1, 2, 3, 4, 5, 6)} (local.get $r0) (local.get $r1)
+        (i32.add (local.get $s1) ${entry(7)}) (i32.add (local.get $s2) ${entry(7)})
+        (local.get $tile))`;
   // entry: dy, x, mean64, c, strideDy, strideX, byte offset into s1/s2, scale, shift, m32
-  [
-    "maskedSumsList",
-    () =>
-      listFn(1, LIST_FIELDS.maskedSumsList, ["r0", "r1", "s1", "s2", "tile"], [
-        0,
-        1,
-        2,
-        3,
-        4,
-        5,
-        "r0",
-        "r1",
-        ["s1", 6],
-        ["s2", 6],
-        "tile",
-        7,
-        8,
-        9,
-      ]),
-    7,
-  ],
+  const maskedSums = `(call $maskedSums ${entry(0, 1, 2, 3, 4, 5)} (local.get $r0) (local.get $r1)
+        (i32.add (local.get $s1) ${entry(6)}) (i32.add (local.get $s2) ${entry(6)})
+        (local.get $tile) ${entry(7, 8, 9)})`;
   // entry: dy, x, c, strideDy, strideX, dx, strideDx, scale, shift, a, b, d, addend,
   // strideAddend, m32
-  [
-    "gradApplyList",
-    () =>
-      listFn(2, LIST_FIELDS.gradApplyList, ["r0", "r1"], [
-        0,
-        1,
-        2,
-        3,
-        4,
-        "r0",
-        "r1",
-        5,
-        6,
-        7,
-        8,
-        9,
-        10,
-        11,
-        12,
-        13,
-        14,
-      ]),
-    4,
-  ],
-];
+  const gradApply = `(call $gradApply ${entry(0, 1, 2, 3, 4)} (local.get $r0) (local.get $r1)
+        ${entry(5, 6, 7, 8, 9, 10, 11, 12, 13, 14)})`;
+  const L = LIST_FIELDS;
+  return [
+    listFunction("applyList", "r0 r1", L.applyList, apply),
+    listFunction("sumsList", "r0 r1 s1 s2 tile", L.sumsList, sums),
+    listFunction("maskedSumsList", "r0 r1 s1 s2 tile", L.maskedSumsList, maskedSums),
+    listFunction("gradApplyList", "r0 r1", L.gradApplyList, gradApply),
+  ].join("\n");
+}
+
+/**
+ * The module's text: imports `env.memory` (shared, 1 page up to 4 GiB, as the threaded wasm
+ * build's heap; or unshared, as the single-threaded build's), then the functions (calls and
+ * exports go by name).
+ */
+function moduleText(shared: boolean, { fused, wide }: Variant): string {
+  return `(module
+(import "env" "memory" (memory 1${shared ? " 65536 shared" : ""}))
+${sums()}
+${wide ? maskedSumsWide() : maskedSums(fused)}
+${wide ? gradApplyWide() : gradApply(fused)}
+${wide ? applyWide() : apply(fused)}
+${lists()})
+`;
+}
+
+// ---- Assembly -----------------------------------------------------------------------------
+
+/** The part of wabt's API used here (its index.d.ts omits `validate`'s features argument). */
+interface Wabt {
+  parseWat(filename: string, text: string, features: Features): WatModule;
+}
+interface WatModule {
+  validate(features: Features): void;
+  toBinary(options: Record<never, never>): { buffer: Uint8Array };
+  destroy(): void;
+}
+type Features = { threads: boolean; relaxed_simd: boolean };
+/** Shared memory (threads) and relaxed_madd; SIMD is on by default. */
+const FEATURES: Features = { threads: true, relaxed_simd: true };
+
+/**
+ * wabt, started once at import: its own wasm module starts asynchronously, so only a top-level
+ * await keeps the functions below synchronous (about 35 ms per process, measured).
+ */
+const wabt = await wabtInit() as unknown as Wabt;
 
 const bytesFor = new Map<string, Uint8Array>();
 
@@ -910,33 +503,16 @@ export function simdBatchNormModuleBytes(shared = true, fused = true, wide = fal
   const key = `${shared},${variant.fused},${wide}`;
   const cached = bytesFor.get(key);
   if (cached != null) return cached;
-  const types = section(1, [
-    ...uleb(FUNCTIONS.length),
-    ...FUNCTIONS.flatMap(([, , n]) => [0x60, ...vec(new Array(n).fill(I32)), 0]),
-  ]);
-  // Import kind 2 (memory); limits flag 3: shared with a maximum (1 page up to 65,536), 0: a
-  // minimum only (1 page).
-  const limits = shared ? [3, 1, ...uleb(65536)] : [0, 1];
-  const imports = section(2, [1, ...name("env"), ...name("memory"), 2, ...limits]);
-  const funcs = section(3, [...uleb(FUNCTIONS.length), ...FUNCTIONS.map((_, i) => i)]);
-  const exports = section(7, [
-    ...uleb(FUNCTIONS.length),
-    ...FUNCTIONS.flatMap(([n], i) => [...name(n), 0, i]),
-  ]);
-  const code = section(10, [
-    ...uleb(FUNCTIONS.length),
-    ...FUNCTIONS.flatMap(([, make]) => make(variant)),
-  ]);
-  const bytes = new Uint8Array([
-    ...[0x00, 0x61, 0x73, 0x6d, 1, 0, 0, 0],
-    ...types,
-    ...imports,
-    ...funcs,
-    ...exports,
-    ...code,
-  ]);
-  bytesFor.set(key, bytes);
-  return bytes;
+  // A mistake in the text throws here, quoting the line ("simd_batchnorm.wat:line:column").
+  const module = wabt.parseWat("simd_batchnorm.wat", moduleText(shared, variant), FEATURES);
+  try {
+    module.validate(FEATURES);
+    const bytes = module.toBinary({}).buffer;
+    bytesFor.set(key, bytes);
+    return bytes;
+  } finally {
+    module.destroy();
+  }
 }
 
 /** The module's functions (arguments as in the module comment), and the bytes they came from. */
@@ -961,8 +537,8 @@ export interface SimdBatchNorm {
 export function simdBatchNorm(memory: WebAssembly.Memory, wide = false): SimdBatchNorm | null {
   const shared = memory.buffer instanceof SharedArrayBuffer;
   for (const fused of wide ? [false] : [true, false]) {
+    const moduleBytes = simdBatchNormModuleBytes(shared, fused, wide);
     try {
-      const moduleBytes = simdBatchNormModuleBytes(shared, fused, wide);
       const module = new WebAssembly.Module(moduleBytes as BufferSource);
       const instance = new WebAssembly.Instance(module, { env: { memory } });
       return { ...(instance.exports as unknown as SimdBatchNorm), moduleBytes };
