@@ -9,8 +9,14 @@
  */
 import assert from "node:assert/strict";
 import { rowSums } from "../lib/backends/batchnorm_kernels.ts";
-import { simdBatchNorm, simdBatchNormModuleBytes } from "../lib/backends/native/simd_batchnorm.ts";
+import {
+  loadAssembler,
+  simdBatchNorm,
+  simdBatchNormModuleBytes,
+} from "../lib/backends/native/simd_batchnorm.ts";
 import { Rng } from "../lib/util/rng.ts";
+
+await loadAssembler();
 
 Deno.test("SIMD row sums equal rowSums in float64 (to rounding) on shared memory", () => {
   const memory = new WebAssembly.Memory({ initial: 256, maximum: 65536, shared: true });

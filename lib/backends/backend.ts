@@ -20,6 +20,7 @@ import { watchDeviceFaults } from "./device_faults.ts";
 import { openOneDnn } from "./native/native_kernels.ts";
 import { ONEDNN_INSTALL_HINT, OneDnnUnavailable } from "./native/onednn.ts";
 import { setHeapPasses } from "./native/kernel_support.ts";
+import { loadAssembler } from "./native/simd_batchnorm.ts";
 import {
   MAX_WASM_THREADS,
   resolveWasmThreads,
@@ -319,6 +320,7 @@ function describeAdapter(adapter: GPUAdapter): { device: string; software: boole
  */
 async function startWasm(opts: InitBackendOptions): Promise<BackendInfo> {
   const wasm = await import("@tensorflow/tfjs-backend-wasm");
+  await loadAssembler(); // the SIMD BatchNorm passes' (native/simd_batchnorm.ts)
   const notes: string[] = [];
   const threads = resolveWasmThreads(opts.threads);
   if (opts.threads != null && opts.threads > MAX_WASM_THREADS) {

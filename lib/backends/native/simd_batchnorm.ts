@@ -484,11 +484,16 @@ type Features = { threads: boolean; relaxed_simd: boolean };
 /** Shared memory (threads) and relaxed_madd; SIMD is on by default. */
 const FEATURES: Features = { threads: true, relaxed_simd: true };
 
+let wabt: Wabt | null = null;
+
 /**
- * wabt, started once at import: its own wasm module starts asynchronously, so only a top-level
- * await keeps the functions below synchronous (about 35 ms per process, measured).
+ * Starts wabt (its own wasm module starts asynchronously, ~35 ms): the wasm and native backends
+ * await it when they start, so the functions below stay synchronous and a process that never
+ * runs them (a PNG conversion, `--help`, the cpu or WebGPU backend) never pays for it.
  */
-const wabt = await wabtInit() as unknown as Wabt;
+export async function loadAssembler(): Promise<void> {
+  wabt ??= await wabtInit() as unknown as Wabt;
+}
 
 const bytesFor = new Map<string, Uint8Array>();
 
@@ -504,6 +509,9 @@ export function simdBatchNormModuleBytes(shared = true, fused = true, wide = fal
   const cached = bytesFor.get(key);
   if (cached != null) return cached;
   // A mistake in the text throws here, quoting the line ("simd_batchnorm.wat:line:column").
+  if (wabt == null) {
+    throw new Error("the SIMD BatchNorm assembler is not loaded: await loadAssembler() first");
+  }
   const module = wabt.parseWat("simd_batchnorm.wat", moduleText(shared, variant), FEATURES);
   try {
     module.validate(FEATURES);
