@@ -2,6 +2,7 @@
  * DenseNet numerics against PyTorch (tests/fixtures/model/, made by make_reference.py with
  * torch 1.13 / torchvision 0.14), parameter counts, memory-efficient path, tensor leaks.
  */
+import { BN_CONCAT_INFERENCE_KERNEL, BN_INFERENCE_KERNEL } from "../lib/backends/seam.ts";
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs-backend-cpu";
 import assert from "node:assert/strict";
@@ -178,7 +179,7 @@ Deno.test("evaluation never joins a dense block where BatchNormReluConcatInferen
       const layers = model.blocks.flat().length;
       if (backend === "cpu") {
         // No such kernel: the seam's reference joins each layer's feature list (one Concat).
-        assert.equal(count("BatchNormReluConcatInference"), 0);
+        assert.equal(count(BN_CONCAT_INFERENCE_KERNEL), 0);
         assert.ok(count("Concat") >= layers, `${backend}: ${count("Concat")}`);
         continue;
       }
@@ -186,9 +187,9 @@ Deno.test("evaluation never joins a dense block where BatchNormReluConcatInferen
       // one a layer).
       assert.ok(count("Concat") < layers, `${backend}: ${count("Concat")} Concats`);
       // Each layer's norm1, each transition's norm and norm5 read the feature list.
-      assert.equal(count("BatchNormReluConcatInference"), layers + model.transitions.length + 1);
+      assert.equal(count(BN_CONCAT_INFERENCE_KERNEL), layers + model.transitions.length + 1);
       // wasm, lacking a one-pass BatchNormReluInference, folds norm2 into conv1 (FusedConv2D).
-      const folded = tf.getKernel("BatchNormReluInference", tf.getBackend()) == null;
+      const folded = tf.getKernel(BN_INFERENCE_KERNEL, tf.getBackend()) == null;
       assert.ok(!folded || count("FusedConv2D") >= layers, `${backend}: ${profile.kernelNames}`);
     } finally {
       tf.dispose(x);

@@ -11,7 +11,14 @@ import { initBackend } from "../lib/backends/backend.ts";
 import { nativeKernelTable } from "../lib/backends/native/native_kernels.ts";
 import { Rng } from "../lib/util/rng.ts";
 import { createDenseNet, disposeModel, forward, TINY_DENSENET } from "../lib/model/densenet.ts";
-import { BN_INFERENCE_KERNEL } from "../lib/backends/seam.ts";
+import {
+  BN_CONCAT_GRAD_KERNEL,
+  BN_CONCAT_INFERENCE_KERNEL,
+  BN_CONCAT_TRAIN_KERNEL,
+  BN_GRAD_KERNEL,
+  BN_INFERENCE_KERNEL,
+  BN_TRAIN_KERNEL,
+} from "../lib/backends/seam.ts";
 import "../lib/backends/tf_gradients.ts";
 
 const missing = nativeMissingFor("the native-backend tests");
@@ -395,24 +402,24 @@ Deno.test({
         };
         const x = tf.concat(xs, 3);
         const [y0, m0, v0] = engine.runKernel(
-          "BatchNormReluTrain",
+          BN_TRAIN_KERNEL,
           { x, gamma, beta },
           attrs,
         ) as tf.Tensor[];
         const [y1, m1, v1] = engine.runKernel(
-          "BatchNormReluConcatTrain",
+          BN_CONCAT_TRAIN_KERNEL,
           list({ gamma, beta }),
           attrs,
         ) as tf.Tensor[];
         const bn = { mean: m1, variance: v1, gamma, beta };
-        const y2 = engine.runKernel("BatchNormReluConcatInference", list(bn), attrs) as tf.Tensor;
+        const y2 = engine.runKernel(BN_CONCAT_INFERENCE_KERNEL, list(bn), attrs) as tf.Tensor;
         const [dx0, dg0, db0] = engine.runKernel(
-          "BatchNormReluGrad",
+          BN_GRAD_KERNEL,
           { dy, x, gamma, beta, mean: m1, variance: v1 },
           attrs,
         ) as tf.Tensor[];
         const [dx1, dg1, db1] = engine.runKernel(
-          "BatchNormReluConcatGrad",
+          BN_CONCAT_GRAD_KERNEL,
           list({ dy, ...bn, addend }),
           attrs,
         ) as tf.Tensor[];

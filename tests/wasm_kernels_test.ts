@@ -1,4 +1,5 @@
 import { installKernelTable, uninstallKernelTable } from "../lib/backends/kernel_registry.ts";
+import { BN_CONCAT_INFERENCE_KERNEL } from "../lib/backends/seam.ts";
 import assert from "node:assert/strict";
 import { relError } from "./assert.ts";
 import * as tf from "@tensorflow/tfjs-core";
@@ -440,7 +441,7 @@ Deno.test("BatchNormReluConcatInference on plain wasm equals concat + BatchNorm 
       };
       xs.forEach((x, i) => (inputs[`x${i}`] = tf.tensor4d(x, [2, 9, 7, channels[i]])));
       const attrs = { epsilon: eps, relu: true };
-      const y = tf.engine().runKernel("BatchNormReluConcatInference", inputs, attrs) as tf.Tensor;
+      const y = tf.engine().runKernel(BN_CONCAT_INFERENCE_KERNEL, inputs, attrs) as tf.Tensor;
       assert.deepEqual(y.shape, [2, 9, 7, c]);
       return y.dataSync() as Float32Array;
     });
