@@ -153,6 +153,7 @@ th, td { padding: 4px 10px; border-bottom: 1px solid #e4e4e4; }
 th { background: #f3f5f7; text-align: left; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.na { color: #999; }
+td.ci { white-space: nowrap; }
 tr.mean td { font-weight: bold; background: #fafafa; border-top: 2px solid #bbb; }
 td.above { background: #fdecea; }
 tr.thresholds td { color: #555; font-style: italic; }

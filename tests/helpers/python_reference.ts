@@ -46,3 +46,19 @@ export async function runIntervalReference(python: string, input: unknown): Prom
     await Deno.remove(dir, { recursive: true });
   }
 }
+
+/** The original tool's Youden thresholds (sklearn `roc_curve`) of `labels` and float32 `scores`. */
+export async function runYoudenReference(
+  python: string,
+  labels: number[][],
+  scores: number[][],
+): Promise<number[]> {
+  const dir = await Deno.makeTempDir({ prefix: "cxr_ref_" });
+  try {
+    await Deno.writeTextFile(`${dir}/in.json`, JSON.stringify({ labels, scores }));
+    await runPython(python, [SCRIPT, "--youden", `${dir}/in.json`, `${dir}/out.json`]);
+    return JSON.parse(await Deno.readTextFile(`${dir}/out.json`));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
