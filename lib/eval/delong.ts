@@ -123,8 +123,9 @@ export interface DeLongResult {
 /**
  * DeLong's test of AUROC(A) − AUROC(B) for one class: `labels` 0/1 (positive: 1), `scoresA` and
  * `scoresB` the two models' scores on the same images. Everything NaN when the labels hold a
- * single value; a zero variance (identical rankings) gives the interval [diff, diff] and p = 1
- * when diff is 0.
+ * single value; the interval and p-value NaN with a single positive or negative image (no
+ * variance estimate); a zero variance (identical rankings) gives the interval [diff, diff] and
+ * p = 1 when diff is 0.
  */
 export function delongTest(
   labels: ArrayLike<number>,
@@ -143,13 +144,17 @@ export function delongTest(
     return { aurocA: NaN, aurocB: NaN, diff: NaN, se: NaN, ci: [NaN, NaN], pValue: NaN };
   }
   const a = components(sa.pos, sa.neg), b = components(sb.pos, sb.neg);
-  // Var(A − B) = (S10_aa + S10_bb − 2 S10_ab)/m + (S01_aa + S01_bb − 2 S01_ab)/n; a class
-  // with a single positive or negative has no sample covariance there (taken as 0).
+  const diff = a.auc - b.auc;
+  if (m < 2 || n < 2) {
+    // One positive (or negative) image: its components have no sample covariance, so the
+    // variance is unknown; a test would claim certainty it does not have.
+    return { aurocA: a.auc, aurocB: b.auc, diff, se: NaN, ci: [NaN, NaN], pValue: NaN };
+  }
+  // Var(A − B) = (S10_aa + S10_bb − 2 S10_ab)/m + (S01_aa + S01_bb − 2 S01_ab)/n.
   const part = (x: Float64Array, y: Float64Array, k: number) =>
-    k < 2 ? 0 : (cov(x, x) + cov(y, y) - 2 * cov(x, y)) / k;
+    (cov(x, x) + cov(y, y) - 2 * cov(x, y)) / k;
   const variance = Math.max(0, part(a.v10, b.v10, m) + part(a.v01, b.v01, n));
   const se = Math.sqrt(variance);
-  const diff = a.auc - b.auc;
   const zq = normalQuantile((1 + ci) / 2);
   let pValue: number;
   if (se === 0) pValue = diff === 0 ? 1 : 0;
