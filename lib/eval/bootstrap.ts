@@ -95,8 +95,9 @@ class SortedClass {
     let area = 0, negBelow = 0, pos = 0, blockPos = 0, blockNeg = 0;
     for (let k = 0; k < order.length; k++) {
       const wi = w[order[k]];
-      if (positive[k]) blockPos += wi;
-      else blockNeg += wi;
+      const pi = positive[k] * wi;
+      blockPos += pi;
+      blockNeg += wi - pi;
       if (blockEnd[k]) {
         area += blockPos * (negBelow + 0.5 * blockNeg);
         negBelow += blockNeg;
@@ -136,44 +137,46 @@ export class ResampledAuroc {
 
 /**
  * F1 of the decisions `score > threshold` in any resample, per class, as metrics.ts's
- * `f1AtThreshold` on the resample (0 when there is no true positive). Each image's decision
- * and label are coded once; a resample is then one pass of weighted counts.
+ * `f1AtThreshold` on the resample (0 when there is no true positive). Per class, the images
+ * predicted positive, labelled positive, and both are listed once; a resample then sums its
+ * weights over those (short) lists.
  */
 export class ResampledF1 {
-  /** Row-major per image and class: bit 0 predicted positive, bit 1 labelled positive. */
-  readonly #codes: Uint8Array;
-  readonly #cols: number;
+  readonly #lists: { predicted: Uint32Array; positive: Uint32Array; both: Uint32Array }[];
 
   constructor(labels: Matrix, scores: Matrix, thresholds: ArrayLike<number>) {
     const { rows, cols } = scores;
-    this.#cols = cols;
-    this.#codes = new Uint8Array(rows * cols);
-    for (let i = 0; i < rows * cols; i++) {
-      this.#codes[i] = (scores.data[i] > thresholds[i % cols] ? 1 : 0) |
-        (labels.data[i] === 1 ? 2 : 0);
-    }
+    this.#lists = Array.from({ length: cols }, (_, c) => {
+      const predicted: number[] = [], positive: number[] = [], both: number[] = [];
+      for (let i = 0; i < rows; i++) {
+        const p = scores.data[i * cols + c] > thresholds[c];
+        const t = labels.data[i * cols + c] === 1;
+        if (p) predicted.push(i);
+        if (t) positive.push(i);
+        if (p && t) both.push(i);
+      }
+      return {
+        predicted: Uint32Array.from(predicted),
+        positive: Uint32Array.from(positive),
+        both: Uint32Array.from(both),
+      };
+    });
   }
 
   /** Writes each class's F1 of the resample with image weights `w` to `out`. */
   f1s(w: Float64Array, out: Float64Array): void {
-    const C = this.#cols, codes = this.#codes;
-    const tp = new Float64Array(C), predSum = new Float64Array(C), trueSum = new Float64Array(C);
-    for (let i = 0; i < w.length; i++) {
-      const wi = w[i];
-      if (wi === 0) continue;
-      for (let c = 0, j = i * C; c < C; c++, j++) {
-        const code = codes[j];
-        if (code & 1) predSum[c] += wi;
-        if (code & 2) trueSum[c] += wi;
-        if (code === 3) tp[c] += wi;
-      }
-    }
-    for (let c = 0; c < C; c++) {
-      const precision = predSum[c] === 0 ? 0 : tp[c] / predSum[c];
-      const recall = trueSum[c] === 0 ? 0 : tp[c] / trueSum[c];
+    const sum = (idx: Uint32Array) => {
+      let s = 0;
+      for (let k = 0; k < idx.length; k++) s += w[idx[k]];
+      return s;
+    };
+    this.#lists.forEach((l, c) => {
+      const tp = sum(l.both), predSum = sum(l.predicted), trueSum = sum(l.positive);
+      const precision = predSum === 0 ? 0 : tp / predSum;
+      const recall = trueSum === 0 ? 0 : tp / trueSum;
       const denom = precision + recall;
       out[c] = (2 * precision) * recall / (denom === 0 ? 1 : denom);
-    }
+    });
   }
 }
 
