@@ -46,6 +46,8 @@ export interface Uncertainty {
   compare: Comparison | null;
   /** The seed the resamples were drawn with. */
   seed: number;
+  /** The level of the intervals (bootstrap and DeLong). */
+  ci: number;
 }
 
 /** Options of {@link assessUncertainty}. */
@@ -114,7 +116,7 @@ export function assessUncertainty(a: LabelledPredictions, opts: UncertaintyOptio
       d.aurocB = auroc(column(labels, c), column(probsB!, c));
     });
   }
-  return { bootstrap: result, reliability: rel, compare, seed: opts.seed };
+  return { bootstrap: result, reliability: rel, compare, seed: opts.seed, ci: opts.ci };
 }
 
 const num = (v: number): number | null => (Number.isFinite(v) ? v : null);

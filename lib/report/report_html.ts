@@ -313,7 +313,7 @@ function reliabilityPanel(name: string, r: Reliability, index: number): string {
 /** The `--compare` section: per class AUROC of A and B, A − B, DeLong interval and p. */
 function comparisonSection(u: Uncertainty, modelA: string): string[] {
   const k = u.compare!;
-  const level = `${Math.round((u.bootstrap?.ci ?? 0.95) * 1000) / 10}%`;
+  const level = `${Math.round(u.ci * 1000) / 10}%`;
   const h = [
     `<h2>Comparison with ${escapeXml(k.modelB.split("/").pop() ?? k.modelB)}</h2>`,
     `<p class="note">A = ${escapeXml(modelA)}, B = ${escapeXml(k.modelB)}, on the same images. ` +
