@@ -1,7 +1,8 @@
 /**
  * train_model.ts — trains the CheXNet-style DenseNet-121 (ImageNet-pretrained, 14-way sigmoid
  * head) with BCE and Adam, validates every epoch, keeps the best model by validation loss
- * with per-class thresholds (Youden's J on the training epoch), as the original tool does.
+ * with per-class thresholds: Youden's J on the saved model's validation predictions (default), or
+ * on the training epoch's predictions as the original tool does (`--thresholds train`).
  *
  *   deno task train -- -b 16 -a
  * @module
@@ -161,6 +162,13 @@ export const FLAGS = {
       "inputs): same numbers, less memory (auto: on for native/wasm/cpu, off for tensorflow " +
       "and for a WebGPU adapter that holds the plain path)",
   },
+  thresholds: {
+    kind: "string",
+    default: "val",
+    choices: ["val", "train"],
+    help: "decision thresholds by Youden's J on: the saved model's validation predictions, or " +
+      "the training epoch's (the original tool's way)",
+  },
   preview_augmentation: {
     kind: "int",
     default: 0,
@@ -202,6 +210,8 @@ async function openResume(flags: ReturnType<typeof parseFlags<typeof FLAGS>>) {
     ...resumedFlags(state.progress.flags, flags, givenFlags(flags), path),
     save_dir: path.slice(0, Math.max(0, path.lastIndexOf("/"))) || ".", // where the run is now
   };
+  // Runs from before --thresholds took them from the training epoch: continue them so.
+  if (!("thresholds" in state.progress.flags)) merged.thresholds = "train";
   if (state.progress.epoch >= merged.epochs) {
     throw new UserError(
       `${path}: the run already has ${state.progress.epoch} of ${merged.epochs} epochs; ` +
@@ -371,6 +381,9 @@ async function main(args: string[]): Promise<void> {
           ...(resumes.length ? { resumed: resumes } : {}),
           flags: runFlags,
           seed: flags.seed,
+          thresholds_from: flags.thresholds === "val"
+            ? "validation predictions of the saved model (Youden's J)"
+            : "training epoch predictions (Youden's J, as the original tool)",
           labels: LABELS,
           dataset: {
             train: { images: train.size, shards: train.shards },
@@ -429,14 +442,6 @@ async function main(args: string[]): Promise<void> {
       }
       if (stopRequested()) break;
       const trainImagesPerS = trained.n / trainBar.elapsed;
-      const thresholds = Array.from(
-        youdenThresholds(
-          { rows: trained.n, cols: NUM_CLASSES, data: trained.labels },
-          { rows: trained.n, cols: NUM_CLASSES, data: trained.probs },
-          LABELS,
-          (m, c) => thresholdWarnings.warn(m, c),
-        ),
-      );
 
       const valBar = new Progress("val", val.size, { unit: "img" });
       const validated = await predictBatches(
@@ -449,6 +454,17 @@ async function main(args: string[]): Promise<void> {
       valBar.finish();
       if (stopRequested()) break;
       const valLoss = bceLoss(validated.labels, validated.probs);
+      // Youden's J on the predictions `--thresholds` names: the validation pass of the very
+      // weights saved below (held-out, unaugmented), or the training epoch's (the original's).
+      const fitted = flags.thresholds === "val" ? validated : trained;
+      const thresholds = Array.from(
+        youdenThresholds(
+          { rows: fitted.n, cols: NUM_CLASSES, data: fitted.labels },
+          { rows: fitted.n, cols: NUM_CLASSES, data: fitted.probs },
+          LABELS,
+          (m, c) => thresholdWarnings.warn(m, c),
+        ),
+      );
       const metrics = evaluate(validated, thresholds);
       const improved = best === null || valLoss < best.val_loss;
       const stateDict = await stateDictFromModel(model);

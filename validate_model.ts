@@ -36,6 +36,14 @@ import {
 } from "./lib/eval/cam.ts";
 import { writeCamIndex } from "./lib/report/cam_index.ts";
 import { predictImages } from "./lib/eval/single_image.ts";
+import type { BootstrapResult } from "./lib/eval/bootstrap.ts";
+import {
+  assessUncertainty,
+  formatComparison,
+  type Uncertainty,
+  uncertaintyJson,
+  withInterval,
+} from "./lib/eval/uncertainty.ts";
 import {
   type BatchTransform,
   paramsForImageSize,
@@ -112,6 +120,20 @@ export const FLAGS = {
     metavar: "DIR",
     help: "where --cam writes its PNGs and index.html (default: <save_dir>/cam)",
   },
+  bootstrap: {
+    kind: "int",
+    default: 1000,
+    min: 0,
+    metavar: "N",
+    help: "bootstrap resamples (by patient) for confidence intervals; 0: none",
+  },
+  ci: { kind: "float", default: 0.95, metavar: "LEVEL", help: "confidence level of the intervals" },
+  compare: {
+    kind: "string",
+    default: null,
+    metavar: "OTHER.pt",
+    help: "compare with this model on the same images: AUROC difference, DeLong, bootstrap",
+  },
   images: {
     kind: "list",
     metavar: "FILE",
@@ -125,24 +147,61 @@ const DESCRIPTION =
   "Evaluates a trained model (ours or the original tool's *_model.pt) on the test shards:\n" +
   "per-class and mean AUROC, F1 at the saved thresholds.";
 
-/** Formats the original tool's AUROC (and F1) table: one row per class, 4 decimals. */
-export function formatTable(auroc: Float64Array, f1: Float64Array | null): string {
+/**
+ * Formats the original tool's AUROC (and F1) table: one row per class, 4 decimals; with
+ * `extra`, each value's bootstrap interval (`0.8312 [0.8201, 0.8420]`) and an ECE column.
+ */
+export function formatTable(
+  auroc: Float64Array,
+  f1: Float64Array | null,
+  extra: { intervals?: BootstrapResult; ece?: ArrayLike<number> } = {},
+): string {
   const width = Math.max(...LABELS.map((l) => l.length)) + 2;
-  const cell = (v: number) => (Number.isNaN(v) ? "NaN" : v.toFixed(4)).padStart(8);
-  const header = " ".repeat(width) + "   AUROC" + (f1 ? "      F1" : "");
+  const b = extra.intervals;
+  const cols = [
+    { name: "AUROC", values: auroc, ci: b?.auroc },
+    ...(f1 ? [{ name: "F1", values: f1, ci: b?.f1 }] : []),
+    ...(extra.ece ? [{ name: "ECE", values: extra.ece, ci: undefined }] : []),
+  ].map((col) => {
+    const cells = LABELS.map((_, c) => withInterval(col.values[c], col.ci?.[c]));
+    return { name: col.name, cells, w: Math.max(6, ...cells.map((x) => x.length)) + 2 };
+  });
+  const header = " ".repeat(width) + cols.map((col) => col.name.padStart(col.w)).join("");
   const rows = LABELS.map((label, c) =>
-    label.padEnd(width) + cell(auroc[c]) + (f1 ? cell(f1[c]) : "")
+    label.padEnd(width) + cols.map((col) => col.cells[c].padStart(col.w)).join("")
   );
   return [header, ...rows].join("\n");
 }
 
-function printEvaluation(title: string, e: Evaluation, showF1: boolean): void {
+function printEvaluation(
+  title: string,
+  e: Evaluation,
+  showF1: boolean,
+  u: Uncertainty | null = null,
+): void {
   console.log(title);
-  console.log(formatTable(e.auroc, showF1 ? e.f1 : null));
-  const fmt = (v: number) => (Number.isNaN(v) ? "NaN" : v.toFixed(4));
-  console.log(`Mean AUROC: ${fmt(e.meanAuroc)}`);
-  console.log(`Mean AUROC over ${e.definedClasses} defined classes: ${fmt(e.meanAurocDefined)}`);
-  if (showF1) console.log(`Mean F1: ${fmt(e.meanF1)}`);
+  const b = u?.bootstrap ?? undefined;
+  const ece = showF1 && u ? u.reliability.map((r) => r.ece) : undefined;
+  console.log(formatTable(e.auroc, showF1 ? e.f1 : null, { intervals: b, ece }));
+  console.log(`Mean AUROC: ${withInterval(e.meanAuroc, b?.meanAuroc)}`);
+  console.log(
+    `Mean AUROC over ${e.definedClasses} defined classes: ` +
+      withInterval(e.meanAurocDefined, b?.meanAurocDefined),
+  );
+  if (showF1) console.log(`Mean F1: ${withInterval(e.meanF1, b?.meanF1)}`);
+  if (b) {
+    const skips = LABELS.map((l, c) => [l, b.skipped[c]] as const).filter(([, n]) => n > 0);
+    console.log(
+      `Intervals: ${Math.round(b.ci * 1000) / 10}% percentile bootstrap, ${b.resamples} ` +
+        `resamples by ${b.unit} (--seed ${u!.seed})` +
+        (skips.length
+          ? `; resamples skipped (one label value): ${
+            skips.map(([l, n]) => `${l} ${n}`).join(", ")
+          }` +
+            (b.skippedMean ? `; for the mean ${b.skippedMean}` : "")
+          : ""),
+    );
+  }
 }
 
 /** Per-image probabilities as CSV: `Image Index` (as given) and the 14 classes. */
@@ -184,6 +243,7 @@ async function main(args: string[]): Promise<void> {
       flags.tta !== "none" ? "--tta" : "",
       flagGiven(args, "subset") ? "--subset" : "",
       flags.debug ? "--debug" : "",
+      flags.compare ? "--compare" : "",
     ].filter((f) => f !== "");
     if (refused.length > 0) {
       throw new UserError(
@@ -193,9 +253,13 @@ async function main(args: string[]): Promise<void> {
       );
     }
   }
+  if (!(flags.ci > 0 && flags.ci < 1)) {
+    throw new UserError(`--ci ${flags.ci}: give a level between 0 and 1, e.g. 0.95`, 2);
+  }
   const modelPath = flags.saved_model
     ? await resolveSavedModel(flags.saved_model, flags.save_dir)
     : await newestSavedModel(flags.save_dir);
+  const comparePath = flags.compare ? await resolveSavedModel(flags.compare, flags.save_dir) : null;
   // Inputs first (cheap), then every output, before the backend starts.
   const camDir = flags.cam_dir ?? `${flags.save_dir}/cam`;
   await checkOutputPaths([
@@ -222,9 +286,11 @@ async function main(args: string[]): Promise<void> {
   const rng = new Rng(flags.seed);
   const imageSize = settings.imageSize;
   const size = paramsForImageSize(imageSize);
-  const test: BatchTransform = flags.center_crop
-    ? (x, r) => transformsTestCentercrop(x, r, size)
-    : (x, r) => transformsTest(x, r, size);
+  const testTransform = (size: ReturnType<typeof paramsForImageSize>): BatchTransform =>
+    flags.center_crop
+      ? (x, r) => transformsTestCentercrop(x, r, size)
+      : (x, r) => transformsTest(x, r, size);
+  const test = testTransform(size);
   const tenCropTransform: BatchTransform = (x, r) => transformsTestTenCrop(x, r, size);
   const camOpts: CamWriteOptions = {
     dir: camDir,
@@ -292,10 +358,10 @@ async function main(args: string[]): Promise<void> {
       subset: flags.subset as "test" | "val",
       limit: flags.debug ? DEBUG_SIZES.test : undefined,
     });
-    const run = async (label: string, transform: BatchTransform, views = 1) => {
+    const run = async (label: string, transform: BatchTransform, views = 1, net = model) => {
       const progress = new Progress(label, subset.size, { unit: "img" });
       const p = await predictBatches(
-        model,
+        net,
         subset.batches({ batchSize: flags.batch_size, workers: flags.workers }),
         transform,
         rng,
@@ -304,11 +370,40 @@ async function main(args: string[]): Promise<void> {
       progress.finish();
       return p;
     };
+    // --compare: model B on the same images, with its own training run's image size.
+    const predictModelB = async (path: string) => {
+      const settingsB = validationSettings(await readTrainingSettings(path), {
+        imageSize: flags.image_size,
+        imageSizeGiven: flagGiven(args, "image_size"),
+        centerCrop: flags.center_crop,
+      });
+      console.log(`Comparing with ${path.split("/").pop()} (model B).`);
+      for (const line of settingsB.lines) console.log(line);
+      const { model: modelB } = await loadModel(path);
+      try {
+        const transformB = testTransform(paramsForImageSize(settingsB.imageSize));
+        return { path, predictions: await run("Model B", transformB, 1, modelB) };
+      } finally {
+        disposeModel(modelB);
+      }
+    };
     const plain = await run("Validation", test);
     console.log("Validation complete.");
     if (plain.n === 0) throw new UserError(`no images in the ${flags.subset} shards`);
     const result = evaluate(plain, thresholds);
-    printEvaluation("", result, flags.display_f1);
+    const other = comparePath ? await predictModelB(comparePath) : undefined;
+    const uncertainty = assessUncertainty(plain, {
+      thresholds,
+      withF1: flags.display_f1,
+      resamples: flags.bootstrap,
+      ci: flags.ci,
+      seed: flags.seed,
+      b: other,
+    });
+    printEvaluation("", result, flags.display_f1, uncertainty);
+    if (uncertainty.compare) {
+      console.log("\n" + formatComparison(uncertainty.compare, flags.ci, modelPath));
+    }
     let tenCrop: Evaluation | null = null;
     if (flags.tta === "tencrop") {
       const p = await run("Ten-crop", tenCropTransform, 10);
@@ -322,6 +417,7 @@ async function main(args: string[]): Promise<void> {
         subset: flags.subset,
         n_images: plain.n,
         ...evaluationJson(result),
+        ...uncertaintyJson(uncertainty, flags.display_f1),
         ...(tenCrop ? { tencrop: evaluationJson(tenCrop) } : {}),
       });
       console.log(`Results: ${flags.json}`);
@@ -341,6 +437,7 @@ async function main(args: string[]): Promise<void> {
         probs: plain.probs,
         n: plain.n,
         thresholds,
+        uncertainty,
         meta: reportMeta(tenCrop ? "; ten-crop results printed and in --json" : ""),
       });
       console.log(`Report: ${flags.report}`);

@@ -77,7 +77,12 @@ for (const [mode, flags] of [["plain", []], ["center_crop", ["-c"]]] as const) {
       assert.equal(json.n_images, 50);
       assert.match(r.stdout, /^Loading from seed_model\.pt\.$/m);
       assert.match(r.stdout, /Validation complete\./);
-      assert.match(r.stdout, /^Effusion\s+0\.\d{4}\s+0\.\d{4}$/m);
+      // AUROC and F1 with their bootstrap intervals (on by default), then ECE (with -f).
+      const ci = "\\[\\d\\.\\d{4}, \\d\\.\\d{4}\\]";
+      assert.match(
+        r.stdout,
+        new RegExp(`^Effusion\\s+0\\.\\d{4} ${ci}\\s+0\\.\\d{4} ${ci}\\s+0\\.\\d{4}$`, "m"),
+      );
       assert.match(r.stdout, /Mean AUROC over 7 defined classes: 0\.\d{4}/);
       await Deno.remove(out, { recursive: true });
     },

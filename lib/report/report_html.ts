@@ -2,7 +2,9 @@
  * The validation report (`validate_model.ts --report PATH.html`): one self-contained HTML file
  * (inline CSS and inline SVG, no script, no font or image from anywhere) with the run's
  * metadata, the per-class AUROC/F1 table with the original's means, the dataset counts per
- * class, and the ROC curve of every class with its decision threshold marked.
+ * class, the ROC curve of every class with its decision threshold marked; with the results of
+ * lib/eval/uncertainty.ts also bootstrap intervals, ECE, reliability diagrams beside the ROC
+ * curves, and the `--compare` table.
  * @module
  */
 
@@ -19,6 +21,8 @@ import {
   nanMean,
   rocCurve,
 } from "../eval/metrics.ts";
+import type { Uncertainty } from "../eval/uncertainty.ts";
+import type { Reliability } from "../eval/calibration.ts";
 import { escapeXml, FONT_FAMILY, inlineSvg, renderChart } from "./plot_svg.ts";
 
 /** What the report is made from: the predictions of one model on one subset. */
@@ -37,6 +41,8 @@ export interface ReportInput {
   thresholds: ArrayLike<number>;
   /** Further run facts shown in the header, in order (backend, date, crop, …). */
   meta: Record<string, string | number>;
+  /** Bootstrap intervals, calibration and comparison (validate_model.ts), when computed. */
+  uncertainty?: Uncertainty;
 }
 
 /** Everything the report shows for one class. */
@@ -147,6 +153,7 @@ th, td { padding: 4px 10px; border-bottom: 1px solid #e4e4e4; }
 th { background: #f3f5f7; text-align: left; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.na { color: #999; }
+td.ci { white-space: nowrap; }
 tr.mean td { font-weight: bold; background: #fafafa; border-top: 2px solid #bbb; }
 td.above { background: #fdecea; }
 tr.thresholds td { color: #555; font-style: italic; }
@@ -156,15 +163,16 @@ table.meta td { overflow-wrap: anywhere; }
 .scroll-x { max-width: 100%; overflow-x: auto; }
 .layout { display: flex; flex-wrap: wrap; gap: 32px; align-items: flex-start; }
 /* As many columns as fit (4 at 1400 px, 2 at 800 px); panels scale with their column. */
-.roc-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, ${
+.roc-grid, .reliability-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, ${
   Math.round(ROC_SIZE * 0.85)
 }px), 1fr)); gap: 8px; max-width: ${4 * ROC_SIZE * 1.3}px; }
-.roc-grid svg { width: 100%; height: auto; box-sizing: border-box; border: 1px solid #e4e4e4; background: #fff; }
+.roc-grid svg, .reliability-grid svg { width: 100%; height: auto; box-sizing: border-box; border: 1px solid #e4e4e4; background: #fff; }
 @media (max-width: 700px) { body { margin: 12px; } }
 `;
 
 const ROC_COLOR = "#1f77b4";
 const THRESHOLD_COLOR = "#d62728";
+const RELIABILITY_COLOR = "#2ca02c";
 
 /** Keeps ROC points that move at least ~0.5 px, so huge test sets stay a small file. */
 function thinCurve(fpr: Float64Array, tpr: Float64Array): { x: number[]; y: number[] } {
@@ -248,6 +256,92 @@ function rocPanel(c: ClassSummary, index: number): string {
   });
 }
 
+/** `[low, high]` of an interval, or n/a. */
+function tdInterval(ci: [number, number] | undefined): string {
+  return ci && Number.isFinite(ci[0]) && Number.isFinite(ci[1])
+    ? `<td class="num ci">[${fmt4(ci[0])}, ${fmt4(ci[1])}]</td>`
+    : `<td class="num ci na">n/a</td>`;
+}
+
+const signed4 = (v: number) => (Number.isFinite(v) ? (v >= 0 ? "+" : "") + v.toFixed(4) : "n/a");
+
+/** One class's reliability diagram: observed frequency against mean prediction per bin. */
+function reliabilityPanel(name: string, r: Reliability, index: number): string {
+  const ticks = [0, 0.2, 0.4, 0.6, 0.8, 1];
+  const x: number[] = [], y: number[] = [];
+  r.count.forEach((n, b) => {
+    if (n === 0) return;
+    x.push(r.meanPredicted[b]);
+    y.push(r.observed[b]);
+  });
+  const body = renderChart({
+    width: ROC_SIZE,
+    height: ROC_SIZE,
+    margin: { top: 30, right: 12, bottom: 40, left: 48 },
+    title: name,
+    fontSize: 11,
+    x: { min: 0, max: 1, ticks, label: "mean predicted probability" },
+    y: { min: 0, max: 1, ticks, label: "fraction positive" },
+    series: [{
+      name: "perfect calibration",
+      x: [0, 1],
+      y: [0, 1],
+      color: "#aaaaaa",
+      dash: "4 4",
+      width: 1,
+      hideInLegend: true,
+      cls: "chance",
+    }, {
+      name: `ECE ${fmt4(r.ece)}`,
+      x,
+      y,
+      color: RELIABILITY_COLOR,
+      markers: true,
+      cls: "reliability",
+    }],
+    legend: "bottom-right",
+  });
+  return inlineSvg(ROC_SIZE, ROC_SIZE, body, {
+    "class": "reliability-panel",
+    "data-class": name,
+    "role": "img",
+    "aria-label": `Reliability diagram of ${name}`,
+    "id": `reliability-${index}`,
+  });
+}
+
+/** The `--compare` section: per class AUROC of A and B, A − B, DeLong interval and p. */
+function comparisonSection(u: Uncertainty, modelA: string): string[] {
+  const k = u.compare!;
+  const level = `${Math.round(u.ci * 1000) / 10}%`;
+  const h = [
+    `<h2>Comparison with ${escapeXml(k.modelB.split("/").pop() ?? k.modelB)}</h2>`,
+    `<p class="note">A = ${escapeXml(modelA)}, B = ${escapeXml(k.modelB)}, on the same images. ` +
+    `Per class: DeLong's test (fast algorithm of Sun &amp; Xu, 2014) of AUROC(A) − AUROC(B), ` +
+    `its interval and two-sided p-value. Mean: over the ${k.definedClasses} classes with ` +
+    `defined AUROC, with the paired bootstrap interval (both models scored on the same ` +
+    `resamples).</p>`,
+    `<div class="scroll-x"><table class="compare">`,
+    `<thead><tr><th>Class</th><th class="num">AUROC A</th><th class="num">AUROC B</th>` +
+    `<th class="num">A − B</th><th class="num">DeLong interval</th>` +
+    `<th class="num">p-value</th></tr></thead><tbody>`,
+  ];
+  k.classes.forEach((d, c) => {
+    h.push(
+      `<tr data-class="${escapeXml(LABELS[c])}"><td>${escapeXml(LABELS[c])}</td>` +
+        td(d.aurocA) + td(d.aurocB) + `<td class="num">${signed4(d.diff)}</td>` +
+        tdInterval(d.ci) + td(d.pValue) + `</tr>`,
+    );
+  });
+  h.push(
+    `<tr class="mean" data-row="compare-mean"><td>Mean (${k.definedClasses} classes)</td>` +
+      td(k.meanA) + td(k.meanB) + `<td class="num">${signed4(k.meanDiff)}</td>` +
+      tdInterval(k.meanDiffCi) + `<td class="num">paired bootstrap ${level}</td></tr>`,
+    `</tbody></table></div>`,
+  );
+  return h;
+}
+
 function td(v: number, isCount = false): string {
   if (isCount) return `<td class="num">${v}</td>`;
   return Number.isFinite(v) ? `<td class="num">${fmt4(v)}</td>` : `<td class="num na">n/a</td>`;
@@ -306,32 +400,59 @@ export function renderReportHtml(input: ReportInput): string {
     metaRows,
   );
 
+  // With uncertainty: an interval column after AUROC and after F1, and ECE at the end.
+  const u = input.uncertainty;
+  const b = u?.bootstrap ?? undefined;
+  const level = b ? `${Math.round(b.ci * 1000) / 10}% CI` : "";
+  const ci = (c: [number, number] | undefined) => (b ? tdInterval(c) : "");
   h.push(`<h2>AUROC and F1 per class</h2>`);
   h.push(`<div class="scroll-x"><table class="scores">`);
   h.push(
     `<thead><tr><th>Class</th><th class="num">Positives</th><th class="num">Negatives</th>` +
-      `<th class="num">AUROC</th><th class="num">F1</th><th class="num">Threshold</th>` +
-      `<th class="num">Sensitivity</th><th class="num">Specificity</th></tr></thead>`,
+      `<th class="num">AUROC</th>` + (b ? `<th class="num">AUROC ${level}</th>` : "") +
+      `<th class="num">F1</th>` + (b?.f1 ? `<th class="num">F1 ${level}</th>` : "") +
+      `<th class="num">Threshold</th>` +
+      `<th class="num">Sensitivity</th><th class="num">Specificity</th>` +
+      (u ? `<th class="num">ECE</th>` : "") + `</tr></thead>`,
   );
   h.push(`<tbody>`);
-  for (const c of s.classes) {
+  s.classes.forEach((c, k) => {
     h.push(
       `<tr data-class="${escapeXml(c.name)}"><td>${escapeXml(c.name)}</td>` +
-        td(c.positives, true) + td(c.negatives, true) + td(c.auroc) + td(c.f1) +
-        td(c.threshold) + td(c.tprAtThreshold) + td(1 - c.fprAtThreshold) + `</tr>`,
+        td(c.positives, true) + td(c.negatives, true) + td(c.auroc) + ci(b?.auroc[k]) +
+        td(c.f1) + (b?.f1 ? ci(b.f1[k]) : "") +
+        td(c.threshold) + td(c.tprAtThreshold) + td(1 - c.fprAtThreshold) +
+        (u ? td(u.reliability[k].ece) : "") + `</tr>`,
     );
-  }
-  const blank = `<td></td><td></td><td></td>`;
+  });
+  const blank = `<td></td><td></td><td></td>` + (u ? `<td></td>` : "");
+  const f1Ci = (v: [number, number] | undefined) => (b?.f1 ? ci(v) : "");
   h.push(
     `<tr class="mean" data-row="mean"><td>Mean (all ${NUM_CLASSES} classes; n/a if any ` +
-      `class is undefined)</td><td></td><td></td>${td(s.meanAuroc)}${td(s.meanF1)}${blank}</tr>`,
+      `class is undefined)</td><td></td><td></td>${td(s.meanAuroc)}${ci(b?.meanAuroc)}` +
+      `${td(s.meanF1)}${f1Ci(b?.meanF1)}${blank}</tr>`,
   );
   h.push(
     `<tr class="mean" data-row="mean-defined"><td>Mean over the ${s.definedCount} classes ` +
       `with defined AUROC</td><td></td><td></td>${td(s.meanAurocDefined)}` +
-      `${td(s.meanF1Defined)}${blank}</tr>`,
+      `${ci(b?.meanAurocDefined)}${td(s.meanF1Defined)}${b?.f1 ? "<td></td>" : ""}${blank}</tr>`,
   );
   h.push(`</tbody></table></div>`);
+  if (b) {
+    const skips = s.classes.map((c, k) => [c.name, b.skipped[k]] as const)
+      .filter(([, n]) => n > 0);
+    h.push(
+      `<p class="note intervals">Intervals: ${level} percentile bootstrap over ` +
+        `${b.resamples} resamples drawn by ${b.unit} (seed ${u!.seed}): the range in which the ` +
+        `metric falls in ${level.replace(" CI", "")} of resampled test sets. ` +
+        (skips.length
+          ? `Resamples skipped because a class had a single label value: ${
+            escapeXml(skips.map(([n, k]) => `${n} ${k}`).join(", "))
+          }` + (b.skippedMean ? `; for the means ${b.skippedMean}` : "") + `.`
+          : `No resample was skipped.`) +
+        `</p>`,
+    );
+  }
   h.push(
     `<p class="note">AUROC is undefined (n/a) for a class whose images are all positive or ` +
       `all negative. Sensitivity and specificity are those of the decision at the threshold.</p>`,
@@ -345,6 +466,19 @@ export function renderReportHtml(input: ReportInput): string {
   h.push(`<div class="roc-grid">`);
   s.classes.forEach((c, i) => h.push(rocPanel(c, i)));
   h.push(`</div>`);
+  if (u) {
+    h.push(`<h2>Reliability diagrams</h2>`);
+    h.push(
+      `<p class="note">Green: per bin of predicted probability (15 equal-width bins, empty ` +
+        `bins left out) the fraction of positive images against the mean prediction. On the ` +
+        `dashed diagonal a model is calibrated; ECE is the image-weighted mean distance to ` +
+        `it.</p>`,
+    );
+    h.push(`<div class="reliability-grid">`);
+    s.classes.forEach((c, i) => h.push(reliabilityPanel(c.name, u.reliability[i], i)));
+    h.push(`</div>`);
+    if (u.compare) h.push(...comparisonSection(u, input.modelPath));
+  }
   h.push(`</body>`);
   h.push(`</html>`);
   return h.join("\n") + "\n";

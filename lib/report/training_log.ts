@@ -24,6 +24,8 @@ export interface TrainingFlags {
   /** When resuming, the network is the checkpoint's. */
   saved_model: string | null;
   epochs: number;
+  /** Where the decision thresholds come from (`--thresholds`). */
+  thresholds?: string;
 }
 
 /** The settings block printed before training. */
@@ -42,6 +44,14 @@ export function formatSettings(
     ["Image size", f.image_size],
     ["Architecture", f.saved_model ? `as in ${f.saved_model}` : f.arch],
     ["Epochs", f.epochs],
+    ...(f.thresholds
+      ? [[
+        "Thresholds",
+        f.thresholds === "val"
+          ? "Youden's J on validation predictions (val)"
+          : "Youden's J on training predictions (train)",
+      ] as [string, string]]
+      : []),
   ];
   return rows.map(([k, v]) => `${(k + ":").padEnd(20)}${v}`).join("\n");
 }
