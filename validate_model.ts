@@ -35,7 +35,10 @@ import {
   writeTopCams,
 } from "./lib/eval/cam.ts";
 import { writeCamIndex } from "./lib/report/cam_index.ts";
-import { predictImages } from "./lib/eval/single_image.ts";
+import { imageFailures, listImageFiles, predictImages } from "./lib/eval/single_image.ts";
+import { datasetImageSize } from "./lib/data/preprocessed_image.ts";
+import { listShards } from "./lib/data/webdataset.ts";
+import { resultsPathFor } from "./lib/eval/training_settings.ts";
 import {
   type BatchTransform,
   paramsForImageSize,
@@ -196,7 +199,17 @@ async function main(args: string[]): Promise<void> {
   const modelPath = flags.saved_model
     ? await resolveSavedModel(flags.saved_model, flags.save_dir)
     : await newestSavedModel(flags.save_dir);
-  // Inputs first (cheap), then every output, before the backend starts.
+  // Inputs first (cheap), then every output, before the backend starts; no output may be a
+  // file the run reads.
+  const images = imagePaths.length > 0 ? await listImageFiles(imagePaths) : null;
+  const shards = images ? [] : await listShards(flags.dataset_dir, flags.subset);
+  const resultsPath = resultsPathFor(modelPath);
+  const inputs = [
+    { what: "the model evaluated (-s)", path: modelPath },
+    ...(resultsPath ? [{ what: "the model's training record", path: resultsPath }] : []),
+    ...shards.map((path) => ({ what: `a ${flags.subset} shard`, path })),
+    ...(images?.files ?? []).map((path) => ({ what: "an image predicted (--images)", path })),
+  ];
   const camDir = flags.cam_dir ?? `${flags.save_dir}/cam`;
   await checkOutputPaths([
     { flag: "--json", path: flags.json, kind: "file" },
@@ -207,7 +220,7 @@ async function main(args: string[]): Promise<void> {
       path: flags.cam > 0 ? camDir : null,
       kind: "dir",
     },
-  ]);
+  ], { inputs });
   const settings = validationSettings(await readTrainingSettings(modelPath), {
     imageSize: flags.image_size,
     imageSizeGiven: flagGiven(args, "image_size"),
@@ -259,10 +272,22 @@ async function main(args: string[]): Promise<void> {
   const writeJson = (value: unknown) =>
     writeFileAtomic(flags.json!, JSON.stringify(value, null, 2) + "\n");
   try {
-    if (imagePaths.length > 0) {
-      const predictions = await predictImages(model, imagePaths, { thresholds, transform: test });
+    if (images) {
+      const results = await predictImages(model, images, {
+        thresholds,
+        transform: test,
+        datasetSize: datasetImageSize(imageSize),
+      });
+      const { predictions, failures } = results;
+      // Nothing predicted: nothing to write (the failure is the run's error line).
+      if (predictions.length === 0) throw imageFailures(results)!;
       if (flags.json) {
-        await writeJson({ ...common, n_images: predictions.length, images: predictions });
+        await writeJson({
+          ...common,
+          n_images: predictions.length,
+          images: predictions,
+          ...(failures.length ? { failures } : {}),
+        });
         console.log(`Results: ${flags.json}`);
       }
       if (flags.predictions) {
@@ -283,8 +308,14 @@ async function main(args: string[]): Promise<void> {
         console.log(`Report: ${flags.report}`);
       }
       if (flags.cam > 0) {
-        await reportCams(await writeImageCams(model, predictions, flags.cam, camOpts), "images");
+        const cams = await writeImageCams(model, predictions, flags.cam, {
+          ...camOpts,
+          datasetSize: datasetImageSize(imageSize),
+        });
+        await reportCams(cams, "images");
       }
+      const failed = imageFailures(results);
+      if (failed) throw failed;
       return;
     }
     const subset = await loadSubset({

@@ -26,6 +26,7 @@ export async function readTrainingSettings(modelPath: string): Promise<TrainingS
   if (path === null) return null;
   let flags: Record<string, unknown>;
   try {
+    if (!(await Deno.stat(path)).isFile) return null; // never open a FIFO or a device
     flags = JSON.parse(await Deno.readTextFile(path)).flags ?? {};
   } catch {
     return null; // absent or not ours: the original tool writes no results JSON

@@ -9,6 +9,7 @@
  */
 import { UserError } from "../util/errors.ts";
 import { writeFileAtomic } from "../util/atomic_file.ts";
+import { refuseSpecialFile } from "../util/input_files.ts";
 import { encodeCheckpoint } from "../torch/torch_checkpoint.ts";
 import { readZip, writeZip, type ZipEntry } from "../torch/zip_store.ts";
 import type { StateDict } from "../torch/state_dict.ts";
@@ -76,6 +77,7 @@ export async function readTrainState<E>(
   path: string,
 ): Promise<{ progress: TrainProgress<E>; adam: AdamState }> {
   let bytes: Uint8Array;
+  await refuseSpecialFile(path, "resumable state", "pass a run's _last.pt");
   try {
     bytes = await Deno.readFile(path);
   } catch (e) {
