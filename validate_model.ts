@@ -11,7 +11,7 @@ import { DEBUG_SIZES, LABELS, LABELS_DIR, NUM_CLASSES } from "./config.ts";
 import { writeFileAtomic } from "./lib/util/atomic_file.ts";
 import { RUN_FLAGS, startBackend } from "./lib/run_flags.ts";
 import { checkOutputPaths } from "./lib/util/output_paths.ts";
-import { type FlagSpecs, parseFlags } from "./lib/util/cli.ts";
+import { type FlagSpecs, givenFlags, parseFlags } from "./lib/util/cli.ts";
 import { loadSubset } from "./lib/data/dataset.ts";
 import { runMain, UserError } from "./lib/util/errors.ts";
 import { evaluate, type Evaluation, jsonNumber } from "./lib/eval/evaluation.ts";
@@ -221,11 +221,14 @@ async function main(args: string[]): Promise<void> {
       kind: "dir",
     },
   ], { inputs });
-  const settings = validationSettings(await readTrainingSettings(modelPath), {
-    imageSize: flags.image_size,
-    imageSizeGiven: flagGiven(args, "image_size"),
-    centerCrop: flags.center_crop,
-  });
+  const settings = validationSettings(
+    await readTrainingSettings(modelPath, FLAGS, givenFlags(flags)),
+    {
+      imageSize: flags.image_size,
+      imageSizeGiven: flagGiven(args, "image_size"),
+      centerCrop: flags.center_crop,
+    },
+  );
   const backend = await startBackend(flags);
   console.log(`Loading from ${modelPath.split("/").pop()}.`);
   for (const line of settings.lines) console.log(line);
