@@ -9,6 +9,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { DEBUG_SIZES, LABELS, LABELS_DIR, NUM_CLASSES } from "./config.ts";
 import { writeFileAtomic } from "./lib/util/atomic_file.ts";
+import { shown } from "./lib/util/shown.ts";
 import { RUN_FLAGS, startBackend } from "./lib/run_flags.ts";
 import { checkOutputPaths } from "./lib/util/output_paths.ts";
 import { type FlagSpecs, givenFlags, parseFlags } from "./lib/util/cli.ts";
@@ -291,7 +292,7 @@ async function main(args: string[]): Promise<void> {
           images: predictions,
           ...(failures.length ? { failures } : {}),
         });
-        console.log(`Results: ${flags.json}`);
+        console.log(`Results: ${shown(flags.json!)}`);
       }
       if (flags.predictions) {
         const probs = predictions.flatMap((p) => LABELS.map((l) => p.probabilities[l]));
@@ -299,7 +300,7 @@ async function main(args: string[]): Promise<void> {
           flags.predictions,
           predictionsCsv(predictions.map((p) => p.image), probs),
         );
-        console.log(`Predictions: ${flags.predictions}`);
+        console.log(`Predictions: ${shown(flags.predictions!)}`);
       }
       if (flags.report) {
         await writeImagesReportHtml(flags.report, {
@@ -308,7 +309,7 @@ async function main(args: string[]): Promise<void> {
           thresholds,
           meta: reportMeta(),
         });
-        console.log(`Report: ${flags.report}`);
+        console.log(`Report: ${shown(flags.report!)}`);
       }
       if (flags.cam > 0) {
         const cams = await writeImageCams(model, predictions, flags.cam, {
@@ -358,14 +359,14 @@ async function main(args: string[]): Promise<void> {
         ...evaluationJson(result),
         ...(tenCrop ? { tencrop: evaluationJson(tenCrop) } : {}),
       });
-      console.log(`Results: ${flags.json}`);
+      console.log(`Results: ${shown(flags.json!)}`);
     }
     if (flags.predictions) {
       await writeFileAtomic(
         flags.predictions,
         predictionsCsv(plain.keys.map((k) => `${k}.png`), plain.probs),
       );
-      console.log(`Predictions: ${flags.predictions}`);
+      console.log(`Predictions: ${shown(flags.predictions!)}`);
     }
     if (flags.report) {
       await writeReportHtml(flags.report, {
@@ -377,7 +378,7 @@ async function main(args: string[]): Promise<void> {
         thresholds,
         meta: reportMeta(tenCrop ? "; ten-crop results printed and in --json" : ""),
       });
-      console.log(`Report: ${flags.report}`);
+      console.log(`Report: ${shown(flags.report!)}`);
     }
     if (flags.cam > 0) {
       const cams = await writeTopCams(model, subset.shards, plain, flags.cam, camOpts);

@@ -15,6 +15,11 @@ import { resumedFlags } from "../lib/train/train_state.ts";
 import { FLAGS as TRAIN_FLAGS } from "../train_model.ts";
 import { shown } from "../lib/util/shown.ts";
 import { assertClose } from "./assert.ts";
+import "@tensorflow/tfjs-backend-cpu";
+import { writeTopCams } from "../lib/eval/cam.ts";
+import { loadModel } from "../lib/model/model_loading.ts";
+import { disposeModel } from "../lib/model/densenet.ts";
+import { paramsForImageSize, transformsTest } from "../transforms/augmented_transforms.ts";
 import { nativeMissingFor } from "./helpers/native.ts";
 
 const TORCH = new URL("./fixtures/torch/", import.meta.url).pathname;
@@ -137,6 +142,37 @@ Deno.test("class 6: one key in two shards is refused naming both; the shards are
   assert.equal(new Set(rows.map((l) => l.split(",")[0])).size, 100);
   await Deno.remove(dataset, { recursive: true });
   await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("class 6: --cam finds its images by position, so one key in two shards keeps its own truth", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cxr_campos_" });
+  const other = `${dir}/relabelled.tar`;
+  await fixtureShardRenamed(other, "", new Array(14).fill(0)); // same keys, "No Finding"
+  const first: { key: string; labels: Float32Array }[] = [];
+  for await (const s of readShard(FIXTURE_SHARD)) first.push({ key: s.key, labels: s.labels });
+  const at = first.findIndex((s) => s.labels.some((v) => v === 1)); // a sample with findings
+  const n = 2 * first.length;
+  const probs = new Float32Array(n * 14).fill(0.1);
+  probs.fill(0.9, (first.length + at) * 14, (first.length + at + 1) * 14); // its relabelled twin
+  const { model } = await loadModel(TINY);
+  try {
+    const written = await writeTopCams(
+      model,
+      [FIXTURE_SHARD, other],
+      { keys: [...first, ...first].map((s) => s.key), probs, n },
+      1,
+      { dir: `${dir}/cam`, transform: (x, r) => transformsTest(x, r, paramsForImageSize(64)) },
+    );
+    assert.equal(written.length, 14);
+    for (const w of written) {
+      assert.equal(w.key, first[at].key);
+      assert.deepEqual(w.truth, [], "the relabelled twin's truth, not the first shard's");
+      assert.equal(w.probability, Math.fround(0.9));
+    }
+  } finally {
+    disposeModel(model);
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("class 7 and one unreadable file: links count, failures are named, the rest predicted", async () => {

@@ -12,6 +12,7 @@ import { UserError } from "../util/errors.ts";
 import { displayGrey, isDicom, nativeRgb, readDicom } from "./dicom.ts";
 import { checkImageSize, MAX_IMAGE_PIXELS } from "./image_size.ts";
 import { readInputFile } from "../util/input_files.ts";
+import { shown } from "../util/shown.ts";
 
 /** A decoded image: 8-bit RGB, row-major, `height * width * 3` bytes. */
 export interface RgbImage {
@@ -106,7 +107,9 @@ function greyToRgb(grey: Uint8Array): Uint8Array {
 async function decodeDicom(bytes: Uint8Array, source: string): Promise<RgbImage> {
   const dcm = readDicom(bytes, source);
   const { width, height } = dcm;
-  if (dcm.frames > 1) console.warn(`note: ${source}: ${dcm.frames} frames, using the first`);
+  if (dcm.frames > 1) {
+    console.warn(`note: ${shown(source)}: ${dcm.frames} frames, using the first`);
+  }
   if (!dcm.jpeg) {
     const data = dcm.samplesPerPixel === 3 ? nativeRgb(dcm) : greyToRgb(displayGrey(dcm));
     return { data, width, height };
