@@ -203,7 +203,11 @@ async function main(args: string[]): Promise<void> {
   // Inputs first (cheap), then every output, before the backend starts; no output may be a
   // file the run reads.
   const images = imagePaths.length > 0 ? await listImageFiles(imagePaths) : null;
-  const shards = images ? [] : await listShards(flags.dataset_dir, flags.subset);
+  // Missing shards are reported where they are loaded (after the output checks, as before).
+  const shards = images ? [] : await listShards(flags.dataset_dir, flags.subset).catch((e) => {
+    if (e instanceof UserError) return [];
+    throw e;
+  });
   const resultsPath = resultsPathFor(modelPath);
   const inputs = [
     { what: "the model evaluated (-s)", path: modelPath },
