@@ -225,6 +225,12 @@ async function main(args: string[]): Promise<void> {
       path: flags.cam > 0 ? camDir : null,
       kind: "dir",
     },
+    // The CAM page: neither an input nor another output (e.g. --report) may be it.
+    {
+      flag: "--cam (its index.html)",
+      path: flags.cam > 0 ? `${camDir}/index.html` : null,
+      kind: "file",
+    },
   ], { inputs });
   const settings = validationSettings(
     await readTrainingSettings(modelPath, FLAGS, givenFlags(flags)),
@@ -235,7 +241,7 @@ async function main(args: string[]): Promise<void> {
     },
   );
   const backend = await startBackend(flags);
-  console.log(`Loading from ${modelPath.split("/").pop()}.`);
+  console.log(`Loading from ${shown(modelPath.split("/").pop()!)}.`);
   for (const line of settings.lines) console.log(line);
   const { model, thresholds: saved } = await loadModel(modelPath);
   const thresholds = saved ?? new Float64Array(NUM_CLASSES).fill(0.5);
@@ -259,7 +265,8 @@ async function main(args: string[]): Promise<void> {
       transform: transformText(imageSize, flags.center_crop),
     });
     console.log(
-      `Class activation maps: ${plural(cams.length, "PNG")} in ${camOpts.dir} (${index})`,
+      `Class activation maps: ${plural(cams.length, "PNG")} in ${shown(camOpts.dir)} ` +
+        `(${shown(index)})`,
     );
   };
   const common = {

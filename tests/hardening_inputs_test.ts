@@ -87,6 +87,19 @@ Deno.test("class 4: an output that is an input (or another output) is refused be
       ["--json", `${run.dir}/out.txt`, "--predictions", `${run.dir}/./out.txt`],
       /--json and --predictions both name .*out\.txt/,
     ],
+    [
+      [
+        "--images",
+        img,
+        "--cam",
+        "1",
+        "--cam_dir",
+        `${run.dir}/cam`,
+        "--report",
+        `${run.dir}/cam/index.html`,
+      ],
+      /--report and --cam \(its index\.html\) both name .*cam\/index\.html/,
+    ],
   ];
   for (const [args, want] of cases) {
     const t0 = performance.now();
