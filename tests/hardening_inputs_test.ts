@@ -266,6 +266,43 @@ Deno.test("class 8: devices and FIFOs are refused with one line, without reading
     assert.match(errorLine(r, 1), want, args.join(" "));
     assert.ok(performance.now() - t0 < 30_000, "answers at once");
   }
+  // The other scripts' inputs: training's weights and state, preprocessing's metadata.
+  const { dir: imgsDir } = await fixturePngs(1);
+  const others: [string, string[], RegExp][] = [
+    ["train_model.ts", ["--weights", "/dev/zero"], /checkpoint \/dev\/zero is a character device/],
+    ["train_model.ts", ["--resume", "/dev/zero"], /model \/dev\/zero is a character device/],
+    [
+      "preprocess_data.ts",
+      ["--image_dir", imgsDir, "--meta_file", "/dev/zero"],
+      /metadata file \/dev\/zero is a character device, not a regular file; give a CSV file/,
+    ],
+    [
+      "preprocess_data.ts",
+      ["--image_dir", imgsDir, "--meta_file", fifo],
+      /metadata file .*fifo\.png is a named pipe \(FIFO\)/,
+    ],
+  ];
+  const trainSet = await fixtureDatasetDir(["train", "val"]);
+  for (const [script, args, want] of others) {
+    const out = `${dir}/out`;
+    const training = script === "train_model.ts";
+    const r = await runScript(
+      script,
+      [
+        ...args,
+        "--dataset_dir",
+        training ? trainSet : `${out}/ds`,
+        "--labels_dir",
+        `${out}/labels`,
+        ...(training ? ["--save_dir", `${out}/save`] : []),
+      ],
+      [dir],
+      { timeoutMs: 60_000 },
+    );
+    assert.match(errorLine(r, 1), want, `${script} ${args.join(" ")}`);
+  }
+  await Deno.remove(imgsDir, { recursive: true });
+  await Deno.remove(trainSet, { recursive: true });
   // A FIFO in an --images folder is a failure of its own; the real image is predicted.
   const { dir: imgs } = await fixturePngs(1);
   await new Deno.Command("mkfifo", { args: [`${imgs}/pipe.png`] }).output();
