@@ -17,6 +17,7 @@ import { runMain, UserError } from "./lib/util/errors.ts";
 import { checkOutputPaths } from "./lib/util/output_paths.ts";
 import { plural } from "./lib/util/format.ts";
 import { readLabelsCsv } from "./lib/data/label_csv.ts";
+import { BACKENDS } from "./lib/backends/backend.ts";
 import { IMAGENET_FILE, weightsCacheDir } from "./lib/model/pretrained_weights.ts";
 import { Progress } from "./lib/util/progress.ts";
 import { generateSyntheticDataset } from "./lib/data/synthetic_cxr.ts";
@@ -71,7 +72,7 @@ export const FLAGS = {
   backend: {
     kind: "string",
     default: "auto",
-    choices: ["auto", "tensorflow", "webgpu", "wasm", "cpu"],
+    choices: BACKENDS,
     help: "compute backend of training and validation",
   },
   out: {

@@ -28,7 +28,7 @@ import {
 import { checkTrainingFits, trainingStepBytes } from "./lib/train/training_memory.ts";
 import { checkOutputPaths } from "./lib/util/output_paths.ts";
 import { type FlagSpecs, givenFlags, parseFlags } from "./lib/util/cli.ts";
-import { loadSubset } from "./lib/data/dataset.ts";
+import { lastBatchNote, loadSubset } from "./lib/data/dataset.ts";
 import { explainError, runMain, UserError } from "./lib/util/errors.ts";
 import { evaluate, jsonNumber } from "./lib/eval/evaluation.ts";
 import { predictBatches } from "./lib/eval/inference.ts";
@@ -65,6 +65,7 @@ import {
   firstEpochProgress,
   formatBestResults,
   formatEpochLine,
+  formatInterrupted,
   formatSettings,
   originalResults,
   resultsPtPath,
@@ -207,7 +208,7 @@ async function openResume(flags: ReturnType<typeof parseFlags<typeof FLAGS>>) {
   }
   const state = await readTrainState<EpochRecord>(path);
   const merged = {
-    ...resumedFlags(state.progress.flags, flags, givenFlags(flags), path),
+    ...resumedFlags(state.progress.flags, flags, givenFlags(flags), path, FLAGS),
     save_dir: path.slice(0, Math.max(0, path.lastIndexOf("/"))) || ".", // where the run is now
   };
   // Runs from before --thresholds took them from the training epoch: continue them so.
@@ -409,6 +410,8 @@ async function main(args: string[]): Promise<void> {
     `Training on ${plural(train.size, "image")}, validating on ${val.size}.`,
   );
   console.log(formatSettings(flags, backend));
+  const lastBatch = lastBatchNote(train.size, flags.batch_size);
+  if (lastBatch) console.log(lastBatch);
   try {
     await writeResults();
     for (let epoch = epochs.length + 1; epoch <= flags.epochs && !stopRequested(); epoch++) {
@@ -426,6 +429,7 @@ async function main(args: string[]): Promise<void> {
           workers: flags.workers,
           shuffle: rng.fork(),
           shuffleBuffer: SHUFFLE_BUFFER,
+          mergeLastSingle: true,
         }),
         trainTransform,
         rng,
@@ -519,7 +523,11 @@ async function main(args: string[]): Promise<void> {
     adam.dispose();
     disposeModel(model);
   }
-  console.log(`\nTraining ${status}: ${plural(epochs.length, "epoch")}.`);
+  console.log(
+    status === "interrupted"
+      ? `\n${formatInterrupted(epochs, paths)}`
+      : `\nTraining ${status}: ${plural(epochs.length, "epoch")}.`,
+  );
   const warned = thresholdWarnings.summary("threshold");
   if (warned) console.warn(warned);
   const bestResults = formatBestResults(epochs, paths.model);

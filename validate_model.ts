@@ -9,9 +9,10 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { DEBUG_SIZES, LABELS, LABELS_DIR, NUM_CLASSES } from "./config.ts";
 import { writeFileAtomic } from "./lib/util/atomic_file.ts";
+import { shown } from "./lib/util/shown.ts";
 import { RUN_FLAGS, startBackend } from "./lib/run_flags.ts";
 import { checkOutputPaths } from "./lib/util/output_paths.ts";
-import { type FlagSpecs, parseFlags } from "./lib/util/cli.ts";
+import { type FlagSpecs, givenFlags, parseFlags } from "./lib/util/cli.ts";
 import { loadSubset } from "./lib/data/dataset.ts";
 import { runMain, UserError } from "./lib/util/errors.ts";
 import { evaluate, type Evaluation, jsonNumber } from "./lib/eval/evaluation.ts";
@@ -35,7 +36,10 @@ import {
   writeTopCams,
 } from "./lib/eval/cam.ts";
 import { writeCamIndex } from "./lib/report/cam_index.ts";
-import { predictImages } from "./lib/eval/single_image.ts";
+import { imageFailures, listImageFiles, predictImages } from "./lib/eval/single_image.ts";
+import { datasetImageSize } from "./lib/data/preprocessed_image.ts";
+import { listShards } from "./lib/data/webdataset.ts";
+import { resultsPathFor } from "./lib/eval/training_settings.ts";
 import type { BootstrapResult } from "./lib/eval/bootstrap.ts";
 import {
   assessUncertainty,
@@ -260,7 +264,22 @@ async function main(args: string[]): Promise<void> {
     ? await resolveSavedModel(flags.saved_model, flags.save_dir)
     : await newestSavedModel(flags.save_dir);
   const comparePath = flags.compare ? await resolveSavedModel(flags.compare, flags.save_dir) : null;
-  // Inputs first (cheap), then every output, before the backend starts.
+  // Inputs first (cheap), then every output, before the backend starts; no output may be a
+  // file the run reads.
+  const images = imagePaths.length > 0 ? await listImageFiles(imagePaths) : null;
+  // Missing shards are reported where they are loaded (after the output checks, as before).
+  const shards = images ? [] : await listShards(flags.dataset_dir, flags.subset).catch((e) => {
+    if (e instanceof UserError) return [];
+    throw e;
+  });
+  const resultsPath = resultsPathFor(modelPath);
+  const inputs = [
+    { what: "the model evaluated (-s)", path: modelPath },
+    ...(comparePath ? [{ what: "the model compared (--compare)", path: comparePath }] : []),
+    ...(resultsPath ? [{ what: "the model's training record", path: resultsPath }] : []),
+    ...shards.map((path) => ({ what: `a ${flags.subset} shard`, path })),
+    ...(images?.files ?? []).map((path) => ({ what: "an image predicted (--images)", path })),
+  ];
   const camDir = flags.cam_dir ?? `${flags.save_dir}/cam`;
   await checkOutputPaths([
     { flag: "--json", path: flags.json, kind: "file" },
@@ -271,14 +290,23 @@ async function main(args: string[]): Promise<void> {
       path: flags.cam > 0 ? camDir : null,
       kind: "dir",
     },
-  ]);
-  const settings = validationSettings(await readTrainingSettings(modelPath), {
-    imageSize: flags.image_size,
-    imageSizeGiven: flagGiven(args, "image_size"),
-    centerCrop: flags.center_crop,
-  });
+    // The CAM page: neither an input nor another output (e.g. --report) may be it.
+    {
+      flag: "--cam (its index.html)",
+      path: flags.cam > 0 ? `${camDir}/index.html` : null,
+      kind: "file",
+    },
+  ], { inputs });
+  const settings = validationSettings(
+    await readTrainingSettings(modelPath, FLAGS, givenFlags(flags)),
+    {
+      imageSize: flags.image_size,
+      imageSizeGiven: flagGiven(args, "image_size"),
+      centerCrop: flags.center_crop,
+    },
+  );
   const backend = await startBackend(flags);
-  console.log(`Loading from ${modelPath.split("/").pop()}.`);
+  console.log(`Loading from ${shown(modelPath.split("/").pop()!)}.`);
   for (const line of settings.lines) console.log(line);
   const { model, thresholds: saved } = await loadModel(modelPath);
   const thresholds = saved ?? new Float64Array(NUM_CLASSES).fill(0.5);
@@ -304,7 +332,8 @@ async function main(args: string[]): Promise<void> {
       transform: transformText(imageSize, flags.center_crop),
     });
     console.log(
-      `Class activation maps: ${plural(cams.length, "PNG")} in ${camOpts.dir} (${index})`,
+      `Class activation maps: ${plural(cams.length, "PNG")} in ${shown(camOpts.dir)} ` +
+        `(${shown(index)})`,
     );
   };
   const common = {
@@ -325,11 +354,23 @@ async function main(args: string[]): Promise<void> {
   const writeJson = (value: unknown) =>
     writeFileAtomic(flags.json!, JSON.stringify(value, null, 2) + "\n");
   try {
-    if (imagePaths.length > 0) {
-      const predictions = await predictImages(model, imagePaths, { thresholds, transform: test });
+    if (images) {
+      const results = await predictImages(model, images, {
+        thresholds,
+        transform: test,
+        datasetSize: datasetImageSize(imageSize),
+      });
+      const { predictions, failures } = results;
+      // Nothing predicted: nothing to write (the failure is the run's error line).
+      if (predictions.length === 0) throw imageFailures(results)!;
       if (flags.json) {
-        await writeJson({ ...common, n_images: predictions.length, images: predictions });
-        console.log(`Results: ${flags.json}`);
+        await writeJson({
+          ...common,
+          n_images: predictions.length,
+          images: predictions,
+          ...(failures.length ? { failures } : {}),
+        });
+        console.log(`Results: ${shown(flags.json!)}`);
       }
       if (flags.predictions) {
         const probs = predictions.flatMap((p) => LABELS.map((l) => p.probabilities[l]));
@@ -337,7 +378,7 @@ async function main(args: string[]): Promise<void> {
           flags.predictions,
           predictionsCsv(predictions.map((p) => p.image), probs),
         );
-        console.log(`Predictions: ${flags.predictions}`);
+        console.log(`Predictions: ${shown(flags.predictions!)}`);
       }
       if (flags.report) {
         await writeImagesReportHtml(flags.report, {
@@ -346,11 +387,17 @@ async function main(args: string[]): Promise<void> {
           thresholds,
           meta: reportMeta(),
         });
-        console.log(`Report: ${flags.report}`);
+        console.log(`Report: ${shown(flags.report!)}`);
       }
       if (flags.cam > 0) {
-        await reportCams(await writeImageCams(model, predictions, flags.cam, camOpts), "images");
+        const cams = await writeImageCams(model, predictions, flags.cam, {
+          ...camOpts,
+          datasetSize: datasetImageSize(imageSize),
+        });
+        await reportCams(cams, "images");
       }
+      const failed = imageFailures(results);
+      if (failed) throw failed;
       return;
     }
     const subset = await loadSubset({
@@ -372,11 +419,14 @@ async function main(args: string[]): Promise<void> {
     };
     // --compare: model B on the same images, with its own training run's image size.
     const predictModelB = async (path: string) => {
-      const settingsB = validationSettings(await readTrainingSettings(path), {
-        imageSize: flags.image_size,
-        imageSizeGiven: flagGiven(args, "image_size"),
-        centerCrop: flags.center_crop,
-      });
+      const settingsB = validationSettings(
+        await readTrainingSettings(path, FLAGS, givenFlags(flags)),
+        {
+          imageSize: flags.image_size,
+          imageSizeGiven: flagGiven(args, "image_size"),
+          centerCrop: flags.center_crop,
+        },
+      );
       console.log(`Comparing with ${path.split("/").pop()} (model B).`);
       for (const line of settingsB.lines) console.log(line);
       const { model: modelB } = await loadModel(path);
@@ -420,14 +470,14 @@ async function main(args: string[]): Promise<void> {
         ...uncertaintyJson(uncertainty, flags.display_f1),
         ...(tenCrop ? { tencrop: evaluationJson(tenCrop) } : {}),
       });
-      console.log(`Results: ${flags.json}`);
+      console.log(`Results: ${shown(flags.json!)}`);
     }
     if (flags.predictions) {
       await writeFileAtomic(
         flags.predictions,
         predictionsCsv(plain.keys.map((k) => `${k}.png`), plain.probs),
       );
-      console.log(`Predictions: ${flags.predictions}`);
+      console.log(`Predictions: ${shown(flags.predictions!)}`);
     }
     if (flags.report) {
       await writeReportHtml(flags.report, {
@@ -440,7 +490,7 @@ async function main(args: string[]): Promise<void> {
         uncertainty,
         meta: reportMeta(tenCrop ? "; ten-crop results printed and in --json" : ""),
       });
-      console.log(`Report: ${flags.report}`);
+      console.log(`Report: ${shown(flags.report!)}`);
     }
     if (flags.cam > 0) {
       const cams = await writeTopCams(model, subset.shards, plain, flags.cam, camOpts);

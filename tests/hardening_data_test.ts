@@ -14,6 +14,7 @@ import { readZip, writeZip } from "../lib/torch/zip_store.ts";
 import { UserError } from "../lib/util/errors.ts";
 import { FIXTURE_SHARD } from "./helpers/original_data.ts";
 import { collect, fixtureDatasetDir, runScript } from "./helpers/scripts.ts";
+import { fixtureShardRenamed } from "./helpers/shards.ts";
 
 const enc = new TextEncoder();
 const BLOCK = 512;
@@ -364,9 +365,11 @@ Deno.test("class 4: checkShards finds a missing image member and a duplicated me
 
 Deno.test("class 9: shard directories of symbolic links work; a dangling link is named", async () => {
   const store = await fixtureDatasetDir(["val"]);
+  // Two distinct shards (one key in two shards is refused since issue 25, class 6).
+  await fixtureShardRenamed(`${store}/ChestXray14_val_001.tar`, "_b");
   const linked = await Deno.makeTempDir({ prefix: "cxr_hard_links_" });
   await Deno.symlink(`${store}/ChestXray14_val_000.tar`, `${linked}/ChestXray14_val_000.tar`);
-  await Deno.symlink(`${store}/ChestXray14_val_000.tar`, `${linked}/ChestXray14_val_001.tar`);
+  await Deno.symlink(`${store}/ChestXray14_val_001.tar`, `${linked}/ChestXray14_val_001.tar`);
   const subset = await loadSubset({ datasetDir: linked, subset: "val" });
   assert.deepEqual(subset.shards, [
     `${linked}/ChestXray14_val_000.tar`,

@@ -12,7 +12,8 @@ import {
   startScriptUntil,
   TINY_TRAIN_ARGS,
 } from "./helpers/scripts.ts";
-import { buildOriginalData } from "./helpers/original_data.ts";
+import { buildOriginalData, FIXTURE_SHARD } from "./helpers/original_data.ts";
+import { readShard } from "../lib/data/webdataset.ts";
 import { loadCheckpoint, writeCheckpoint } from "../lib/torch/torch_checkpoint.ts";
 import type { Checkpoint } from "../lib/torch/state_dict.ts";
 import { newestSavedModel, reserveRunPaths } from "../lib/util/saved_models.ts";
@@ -176,12 +177,18 @@ Deno.test("class 4: a head that is not 14 classes is refused before any batch", 
     }, /has no classifier, not a 14-class/],
   ];
   const dataset = await fixtureDatasetDir(["test", "train", "val"]);
+  // A real image for --images (the inputs are listed before the model loads since issue 25).
+  const images = await Deno.makeTempDir({ prefix: "cxr_head_imgs_" });
+  for await (const s of readShard(FIXTURE_SHARD)) {
+    await Deno.writeFile(`${images}/${s.key}.png`, s.png);
+    break;
+  }
   for (const [what, edit, pattern] of heads) {
     const path = await tinyCheckpoint(edit);
     const save = await Deno.makeTempDir();
     const runs: [string, string[]][] = [
       ["validate_model.ts", [...VALIDATE, "-s", path]],
-      ["validate_model.ts", [...VALIDATE, "-s", path, "--images", dataset]],
+      ["validate_model.ts", [...VALIDATE, "-s", path, "--images", images]],
       ["train_model.ts", [...TRAIN, "-s", path]],
     ];
     await Promise.all(runs.map(async ([script, args]) => {
@@ -191,10 +198,11 @@ Deno.test("class 4: a head that is not 14 classes is refused before any batch", 
       const line = errorLine(r, 1);
       assert.ok(line.includes(path), `${what}: ${line}`);
       assert.match(line, pattern, what);
-      assert.ok(!/Validation complete|Epoch 1/.test(r.stdout), `${what}: ran batches`);
+      assert.ok(!/Validation complete|Epoch 1|\.png: /.test(r.stdout), `${what}: ran batches`);
     }));
     assert.deepEqual(await snapshot(save), {}, "train wrote nothing");
   }
+  await Deno.remove(images, { recursive: true });
   await Deno.remove(dataset, { recursive: true });
 });
 

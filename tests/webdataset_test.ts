@@ -18,6 +18,7 @@ import {
 } from "../lib/data/webdataset.ts";
 import { FIXTURE_SHARD } from "./helpers/original_data.ts";
 import { collect } from "./helpers/scripts.ts";
+import { fixtureShardRenamed } from "./helpers/shards.ts";
 
 const FIXTURES = new URL("./fixtures/nih_subset/", import.meta.url).pathname;
 const SHARD = FIXTURE_SHARD;
@@ -41,7 +42,12 @@ Deno.test("the original tool's shard: 50 keys, labels equal labels.csv, 256×256
 
 Deno.test("checkShards and listTar read headers only", async () => {
   assert.equal(await checkShards([SHARD]), 50);
-  assert.equal(await checkShards([SHARD, SHARD]), 100);
+  // Two shards count together; one key in two shards is refused (issue 25, class 6).
+  const dir = await Deno.makeTempDir({ prefix: "cxr_two_" });
+  await fixtureShardRenamed(`${dir}/b.tar`, "_b");
+  assert.equal(await checkShards([SHARD, `${dir}/b.tar`]), 100);
+  await assert.rejects(() => checkShards([SHARD, SHARD]), /sample '00029548_010' appears twice/);
+  await Deno.remove(dir, { recursive: true });
   const members = await listTar(SHARD);
   assert.equal(members.length, 100);
   assert.equal(members[0].name, "00029548_010.png");

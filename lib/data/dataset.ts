@@ -29,6 +29,22 @@ export interface BatchOptions {
   workers: number;
   /** Stop after this many samples. */
   limit?: number;
+  /**
+   * A last batch of a single image joins the batch before it (`batchSize + 1` images): training
+   * mode BatchNorm cannot normalise one value per channel (a 1×1 feature map below 64 px), and
+   * merging keeps every image in every epoch, where PyTorch's `drop_last` would drop it.
+   */
+  mergeLastSingle?: boolean;
+}
+
+/**
+ * What a training epoch does with `count` images at `batchSize` (see `mergeLastSingle`): a line
+ * to print when the last batch would hold a single image, else null.
+ */
+export function lastBatchNote(count: number, batchSize: number): string | null {
+  if (batchSize < 2 || count < batchSize + 1 || count % batchSize !== 1) return null;
+  return `note: ${count} images at batch size ${batchSize} leave a last batch of 1, which ` +
+    `BatchNorm cannot train on: it joins the batch before it (${batchSize + 1} images)`;
 }
 
 async function* take<T>(items: AsyncIterable<T>, limit: number | undefined): AsyncGenerator<T> {
@@ -46,7 +62,8 @@ async function* take<T>(items: AsyncIterable<T>, limit: number | undefined): Asy
 
 /**
  * Decodes `samples` concurrently and groups them into batches of `batchSize` (the last batch
- * may be smaller). A batch whose images differ in size gives a `UserError` naming the sample.
+ * may be smaller; with `mergeLastSingle`, never a single image after a full batch). A batch
+ * whose images differ in size gives a `UserError` naming the sample.
  */
 export async function* batches(
   samples: AsyncIterable<Sample>,
@@ -59,7 +76,12 @@ export async function* batches(
     async (s: Sample) => ({ sample: s, image: await decodeImage(s.png, s.source ?? s.key) }),
   );
   let pending: { sample: Sample; image: RgbImage }[] = [];
-  const pack = (): Batch => {
+  // With mergeLastSingle a full batch is held until two more images arrive, so that a lone
+  // last image can still join it.
+  const hold = opts.mergeLastSingle && size > 1 ? 2 : 0;
+  const pack = (count = pending.length): Batch => {
+    const rest = pending.slice(count);
+    pending = pending.slice(0, count);
     const { width, height } = pending[0].image;
     const pixels = width * height * 3;
     const images = new Uint8Array(pending.length * pixels);
@@ -76,7 +98,7 @@ export async function* batches(
       labels,
       n: pending.length,
     };
-    pending = [];
+    pending = rest;
     return batch;
   };
   for await (const item of decoded) {
@@ -97,7 +119,7 @@ export async function* batches(
       }
     }
     pending.push(item);
-    if (pending.length >= size) yield pack();
+    if (pending.length >= size + hold) yield pack(size);
   }
   if (pending.length > 0) yield pack();
 }
@@ -139,6 +161,7 @@ export async function loadSubset(opts: SubsetOptions): Promise<SubsetInfo> {
         batchSize: b.batchSize,
         workers: b.workers,
         limit: opts.limit,
+        mergeLastSingle: b.mergeLastSingle,
       }),
   };
 }

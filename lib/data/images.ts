@@ -11,6 +11,8 @@ import type sharpType from "sharp";
 import { UserError } from "../util/errors.ts";
 import { displayGrey, isDicom, nativeRgb, readDicom } from "./dicom.ts";
 import { checkImageSize, MAX_IMAGE_PIXELS } from "./image_size.ts";
+import { readInputFile } from "../util/input_files.ts";
+import { shown } from "../util/shown.ts";
 
 /** A decoded image: 8-bit RGB, row-major, `height * width * 3` bytes. */
 export interface RgbImage {
@@ -105,7 +107,9 @@ function greyToRgb(grey: Uint8Array): Uint8Array {
 async function decodeDicom(bytes: Uint8Array, source: string): Promise<RgbImage> {
   const dcm = readDicom(bytes, source);
   const { width, height } = dcm;
-  if (dcm.frames > 1) console.warn(`note: ${source}: ${dcm.frames} frames, using the first`);
+  if (dcm.frames > 1) {
+    console.warn(`note: ${shown(source)}: ${dcm.frames} frames, using the first`);
+  }
   if (!dcm.jpeg) {
     const data = dcm.samplesPerPixel === 3 ? nativeRgb(dcm) : greyToRgb(displayGrey(dcm));
     return { data, width, height };
@@ -138,14 +142,12 @@ export async function decodeImagePath(path: string): Promise<RgbImage> {
   return decodeImage(await readImageFile(path), path);
 }
 
-/** Reads an image file, turning a missing file into a `UserError` naming it. */
-export async function readImageFile(path: string): Promise<Uint8Array> {
-  try {
-    return await Deno.readFile(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) throw new UserError(`image not found: ${path}`);
-    throw e;
-  }
+/**
+ * Reads an image file: stat'ed first, only a regular file (after links) is read, so a device or
+ * a FIFO is one `UserError` line instead of a read that never ends; a missing file names it.
+ */
+export function readImageFile(path: string): Promise<Uint8Array> {
+  return readInputFile(path, "image", "give a PNG, JPEG or DICOM file");
 }
 
 const IMAGE_EXTENSION = /\.(png|jpe?g|dcm|dicom)$/i;
@@ -159,6 +161,8 @@ export async function isImageFile(path: string): Promise<boolean> {
   if (IMAGE_EXTENSION.test(path)) return true;
   let file: Deno.FsFile | undefined;
   try {
+    // Never open a FIFO or a device to sniff it: the open or the read would block.
+    if (!(await Deno.stat(path)).isFile) return false;
     file = await Deno.open(path);
     const head = new Uint8Array(132);
     let n = 0;

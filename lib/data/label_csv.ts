@@ -7,6 +7,7 @@
 import { LABELS, NUM_CLASSES, USE_COLUMNS } from "../../config.ts";
 import { writeFileAtomic } from "../util/atomic_file.ts";
 import { UserError } from "../util/errors.ts";
+import { refuseSpecialFile } from "../util/input_files.ts";
 
 /** An image and its 14 labels (0/1, in `LABELS` order). */
 export interface ImageLabels {
@@ -81,6 +82,8 @@ export function parseCsv(text: string, source = "<csv>"): string[][] {
 
 async function readText(path: string, what: string, hint: string): Promise<string> {
   try {
+    // Stat'ed first: a device or a FIFO is refused instead of read forever.
+    await refuseSpecialFile(path, what, "give a CSV file");
     return await Deno.readTextFile(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) throw new UserError(`${what} not found: ${path}${hint}`);

@@ -10,6 +10,7 @@
  * @module
  */
 import { printable, UserError } from "../util/errors.ts";
+import { refuseSpecialFile } from "../util/input_files.ts";
 
 const BLOCK = 512;
 /** Python's tarfile pads archives to a multiple of this record size. */
@@ -203,6 +204,8 @@ const padTo = (n: number, unit: number) => Math.ceil(n / unit) * unit;
 /** Opens an archive for reading; a missing file is a `UserError` naming it. */
 async function openArchive(path: string): Promise<Deno.FsFile> {
   try {
+    // Stat'ed before the open: opening a FIFO blocks, a device never ends.
+    await refuseSpecialFile(path, "shard", "give a tar file");
     return await Deno.open(path, { read: true });
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) throw new UserError(`shard not found: ${path}`);

@@ -231,6 +231,9 @@ export async function* readShards(
  */
 export async function checkShards(paths: string[]): Promise<number> {
   let total = 0;
+  // Each key once in a subset: two samples of one key give two prediction rows of one name,
+  // and a lookup by key (CAMs, label CSVs) would take one sample's image for the other's.
+  const seen = new Map<string, string>();
   for (const path of paths) {
     const wantLabels = (name: string, size: number) => {
       if (splitMemberName(name)?.ext !== "pyd") return false;
@@ -245,6 +248,17 @@ export async function checkShards(paths: string[]): Promise<number> {
     for await (const { key, parts } of groupSamples(path, members)) {
       const { pyd } = sampleMembers(path, key, parts);
       decodeLabelsPyd(pyd.data!, `${path}:${printable(key)}.pyd`);
+      const first = seen.get(key);
+      if (first !== undefined) {
+        throw new UserError(
+          (first === path
+            ? `sample '${printable(key)}' appears twice in ${path}`
+            : `sample '${printable(key)}' is in both ${first} and ${path}`) +
+            `: each image may appear once in a subset; remove the stale shard or re-run ` +
+            `preprocessing into an empty --dataset_dir`,
+        );
+      }
+      seen.set(key, path);
       total++;
     }
   }

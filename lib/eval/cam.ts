@@ -10,7 +10,9 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { LABELS } from "../../config.ts";
 import { writeFileAtomic } from "../util/atomic_file.ts";
-import { decodeImage, decodeImagePath, type RgbImage } from "../data/images.ts";
+import { decodeImage, type RgbImage } from "../data/images.ts";
+import { decodeAsPreprocessed } from "../data/preprocessed_image.ts";
+import { UserError } from "../util/errors.ts";
 import { batchToTensor, type BatchTransform } from "./inference.ts";
 import { type DenseNet, features } from "../model/densenet.ts";
 import { Rng } from "../util/rng.ts";
@@ -345,13 +347,21 @@ export async function writeTopCams(
 ): Promise<CamWritten[]> {
   const numClasses = model.config.numClasses;
   const selected = selectTopImages(evaluated.probs, evaluated.n, numClasses, perClass);
-  const wanted = new Map<string, CamEntry[]>();
-  for (const [i, entries] of selected) wanted.set(evaluated.keys[i], entries);
+  // By position in the evaluation's (unshuffled) order, not by key: a key need not be unique
+  // (two shards may both hold one), and a map must show its own image's probability and truth.
+  const wanted = new Map<number, CamEntry[]>(selected);
   async function* requests(): AsyncGenerator<CamRequest> {
+    let position = -1;
     for await (const s of readShards(shards)) {
-      const entries = wanted.get(s.key);
+      const entries = wanted.get(++position);
       if (!entries) continue;
-      wanted.delete(s.key);
+      if (s.key !== evaluated.keys[position]) {
+        throw new UserError(
+          `${s.source ?? s.key}: the shards changed while being read (expected ` +
+            `'${evaluated.keys[position]}' at position ${position + 1}); run again`,
+        );
+      }
+      wanted.delete(position);
       const truth = LABELS.filter((_, c) => s.labels[c] === 1);
       yield { key: s.key, image: await decodeImage(s.png, s.source ?? s.key), entries, truth };
       if (wanted.size === 0) return;
@@ -378,15 +388,22 @@ export async function writeImageCams(
   model: DenseNet,
   predictions: { image: string; probabilities: Record<string, number> }[],
   topClasses: number,
-  opts: CamWriteOptions,
+  opts: CamWriteOptions & { datasetSize: number },
 ): Promise<CamWritten[]> {
+  const stems = predictions.map((p) =>
+    (p.image.split("/").pop() ?? p.image).replace(/\.[^.]*$/, "")
+  );
+  const count = new Map<string, number>();
+  for (const s of stems) count.set(s, (count.get(s) ?? 0) + 1);
   async function* requests(): AsyncGenerator<CamRequest> {
-    for (const p of predictions) {
+    for (const [i, p] of predictions.entries()) {
       const probs = LABELS.map((l) => p.probabilities[l]);
-      const key = (p.image.split("/").pop() ?? p.image).replace(/\.[^.]*$/, "");
+      // Two files of one stem (a/x.png, b/x.png) are told apart by their position.
+      const key = count.get(stems[i])! > 1 ? `${stems[i]}_${i + 1}` : stems[i];
       yield {
         key,
-        image: await decodeImagePath(p.image),
+        // The image the prediction was made from (resized as preprocessing does if larger).
+        image: (await decodeAsPreprocessed(p.image, opts.datasetSize)).image,
         entries: topClassEntries(probs, topClasses),
       };
     }

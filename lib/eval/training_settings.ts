@@ -6,6 +6,12 @@
  * @module
  */
 
+import { checkFlagValueFromFile, type FlagSpec, flagValueProblem } from "../util/cli.ts";
+
+// Training's flags as validation reads them back (the architecture only names the network).
+const ARCH_SETTING: FlagSpec = { kind: "string", default: "densenet121", help: "" };
+const AUGMENTATION_SETTING: FlagSpec = { kind: "boolean", default: false, help: "" };
+
 /** What validation takes from the training run. */
 export interface TrainingSettings {
   /** The results file read. */
@@ -20,23 +26,45 @@ export function resultsPathFor(modelPath: string): string | null {
   return modelPath.endsWith("_model.pt") ? modelPath.replace(/_model\.pt$/, "_results.json") : null;
 }
 
-/** Reads the settings from the results file beside `modelPath`; null when there is none. */
-export async function readTrainingSettings(modelPath: string): Promise<TrainingSettings | null> {
+/**
+ * Reads the settings from the results file beside `modelPath`; null when there is none. Each
+ * value goes through its flag's own validation (`specs`, the flags' definitions the command line
+ * is parsed with): an image size of 3, 100000, 64.5, "64" or null is one line naming the file,
+ * never a crash, an out-of-memory or a silent default. A value the user overrides on the
+ * command line (`given`) is not refused (and only named when valid).
+ */
+export async function readTrainingSettings(
+  modelPath: string,
+  specs: { image_size: FlagSpec },
+  given: ReadonlySet<string> = new Set(),
+): Promise<TrainingSettings | null> {
   const path = resultsPathFor(modelPath);
   if (path === null) return null;
   let flags: Record<string, unknown>;
   try {
+    if (!(await Deno.stat(path)).isFile) return null; // never open a FIFO or a device
     flags = JSON.parse(await Deno.readTextFile(path)).flags ?? {};
   } catch {
     return null; // absent or not ours: the original tool writes no results JSON
   }
-  const int = (v: unknown) => (Number.isInteger(v) ? v as number : null);
+  if (typeof flags !== "object" || flags === null || Array.isArray(flags)) return null;
+  const name = path.split("/").pop();
+  const read = <T>(key: string, spec: FlagSpec, remedy: string): T | null => {
+    if (!(key in flags)) return null;
+    // Overridden on the command line: only named (in a note) when valid, never refused.
+    if (given.has(key)) return flagValueProblem(spec, flags[key]) === null ? flags[key] as T : null;
+    checkFlagValueFromFile(key, spec, flags[key], path, remedy);
+    return flags[key] as T;
+  };
+  const fix = `repair ${name} or pass --image_size`;
   return {
     path,
-    imageSize: int(flags.image_size),
+    imageSize: read<number>("image_size", specs.image_size, fix),
     // A resumed run keeps the checkpoint's network whatever --arch said.
-    architecture: typeof flags.arch === "string" && !flags.saved_model ? flags.arch : null,
-    augmentation: typeof flags.augmentation === "boolean" ? flags.augmentation : null,
+    architecture: flags.saved_model
+      ? null
+      : read<string>("arch", ARCH_SETTING, `repair or remove ${name}`),
+    augmentation: read<boolean>("augmentation", AUGMENTATION_SETTING, `repair ${name} or pass -c`),
   };
 }
 

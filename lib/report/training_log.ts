@@ -116,6 +116,30 @@ export function formatBestResults(epochs: readonly EpochNumbers[], model: string
 }
 
 /**
+ * The line that ends a run stopped by Ctrl-C (or SIGTERM): what was kept and how to go on. Before
+ * the first epoch finished nothing can be resumed (no model, no state), and the line says so
+ * instead of "0 epochs"; after it, the best model and the state file are named with the
+ * `--resume` command that continues exactly where the last finished epoch ended.
+ */
+export function formatInterrupted(
+  epochs: readonly { epoch: number; saved: boolean }[],
+  paths: { model: string; last: string; results: string },
+): string {
+  const inEpoch = epochs.length + 1;
+  if (epochs.length === 0) {
+    return `Training interrupted in epoch 1, before any epoch finished: no model was saved and ` +
+      `there is nothing to resume (--resume needs a finished epoch); run the same command ` +
+      `again to start anew. The run's record: ${paths.results}.`;
+  }
+  const best = [...epochs].reverse().find((e) => e.saved);
+  const done = epochs.length === 1 ? "1 finished epoch" : `${epochs.length} finished epochs`;
+  return `Training interrupted in epoch ${inEpoch}: kept ${done}` +
+    (best ? `, the best model (epoch ${best.epoch}) in ${paths.model}` : "") +
+    ` and the state after epoch ${epochs.length} in ${paths.last}; the unfinished epoch ` +
+    `${inEpoch} is not kept. Continue with: --resume last (or --resume ${paths.last}).`;
+}
+
+/**
  * The dict the original saves as `_results.pt`, in its key order: per-epoch 'training loss',
  * 'validation loss', 'mean auroc' (`np.mean` over the 14 classes: NaN when one is undefined)
  * and 'mean F1 score', then the best model's (lowest validation loss) three numbers.

@@ -578,11 +578,7 @@ function runVm(
   const resolve = (module: string, name: string) => {
     const full = `${module}.${name}`;
     const g = allowed.get(full);
-    if (g === undefined) {
-      throw new UserError(
-        `refusing to load ${printable(full)}: not an allowed global in ${source}`,
-      );
-    }
+    if (g === undefined) throw refusedGlobal(module, full, source);
     return g;
   };
   const call = (f: unknown, args: unknown, kwargs?: Map<unknown, unknown>) => {
@@ -911,6 +907,29 @@ function runVm(
         throw new Error(`unknown opcode 0x${op.toString(16)}`);
     }
   }
+}
+
+/**
+ * The refusal of a global the safe VM does not load. A whole pickled model (`torch.save(model)`:
+ * its class, e.g. `torchvision.models.densenet.DenseNet`, or a `torch.nn` module) and a
+ * TorchScript file (`torch.jit.save`: classes under `__torch__`) say what to save instead: the
+ * model's `state_dict()`, which holds only tensors.
+ */
+function refusedGlobal(module: string, full: string, source: string): UserError {
+  if (module === "__torch__" || module.startsWith("__torch__.")) {
+    return new UserError(
+      `${source} is a TorchScript file (torch.jit.save), not a checkpoint: save its weights with ` +
+        `torch.save(torch.jit.load(PATH).state_dict(), "model.pt") and pass that file`,
+    );
+  }
+  if (/^(torch\.nn|torchvision\.models|__main__)(\.|$)/.test(module)) {
+    return new UserError(
+      `${source} holds a whole pickled model (torch.save(model): ${printable(full)}), which is ` +
+        `never unpickled here (it could run any code): save model.state_dict() instead, with ` +
+        `torch.save(model.state_dict(), "model.pt"), and pass that file`,
+    );
+  }
+  return new UserError(`refusing to load ${printable(full)}: not an allowed global in ${source}`);
 }
 
 function memoGet(memo: Map<number, unknown>, i: number): unknown {

@@ -9,6 +9,7 @@
 
 import { printable, UserError } from "../util/errors.ts";
 import { writeFileAtomic } from "../util/atomic_file.ts";
+import { refuseSpecialFile } from "../util/input_files.ts";
 import { dtypeSize, TorchDType, TorchStorage, TorchStorageType, unpickleAt } from "./pickle.ts";
 import type { Checkpoint, DType, HostTensor, StateDict } from "./state_dict.ts";
 import { looksLikeZip, readZip, writeZip, type ZipEntry } from "./zip_store.ts";
@@ -211,6 +212,8 @@ export function checkpointFromValue(value: unknown, source: string): Checkpoint 
 /** Loads a checkpoint file (zip or legacy torch format). */
 export async function loadCheckpoint(path: string): Promise<Checkpoint> {
   let bytes: Uint8Array;
+  // Stat'ed before any read: a device or a FIFO is one line, not an endless read.
+  await refuseSpecialFile(path, "checkpoint", "pass a model file (*.pt)");
   try {
     bytes = await Deno.readFile(path);
   } catch (e) {

@@ -9,6 +9,8 @@
  */
 import { UserError } from "../util/errors.ts";
 import { writeFileAtomic } from "../util/atomic_file.ts";
+import { refuseSpecialFile } from "../util/input_files.ts";
+import { checkFlagValueFromFile, type FlagSpecs } from "../util/cli.ts";
 import { encodeCheckpoint } from "../torch/torch_checkpoint.ts";
 import { readZip, writeZip, type ZipEntry } from "../torch/zip_store.ts";
 import type { StateDict } from "../torch/state_dict.ts";
@@ -76,6 +78,7 @@ export async function readTrainState<E>(
   path: string,
 ): Promise<{ progress: TrainProgress<E>; adam: AdamState }> {
   let bytes: Uint8Array;
+  await refuseSpecialFile(path, "resumable state", "pass a run's _last.pt");
   try {
     bytes = await Deno.readFile(path);
   } catch (e) {
@@ -149,17 +152,23 @@ const CHANGEABLE_ON_RESUME = new Set([
 /**
  * The flags of a resumed run: the saved run's, with the changeable ones taken from the
  * command line where given there. A numerics flag given with another value than the run's is
- * refused.
+ * refused. With `specs`, every saved value is checked as the command line checks it.
  */
 export function resumedFlags<F extends Record<string, unknown>>(
   saved: Record<string, unknown>,
   current: F,
   given: ReadonlySet<string>,
   source: string,
+  specs?: FlagSpecs,
 ): F {
   const out: Record<string, unknown> = { ...current };
   for (const [name, value] of Object.entries(saved)) {
     if (!(name in current) || name === "resume") continue;
+    // Each saved setting passes its flag's own validation, as on the command line.
+    const spec = specs?.[name];
+    if (spec && !(CHANGEABLE_ON_RESUME.has(name) && given.has(name))) {
+      checkFlagValueFromFile(name, spec, value, source, "the run's state is damaged: start anew");
+    }
     if (CHANGEABLE_ON_RESUME.has(name)) {
       if (!given.has(name)) out[name] = value;
       continue;

@@ -183,13 +183,18 @@ function convert(name: string, s: FlagSpec, raw: string | boolean | string[]): u
     return text;
   }
   const value = Number(text);
+  const problem = numberProblem(s, value);
+  if (problem !== null) {
+    const shown = problem.startsWith("expected") ? `'${text}'` : text;
+    throw new UserError(`invalid value for --${name}: ${shown} (${problem})`, 2);
+  }
+  return value;
+}
+
+/** What is wrong with a number for an int/float flag (kind, then range), or null. */
+function numberProblem(s: FlagSpec, value: number): string | null {
   if (!Number.isFinite(value) || (s.kind === "int" && !Number.isInteger(value))) {
-    throw new UserError(
-      `invalid value for --${name}: '${text}' (expected ${
-        s.kind === "int" ? "an integer" : "a number"
-      })`,
-      2,
-    );
+    return `expected ${s.kind === "int" ? "an integer" : "a number"}`;
   }
   if ((s.min !== undefined && value < s.min) || (s.max !== undefined && value > s.max)) {
     const range = s.max === undefined
@@ -197,7 +202,55 @@ function convert(name: string, s: FlagSpec, raw: string | boolean | string[]): u
       : s.min === undefined
       ? `≤ ${s.max}`
       : `in ${s.min}..${s.max}`;
-    throw new UserError(`invalid value for --${name}: ${text} (must be ${range})`, 2);
+    return `must be ${range}`;
   }
-  return value;
+  return null;
+}
+
+/**
+ * What is wrong with a value read back from a file (a run's `_results.json` or `_last.pt`) for
+ * the flag `s`, or null when the command line could have given it: the same kind and range
+ * checks as parsing, and the JSON type the parser produces (a string "64" is not an int, null
+ * only where the flag has no default).
+ */
+export function flagValueProblem(s: FlagSpec, value: unknown): string | null {
+  if (value === null) return s.default === null ? null : "expected a value, got null";
+  switch (s.kind) {
+    case "int":
+    case "float":
+      if (typeof value !== "number") return `expected a number, got ${JSON.stringify(value)}`;
+      return numberProblem(s, value);
+    case "boolean":
+      return typeof value === "boolean" ? null : `expected true or false`;
+    case "string":
+      if (typeof value !== "string" || value.trim() === "") return "expected a non-empty string";
+      return s.choices && !s.choices.includes(value)
+        ? `expected one of ${s.choices.join(", ")}`
+        : null;
+    case "list":
+      return Array.isArray(value) && value.every((v) => typeof v === "string")
+        ? null
+        : "expected a list of strings";
+  }
+}
+
+/**
+ * Checks a setting read back from `source` with its flag's own validation (`flagValueProblem`,
+ * the checks parsing applies): a value the command line would refuse is one UserError line
+ * naming the file, the setting and what to do.
+ */
+export function checkFlagValueFromFile(
+  name: string,
+  s: FlagSpec,
+  value: unknown,
+  source: string,
+  remedy: string,
+): void {
+  const problem = flagValueProblem(s, value);
+  if (problem !== null) {
+    throw new UserError(
+      `${source}: setting ${name} = ${JSON.stringify(value)} is not a valid --${name} ` +
+        `(${problem}); ${remedy}`,
+    );
+  }
 }

@@ -2,6 +2,7 @@
  * User-facing errors: one clear line and a non-zero exit, stack traces only with `--verbose`.
  * @module
  */
+import { shown } from "./shown.ts";
 
 /** An error caused by the user's input (a flag, a file, the data): printed as one line. */
 export class UserError extends Error {
@@ -61,7 +62,8 @@ export async function runMain(
       if (e.cause instanceof Error && e.cause !== e) console.error(`caused by: ${e.cause.stack}`);
     }
     const line = e instanceof UserError ? e.message : `${e.name}: ${e.message}`;
-    console.error(`error: ${line.split("\n")[0]}`);
+    // Names in messages come from outside (file names, file contents): escaped, one line.
+    console.error(`error: ${shown(line.split("\n")[0])}`);
     if (!verbose && !(e instanceof UserError)) {
       console.error("(run with --verbose for details)");
     }

@@ -9,10 +9,16 @@
  * one, or when refused, the run stops with the exact command that grants that directory too.
  * Then a probe file is created in the directory and removed, which catches what permissions
  * cannot (a read-only disk, a file where a directory should be, OS permissions).
+ *
+ * Before all that, no output may be a file the run reads (`--json` naming the checkpoint,
+ * `--predictions` naming a shard, `--report` naming an image): each existing output is compared
+ * with every input by its real path (links resolved) and by device and inode (hard links), and
+ * two outputs may not name one file.
  * @module
  */
 import { ensureDir } from "./atomic_file.ts";
 import { UserError } from "./errors.ts";
+import { shown } from "./shown.ts";
 
 /** One output a run will write. */
 export interface OutputPath {
@@ -22,6 +28,75 @@ export interface OutputPath {
   path: string | null | undefined;
   /** A file (written beside itself: temp name + rename) or a directory the run fills. */
   kind: "file" | "dir";
+}
+
+/** A file the run reads: it may not also be an output. */
+export interface InputPath {
+  /** What it is, for messages, e.g. `the model (-s)`. */
+  what: string;
+  path: string;
+}
+
+/** A file's identity: real path and device/inode; null when it does not exist. */
+async function identity(path: string): Promise<{ real: string; dev: number; ino: number } | null> {
+  try {
+    const info = await Deno.stat(path);
+    return { real: await Deno.realPath(path), dev: info.dev, ino: info.ino ?? -1 };
+  } catch {
+    return null;
+  }
+}
+
+/** The real path an output will have (its directory resolved), for comparing two outputs. */
+async function resolvedOutput(path: string): Promise<string> {
+  const found = await identity(path);
+  if (found) return found.real;
+  const slash = path.lastIndexOf("/");
+  const dir = slash < 0 ? "." : slash === 0 ? "/" : path.slice(0, slash);
+  const real = await Deno.realPath(dir).catch(() => absolute(dir));
+  return `${real}/${path.slice(slash + 1)}`;
+}
+
+/**
+ * Refuses (exit code 2) an output file that is one of `inputs`, or two outputs that name one
+ * file: either would be overwritten by the run. Called by `checkOutputPaths`; no compute runs
+ * before it.
+ */
+export async function checkOutputsAreNotInputs(
+  outputs: readonly OutputPath[],
+  inputs: readonly InputPath[],
+): Promise<void> {
+  const files = outputs.filter((o): o is OutputPath & { path: string } =>
+    !!o.path && o.kind === "file"
+  );
+  const ids = await Promise.all(inputs.map(async (i) => ({ ...i, id: await identity(i.path) })));
+  for (const out of files) {
+    const id = await identity(out.path);
+    if (id === null) continue;
+    const hit = ids.find((i) =>
+      i.id !== null && (i.id.real === id.real || (i.id.dev === id.dev && i.id.ino === id.ino))
+    );
+    if (hit) {
+      throw new UserError(
+        `${out.flag} ${shown(out.path)} would overwrite an input of this run: ${hit.what}, ` +
+          `${shown(hit.path)}; choose another path`,
+        2,
+      );
+    }
+  }
+  const seen = new Map<string, OutputPath & { path: string }>();
+  for (const out of files) {
+    const real = await resolvedOutput(out.path);
+    const other = seen.get(real);
+    if (other) {
+      throw new UserError(
+        `${other.flag} and ${out.flag} both name ${shown(out.path)}: one would overwrite the ` +
+          `other; give each its own path`,
+        2,
+      );
+    }
+    seen.set(real, out);
+  }
 }
 
 /** The directory that must be writable for `out`: the file's parent, or the directory. */
@@ -112,15 +187,17 @@ function reason(e: unknown): string {
 }
 
 /**
- * Checks that every requested output can be written, before any compute: asks for the write
+ * Checks that every requested output can be written, before any compute: refuses an output
+ * that is one of `opts.inputs` (see `checkOutputsAreNotInputs`), asks for the write
  * permission of each output's directory (prompting on a terminal), creates missing
  * directories, and creates and removes a probe file in each. Throws one UserError line naming
  * the flag, the path and what to do (for a missing permission: the exact command that works).
  */
 export async function checkOutputPaths(
   outputs: readonly OutputPath[],
-  opts: { args?: readonly string[]; script?: string } = {},
+  opts: { args?: readonly string[]; script?: string; inputs?: readonly InputPath[] } = {},
 ): Promise<void> {
+  await checkOutputsAreNotInputs(outputs, opts.inputs ?? []);
   const wanted = outputs.filter((o): o is OutputPath & { path: string } => !!o.path);
   const denied: Array<OutputPath & { path: string; dir: string }> = [];
   for (const out of wanted) {

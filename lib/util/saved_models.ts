@@ -6,6 +6,7 @@
  */
 import { UserError } from "./errors.ts";
 import { probeLock } from "./atomic_file.ts";
+import { checkInputFile } from "./input_files.ts";
 
 /** The run stamp `YYYY_MMDD_HHMMSS` of the original tool, in local time. */
 export function runStamp(date: Date = new Date()): string {
@@ -210,6 +211,8 @@ export async function resolveSavedModel(name: string, saveDir: string): Promise<
           `${path.replace(/\/+$/, "")}/<stamp>_model.pt`,
       );
     }
+    // A device or a FIFO is refused before it is opened (a read would never end).
+    await checkInputFile(path, "model", "pass a checkpoint file (*.pt)");
     return path;
   }
   throw new UserError(`saved model not found: ${name} (looked as given and in ${saveDir})`);

@@ -63,12 +63,20 @@ function passesFit(channels: number[]): boolean {
   return channels.every((k) => k % 4 === 0) && channels.reduce((a, k) => a + k, 0) <= MAX_CHANNELS;
 }
 
-/** [M, C] of an NHWC tensor; null for what the native BatchNorm does not take. */
-function rowsChannels(inputs: tf.TensorInfo[], x: tf.TensorInfo): [number, number] | null {
+/**
+ * [M, C] of an NHWC tensor; null for what the native BatchNorm does not take. Batch statistics
+ * need 2 rows; normalising with running statistics (`minRows` 1) takes a single one: one image
+ * whose last feature map is 1×1 (below 64 px) in evaluation.
+ */
+function rowsChannels(
+  inputs: tf.TensorInfo[],
+  x: tf.TensorInfo,
+  minRows = 2,
+): [number, number] | null {
   if (inputs.some((t) => t.dtype !== "float32")) return null;
   const c = x.shape[x.shape.length - 1];
   const rows = tf.util.sizeFromShape(x.shape) / c;
-  return rows >= 2 && c > 0 ? [rows, c] : null;
+  return rows >= minRows && c > 0 ? [rows, c] : null;
 }
 
 /**
@@ -308,7 +316,7 @@ function fusedBatchNorm(args: KernelArgs): tf.TensorInfo {
   const { inputs: { x, mean, variance, offset, scale }, backend } = args;
   const vectors = [mean, variance, offset, scale];
   if (vectors.some((t) => t == null)) return fallback("FusedBatchNorm", args);
-  const rc = rowsChannels([x!, ...vectors as tf.TensorInfo[]], x!);
+  const rc = rowsChannels([x!, ...vectors as tf.TensorInfo[]], x!, 1);
   if (rc == null || vectors.some((t) => tf.util.sizeFromShape(t!.shape) !== rc[1])) {
     return fallback("FusedBatchNorm", args);
   }
@@ -337,7 +345,7 @@ function batchNormReluInference(args: KernelArgs): tf.TensorInfo {
   const { inputs: { x, mean, variance, gamma, beta }, backend } = args;
   const attrs = args.attrs as unknown as BatchNormReluAttrs;
   const vectors = [mean!, variance!, gamma!, beta!];
-  const rc = rowsChannels([x!, ...vectors], x!);
+  const rc = rowsChannels([x!, ...vectors], x!, 1);
   if (rc == null || vectors.some((t) => tf.util.sizeFromShape(t.shape) !== rc[1])) {
     throw new Error(`${BN_INFERENCE_KERNEL}: needs float32 x [.., C] and [C] vectors`);
   }
