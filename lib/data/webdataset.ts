@@ -11,7 +11,8 @@ import { releaseTemp, tempPathFor } from "../util/atomic_file.ts";
 import { printable, UserError } from "../util/errors.ts";
 import { decodeLabelsPyd, encodeLabelsPyd } from "../torch/pickle.ts";
 import type { Rng } from "../util/rng.ts";
-import { readTar, scanTar, TarWriter } from "./tar.ts";
+import { scanTar, TarWriter } from "./tar.ts";
+import { MAX_IMAGE_PIXELS } from "./image_size.ts";
 
 /** One sample of a shard: its key, the encoded image, and the 14 labels. */
 export interface Sample {
@@ -152,16 +153,44 @@ const REPAIR = "re-create or re-download the shard";
 const MAX_PYD = 64 * 1024;
 
 /**
+ * An encoded image member larger than this is not a shard image: 16-bit RGBA at the decoded-size
+ * bound, stored without compression, is under 8 bytes a pixel.
+ */
+const MAX_IMAGE_MEMBER = 8 * MAX_IMAGE_PIXELS + (1 << 20);
+
+/**
+ * Which members of a shard are read, each bounded before its bytes are: labels up to
+ * `MAX_PYD`, images (when `images`) up to `MAX_IMAGE_MEMBER`; other members are skipped unread.
+ */
+function boundedMembers(path: string, images: boolean) {
+  return (name: string, size: number): boolean => {
+    const ext = splitMemberName(name)?.ext;
+    const image = ext !== undefined && IMAGE_EXTS.includes(ext);
+    if (ext !== "pyd" && !(images && image)) return false;
+    const max = ext === "pyd" ? MAX_PYD : MAX_IMAGE_MEMBER;
+    if (size > max) {
+      throw new UserError(
+        `${path}: ${ext === "pyd" ? "labels" : "image"} member '${printable(name)}' holds ` +
+          `${size} bytes, over the ${max} such a member can need; ${REPAIR}`,
+      );
+    }
+    return true;
+  };
+}
+
+/**
  * Streams the samples of one shard in archive order, grouping consecutive members by key as
  * webdataset does. Damage gives a `UserError` naming the shard and member.
  */
 export async function* readShard(path: string): AsyncGenerator<Sample> {
-  for await (const { key, parts } of groupSamples(path, readTar(path))) {
+  for await (
+    const { key, parts } of groupSamples(path, scanTar(path, boundedMembers(path, true)))
+  ) {
     const { ext, pyd } = sampleMembers(path, key, parts);
     yield {
       key,
-      png: parts.get(ext)!.data,
-      labels: decodeLabelsPyd(pyd.data, `${path}:${printable(key)}.pyd`),
+      png: parts.get(ext)!.data!,
+      labels: decodeLabelsPyd(pyd.data!, `${path}:${printable(key)}.pyd`),
       source: `${path}:${printable(key)}.${ext}`,
     };
   }
@@ -232,16 +261,7 @@ export async function* readShards(
 export async function checkShards(paths: string[]): Promise<number> {
   let total = 0;
   for (const path of paths) {
-    const wantLabels = (name: string, size: number) => {
-      if (splitMemberName(name)?.ext !== "pyd") return false;
-      if (size > MAX_PYD) {
-        throw new UserError(
-          `${path}: labels member '${printable(name)}' holds ${size} bytes; ${REPAIR}`,
-        );
-      }
-      return true;
-    };
-    const members = scanTar(path, wantLabels, 4096);
+    const members = scanTar(path, boundedMembers(path, false), 4096);
     for await (const { key, parts } of groupSamples(path, members)) {
       const { pyd } = sampleMembers(path, key, parts);
       decodeLabelsPyd(pyd.data!, `${path}:${printable(key)}.pyd`);
