@@ -35,6 +35,7 @@ import {
   writeTopCams,
 } from "./lib/eval/cam.ts";
 import { writeCamIndex } from "./lib/report/cam_index.ts";
+import { predictionsCsv } from "./lib/report/predictions_csv.ts";
 import { predictImages } from "./lib/eval/single_image.ts";
 import {
   type BatchTransform,
@@ -143,16 +144,6 @@ function printEvaluation(title: string, e: Evaluation, showF1: boolean): void {
   console.log(`Mean AUROC: ${fmt(e.meanAuroc)}`);
   console.log(`Mean AUROC over ${e.definedClasses} defined classes: ${fmt(e.meanAurocDefined)}`);
   if (showF1) console.log(`Mean F1: ${fmt(e.meanF1)}`);
-}
-
-/** Per-image probabilities as CSV: `Image Index` (as given) and the 14 classes. */
-function predictionsCsv(names: readonly string[], probs: ArrayLike<number>): string {
-  const lines = [["Image Index", ...LABELS].join(",")];
-  names.forEach((name, i) => {
-    const row = Array.from({ length: NUM_CLASSES }, (_, c) => String(probs[i * NUM_CLASSES + c]));
-    lines.push([name.includes(",") ? `"${name}"` : name, ...row].join(","));
-  });
-  return lines.join("\n") + "\n";
 }
 
 /** The metric fields of the JSON output, named as the console and the report name them. */
