@@ -16,7 +16,7 @@ import { type FlagSpecs, parseFlags } from "./lib/util/cli.ts";
 import { runMain, UserError } from "./lib/util/errors.ts";
 import { checkOutputPaths } from "./lib/util/output_paths.ts";
 import { plural } from "./lib/util/format.ts";
-import { readLabelsCsv } from "./lib/data/label_csv.ts";
+import { readBoundLabels } from "./lib/data/label_binding.ts";
 import { IMAGENET_FILE, weightsCacheDir } from "./lib/model/pretrained_weights.ts";
 import { Progress } from "./lib/util/progress.ts";
 import { generateSyntheticDataset } from "./lib/data/synthetic_cxr.ts";
@@ -344,7 +344,7 @@ async function main(args: string[]): Promise<void> {
 
   // 3. The result.
   const result = JSON.parse(await Deno.readTextFile(resultsPath)) as ValidationJson;
-  const testRows = await readLabelsCsv(`${labelsDir}/test_labels.csv`);
+  const testRows = await readBoundLabels(labelsDir, datasetDir, "test");
   const positives = Array.from(
     { length: NUM_CLASSES },
     (_, c) => testRows.reduce((n, r) => n + r.labels[c], 0),
