@@ -14,6 +14,7 @@ import { tarHeader, TarWriter } from "../lib/data/tar.ts";
 import { checkShards, readShard } from "../lib/data/webdataset.ts";
 import { encodeLabelsPyd } from "../lib/torch/pickle.ts";
 import { UserError } from "../lib/util/errors.ts";
+import { readImageFile } from "../lib/data/images.ts";
 
 const TINY = new URL("./fixtures/torch/tiny_zip.pt", import.meta.url).pathname;
 const PNG = new URL("./fixtures/dicom/small.png", import.meta.url).pathname;
@@ -136,6 +137,29 @@ Deno.test("class 1: shard members are bounded before their bytes are read", asyn
     assert.equal(samples.length, 1);
     assert.deepEqual(samples[0].png, png);
     assert.equal(await checkShards([okPath]), 1);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("class 1: an image file larger than any image within the size bound is refused unread", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cxr_bigimg_" });
+  try {
+    const path = `${dir}/big.png`;
+    const png = await Deno.readFile(PNG);
+    await Deno.writeFile(path, png);
+    await Deno.truncate(path, 400_000_000); // sparse: no disk is spent
+    const rss0 = Deno.memoryUsage().rss;
+    await assert.rejects(readImageFile(path), (e: Error) => {
+      assert.ok(e instanceof UserError, String(e));
+      assert.match(
+        e.message,
+        /big\.png: 400000000 bytes is more than an image within the decoded-size bound can take \(289048576\)/,
+      );
+      return true;
+    });
+    assert.ok(Deno.memoryUsage().rss - rss0 < 100e6);
+    assert.deepEqual(await readImageFile(PNG), png, "a real image still reads");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -10,7 +10,7 @@
 import type sharpType from "sharp";
 import { UserError } from "../util/errors.ts";
 import { displayGrey, isDicom, nativeRgb, readDicom } from "./dicom.ts";
-import { checkImageSize, MAX_IMAGE_PIXELS } from "./image_size.ts";
+import { checkImageFileSize, checkImageSize, MAX_IMAGE_PIXELS } from "./image_size.ts";
 
 /** A decoded image: 8-bit RGB, row-major, `height * width * 3` bytes. */
 export interface RgbImage {
@@ -141,6 +141,8 @@ export async function decodeImagePath(path: string): Promise<RgbImage> {
 /** Reads an image file, turning a missing file into a `UserError` naming it. */
 export async function readImageFile(path: string): Promise<Uint8Array> {
   try {
+    const info = await Deno.stat(path);
+    if (info.isFile) checkImageFileSize(info.size, path);
     return await Deno.readFile(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) throw new UserError(`image not found: ${path}`);

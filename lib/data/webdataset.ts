@@ -12,7 +12,7 @@ import { printable, UserError, writeFailure } from "../util/errors.ts";
 import { decodeLabelsPyd, encodeLabelsPyd } from "../torch/pickle.ts";
 import type { Rng } from "../util/rng.ts";
 import { scanTar, TarWriter } from "./tar.ts";
-import { MAX_IMAGE_PIXELS } from "./image_size.ts";
+import { MAX_IMAGE_FILE_BYTES } from "./image_size.ts";
 import { readSplitRecord, SPLIT_RECORD_NAME } from "./split_record.ts";
 
 /** One sample of a shard: its key, the encoded image, and the 14 labels. */
@@ -178,21 +178,15 @@ const REPAIR = "re-create or re-download the shard";
 const MAX_PYD = 64 * 1024;
 
 /**
- * An encoded image member larger than this is not a shard image: 16-bit RGBA at the decoded-size
- * bound, stored without compression, is under 8 bytes a pixel.
- */
-const MAX_IMAGE_MEMBER = 8 * MAX_IMAGE_PIXELS + (1 << 20);
-
-/**
  * Which members of a shard are read, each bounded before its bytes are: labels up to
- * `MAX_PYD`, images (when `images`) up to `MAX_IMAGE_MEMBER`; other members are skipped unread.
+ * `MAX_PYD`, images (when `images`) up to `MAX_IMAGE_FILE_BYTES`; other members are skipped unread.
  */
 function boundedMembers(path: string, images: boolean) {
   return (name: string, size: number): boolean => {
     const ext = splitMemberName(name)?.ext;
     const image = ext !== undefined && IMAGE_EXTS.includes(ext);
     if (ext !== "pyd" && !(images && image)) return false;
-    const max = ext === "pyd" ? MAX_PYD : MAX_IMAGE_MEMBER;
+    const max = ext === "pyd" ? MAX_PYD : MAX_IMAGE_FILE_BYTES;
     if (size > max) {
       throw new UserError(
         `${path}: ${ext === "pyd" ? "labels" : "image"} member '${printable(name)}' holds ` +
