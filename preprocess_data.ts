@@ -198,7 +198,6 @@ export async function preprocess(
         test: await fileIdentity(listPaths.test),
       }
       : null,
-    dataset_dir: await Deno.realPath(opts.datasetDir),
   };
   const done = new Set<Subset>();
   for (const subset of SUBSETS) {

@@ -10,8 +10,6 @@
 import assert from "node:assert/strict";
 import { listShards, readShard, shardPattern, ShardWriter } from "../lib/data/webdataset.ts";
 import { parseDataEntry, readLabelsCsv } from "../lib/data/label_csv.ts";
-import { writeFileAtomic } from "../lib/util/atomic_file.ts";
-import { UserError } from "../lib/util/errors.ts";
 import { buildOriginalData, META_HEADER, metaCsv } from "./helpers/original_data.ts";
 import { patientSplit } from "../lib/data/split.ts";
 import {
@@ -223,29 +221,38 @@ Deno.test("class 3: ShardWriter.abort never deletes a finished shard it did not 
   }
 });
 
-Deno.test("extra: a full disk names the file being written", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "cxr_full_" });
+Deno.test("extra: a full disk names the file being written; what was complete is kept", async () => {
+  const tree = await buildOriginalData(24);
   try {
-    // This process's temporary names are known: point them at /dev/full (always ENOSPC).
-    await Deno.symlink("/dev/full", `${dir}/.ChestXray14_train_000.tar.${Deno.pid}.tmp`);
-    const w = new ShardWriter(shardPattern(dir, "train"), 10);
-    const full = (message: RegExp) => (e: Error) => {
-      assert.ok(e instanceof UserError, String(e));
-      assert.match(e.message, message);
-      return true;
+    // /dev/full needs all permissions: the helper runs with -A (see tests/helpers/full_disk.ts).
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        `${ROOT}tests/helpers/full_disk.ts`,
+        tree.imageDir,
+        tree.metaFile,
+        tree.datasetDir,
+        tree.labelsDir,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const r = {
+      code: out.code,
+      stdout: new TextDecoder().decode(out.stdout),
+      stderr: new TextDecoder().decode(out.stderr),
     };
-    await assert.rejects(
-      w.write({ key: "a", png: new Uint8Array(100_000), labels: new Array(14).fill(0) }),
-      full(/^no space left on the device while writing .*\/ChestXray14_train_000\.tar: free space/),
+    assert.match(
+      errorLine(r),
+      /^error: no space left on the device while writing .*\/datasets\/ChestXray14_train_000\.tar: free space on that disk \(or write to another directory\) and run again; what was complete before is kept$/,
     );
-    await w.abort();
-    await Deno.symlink("/dev/full", `${dir}/.train_labels.csv.${Deno.pid}.tmp`);
-    await assert.rejects(
-      writeFileAtomic(`${dir}/train_labels.csv`, "x".repeat(100_000)),
-      full(/^no space left on the device while writing .*\/train_labels\.csv: /),
-    );
+    // No shard of the failed subset is left under a final name; the split record stays.
+    const left = [...Deno.readDirSync(tree.datasetDir)].map((e) => e.name);
+    assert.deepEqual(left.filter((n) => n.endsWith(".tar")), []);
+    assert.ok(left.includes("ChestXray14_split.json"));
   } finally {
-    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(tree.root, { recursive: true });
   }
 });
 
@@ -305,7 +312,7 @@ Deno.test("class 5: a label CSV bound to another dataset, or to other images, is
     const wrong = await train(`${tree.root}/p`, labels);
     assert.match(
       errorLine(wrong),
-      /^error: .*\/labels\/train_labels\.csv does not belong to the train shards in .*\/p: it is not the label file written with them \(ChestXray14_split\.json there records another\); it was written for .*\/q: pass the --labels_dir that preprocess_data\.ts wrote with --dataset_dir .*\/p, or run it again with both directories to rewrite the labels$/,
+      /^error: .*\/labels\/train_labels\.csv does not belong to the train shards in .*\/p: it is not the label file written with them \(ChestXray14_split\.json there records another; preprocessing into another --dataset_dir with this --labels_dir replaces it\): pass the --labels_dir that preprocess_data\.ts wrote with --dataset_dir .*\/p, or run it again with both directories to rewrite the labels$/,
     );
     assert.equal(await Deno.readTextFile(csv), kept, "the labels are untouched");
     const saved = await Array.fromAsync(Deno.readDir(save)).catch(() => []);

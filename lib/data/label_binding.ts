@@ -37,12 +37,10 @@ export async function readBoundLabels(
   const recorded = (await readSplitRecord(datasetDir))?.subsets?.[subset];
   if (recorded !== undefined) {
     if ((await sha256Hex(bytes)) === recorded.labels_sha256) return rows;
-    const owner = (await readSplitRecord(labelsDir).catch(() => null))?.dataset_dir;
-    const mine = await Deno.realPath(datasetDir).catch(() => datasetDir);
     throw new UserError(
       `${path} does not belong to the ${subset} shards in ${datasetDir}: it is not the label ` +
-        `file written with them (${SPLIT_RECORD_NAME} there records another)` +
-        (owner && owner !== mine ? `; it was written for ${owner}` : "") + `: ${fix}`,
+        `file written with them (${SPLIT_RECORD_NAME} there records another; preprocessing ` +
+        `into another --dataset_dir with this --labels_dir replaces it): ${fix}`,
     );
   }
   const shards = new Map<string, Float32Array>();

@@ -36,8 +36,6 @@ export interface SplitRecord {
    * subsets count as done when their first shard exists).
    */
   subsets?: Partial<Record<Subset, SubsetRecord>>;
-  /** The dataset directory the shards (and the label CSVs) were written for, as a real path. */
-  dataset_dir?: string;
 }
 
 /** A complete subset as preprocessing wrote it. */
