@@ -18,6 +18,7 @@ import { checkOutputPaths } from "./lib/util/output_paths.ts";
 import { plural } from "./lib/util/format.ts";
 import { readLabelsCsv } from "./lib/data/label_csv.ts";
 import { BACKENDS } from "./lib/backends/backend.ts";
+import { readBoundLabels } from "./lib/data/label_binding.ts";
 import { IMAGENET_FILE, weightsCacheDir } from "./lib/model/pretrained_weights.ts";
 import { Progress } from "./lib/util/progress.ts";
 import { generateSyntheticDataset } from "./lib/data/synthetic_cxr.ts";
@@ -345,7 +346,7 @@ async function main(args: string[]): Promise<void> {
 
   // 3. The result.
   const result = JSON.parse(await Deno.readTextFile(resultsPath)) as ValidationJson;
-  const testRows = await readLabelsCsv(`${labelsDir}/test_labels.csv`);
+  const testRows = await readBoundLabels(labelsDir, datasetDir, "test");
   const positives = Array.from(
     { length: NUM_CLASSES },
     (_, c) => testRows.reduce((n, r) => n + r.labels[c], 0),

@@ -25,7 +25,9 @@ import {
   TEST_LIST_NAME,
   TRAIN_VAL_LIST_NAME,
 } from "./config.ts";
-import { ensureDir, exists } from "./lib/util/atomic_file.ts";
+import { ensureDir, exists, removeDeadTemps } from "./lib/util/atomic_file.ts";
+import { lockDirectoryForWriting } from "./lib/util/dir_lock.ts";
+import { planSubset, recordedKeys, subsetRecord } from "./lib/data/subset_state.ts";
 import { parseFlags } from "./lib/util/cli.ts";
 import { runMain, UserError } from "./lib/util/errors.ts";
 import { mapConcurrent, readImageFile, resizeGrayPng } from "./lib/data/images.ts";
@@ -40,6 +42,7 @@ import { officialSplit, patientsOf, patientSplit, type Split } from "./lib/data/
 import {
   fileIdentity,
   readSplitRecord,
+  sha256Hex,
   SPLIT_RECORD_NAME,
   splitDifferences,
   type SplitRecord,
@@ -111,14 +114,6 @@ async function imageNames(imageDir: string): Promise<Set<string>> {
   return names;
 }
 
-/** Removes temporary shards of `subset` left by an interrupted run. */
-async function removeStaleTemps(datasetDir: string, subset: Subset): Promise<void> {
-  const stale = new RegExp(`^\\.${SHARD_PREFIX}_${subset}_\\d+\\.tar\\.\\d+\\.tmp$`);
-  for await (const e of Deno.readDir(datasetDir)) {
-    if (e.isFile && stale.test(e.name)) await Deno.remove(`${datasetDir}/${e.name}`);
-  }
-}
-
 /** Runs the whole preprocessing; `log` receives the one-line status messages. */
 export async function preprocess(
   opts: PreprocessOptions,
@@ -186,6 +181,10 @@ export async function preprocess(
 
   await ensureDir(opts.datasetDir, "--dataset_dir");
   await ensureDir(opts.labelsDir, "--labels_dir");
+  // One writer per directory; under the lock only a dead run's temporary files are removed.
+  lockDirectoryForWriting(opts.datasetDir, "--dataset_dir");
+  lockDirectoryForWriting(opts.labelsDir, "--labels_dir");
+  removeDeadTemps(opts.datasetDir);
   const record: SplitRecord = {
     random_seed: opts.seed,
     subset_size: opts.subsetSize,
@@ -215,7 +214,24 @@ export async function preprocess(
     patients[subset] = patientsOf(planned).length;
     const csvPath = `${opts.labelsDir}/${labelsFileName(subset)}`;
     const first = shardPath(opts.datasetDir, subset, 0);
-    if (done.has(subset)) {
+    const images = planned.map((e) => e.image);
+    const tracked = record.subsets;
+    if (tracked !== undefined) {
+      const plan = await planSubset(opts.datasetDir, subset, tracked[subset], images);
+      if (plan.skip) {
+        log(
+          `skipping ${subset}: ${first} already exists, made of the same images (delete the ` +
+            `${subset} shards to redo it)`,
+        );
+        await bindLabels(opts.datasetDir, subset, tracked, planned, csvPath);
+        subsets[subset] = { planned: planned.length, written: 0, shards: [], skipped: true };
+        continue;
+      }
+      if (plan.note) log(plan.note);
+      // Not done until written again: a kill from here on leaves it to be redone.
+      delete tracked[subset];
+      await writeSplitRecord(opts.datasetDir, record);
+    } else if (done.has(subset)) {
       log(`skipping ${subset}: ${first} already exists (delete the ${subset} shards to redo it)`);
       // Labels of another split (or none) are replaced by this split's, which the shards share.
       if (known && (!labelsCurrent || !(await exists(csvPath)))) {
@@ -224,10 +240,13 @@ export async function preprocess(
       subsets[subset] = { planned: planned.length, written: 0, shards: [], skipped: true };
       continue;
     }
-    await removeStaleTemps(opts.datasetDir, subset);
     const result = await writeSubset(subset, planned, opts, warn);
     warnings += result.skipped;
     await writeLabelsCsv(csvPath, result.written);
+    if (tracked !== undefined) {
+      tracked[subset] = await subsetRecord(result.shards, images, result.written.length, csvPath);
+      await writeSplitRecord(opts.datasetDir, record);
+    }
     log(
       `${subset}: ${result.written.length} images of ${patients[subset]} patients → ` +
         `${result.shards.length} shard(s) in ${opts.datasetDir}, labels in ${csvPath}`,
@@ -239,9 +258,31 @@ export async function preprocess(
       skipped: false,
     };
   }
-  if (known) await writeSplitRecord(opts.labelsDir, record);
+  if (known) {
+    if (record.subsets !== undefined) await writeSplitRecord(opts.datasetDir, record);
+    await writeSplitRecord(opts.labelsDir, record);
+  }
   if (warnings > 0) warn(`${warnings} image(s) skipped (missing or undecodable)`);
   return { subsets, warnings, patients };
+}
+
+/**
+ * Makes a skipped subset's label CSV the one its shards were written with (another run may have
+ * replaced it): rewritten from the metadata for exactly the shards' images when it differs.
+ */
+async function bindLabels(
+  datasetDir: string,
+  subset: Subset,
+  tracked: NonNullable<SplitRecord["subsets"]>,
+  planned: MetaEntry[],
+  csvPath: string,
+): Promise<void> {
+  const recorded = tracked[subset]!;
+  const current = await Deno.readFile(csvPath).then(sha256Hex, () => null);
+  if (current === recorded.labels_sha256) return;
+  const keys = await recordedKeys(datasetDir, recorded);
+  await writeLabelsCsv(csvPath, planned.filter((e) => keys.has(sampleKeyFor(e.image)!)));
+  recorded.labels_sha256 = await sha256Hex(await Deno.readFile(csvPath));
 }
 
 /** Any shard of any subset in the dataset directory (complete or not). */
@@ -265,8 +306,12 @@ async function checkSplitRecord(
   const dir = opts.datasetDir;
   const redo = `pass a new --dataset_dir, or delete ${dir}/${SHARD_PREFIX}_*.tar and ` +
     `${SPLIT_RECORD_NAME} there to redo all subsets`;
+  // A directory without shards starts tracking its subsets; one with shards continues its
+  // record's (an older version's record tracks none: its subsets are done when shard 000 is).
+  record.subsets = {};
   if (await hasShards(dir)) {
     const recorded = await readSplitRecord(dir);
+    record.subsets = recorded?.subsets;
     if (recorded === null) {
       const labels = await Promise.all(
         SUBSETS.map((s) => exists(`${opts.labelsDir}/${labelsFileName(s)}`)),

@@ -59,7 +59,7 @@ import {
 import { ReduceLROnPlateau } from "./lib/train/scheduler.ts";
 import { writeCheckpoint } from "./lib/torch/torch_checkpoint.ts";
 import { trainEpoch } from "./lib/train/training.ts";
-import { readLabelsCsv } from "./lib/data/label_csv.ts";
+import { readBoundLabels } from "./lib/data/label_binding.ts";
 import { writeTrainingCurves } from "./lib/report/training_curves.ts";
 import {
   firstEpochProgress,
@@ -318,7 +318,7 @@ async function main(args: string[]): Promise<void> {
   );
   const classWeights = flags.loss === "weighted_bce"
     ? classBalanceWeights(
-      (await readLabelsCsv(`${flags.labels_dir}/train_labels.csv`)).flatMap((r) =>
+      (await readBoundLabels(flags.labels_dir, flags.dataset_dir, "train")).flatMap((r) =>
         Array.from(r.labels)
       ),
       NUM_CLASSES,

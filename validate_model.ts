@@ -36,6 +36,7 @@ import {
   writeTopCams,
 } from "./lib/eval/cam.ts";
 import { writeCamIndex } from "./lib/report/cam_index.ts";
+import { predictionsCsv } from "./lib/report/predictions_csv.ts";
 import { imageFailures, listImageFiles, predictImages } from "./lib/eval/single_image.ts";
 import { datasetImageSize } from "./lib/data/preprocessed_image.ts";
 import { listShards } from "./lib/data/webdataset.ts";
@@ -206,16 +207,6 @@ function printEvaluation(
           : ""),
     );
   }
-}
-
-/** Per-image probabilities as CSV: `Image Index` (as given) and the 14 classes. */
-function predictionsCsv(names: readonly string[], probs: ArrayLike<number>): string {
-  const lines = [["Image Index", ...LABELS].join(",")];
-  names.forEach((name, i) => {
-    const row = Array.from({ length: NUM_CLASSES }, (_, c) => String(probs[i * NUM_CLASSES + c]));
-    lines.push([name.includes(",") ? `"${name}"` : name, ...row].join(","));
-  });
-  return lines.join("\n") + "\n";
 }
 
 /** The metric fields of the JSON output, named as the console and the report name them. */

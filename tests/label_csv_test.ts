@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import { LABELS } from "../config.ts";
 import { UserError } from "../lib/util/errors.ts";
+import { formatCsv, parseCsv, readCell } from "../lib/util/csv.ts";
 import {
   encodeFindings,
   formatLabelsCsv,
-  parseCsv,
   parseDataEntry,
   parseLabelsCsv,
   readDataEntry,
@@ -110,4 +110,64 @@ Deno.test("parseDataEntry errors name the file, the row and the problem", async 
   assert.throws(() => parseDataEntry(V2020 + "00000001_000.png,Mass,0,1\n", "m"), /listed twice/);
   assert.throws(() => parseDataEntry("", "m.csv"), /m\.csv: the file is empty/);
   await assert.rejects(() => readDataEntry("/nonexistent/meta.csv"), /metadata file not found/);
+});
+
+Deno.test("issue 25 class 2: the CSV writer quotes per RFC 4180 and guards formula cells", () => {
+  const hostile = [
+    '=HYPERLINK("http://evil.example","x")',
+    "+1+1",
+    "-2+3",
+    "@SUM(1)",
+    "\tTAB",
+    'a"b,c',
+    "new\nline",
+    "cr\rname",
+    "'=already",
+    "'plain",
+    "ok.png",
+  ];
+  const text = formatCsv([["Image Index", "p"], ...hostile.map((h, i) => [h, i / 10])]);
+  // Every cell that would start a formula starts with a quote mark as written.
+  const rows = parseCsv(text);
+  assert.equal(rows.length, hostile.length + 1);
+  for (const r of rows) assert.equal(r.length, 2, JSON.stringify(r));
+  assert.deepEqual(rows.slice(1).map((r) => r[0]), [
+    `'=HYPERLINK("http://evil.example","x")`,
+    "'+1+1",
+    "'-2+3",
+    "'@SUM(1)",
+    "'\tTAB",
+    'a"b,c',
+    "new\nline",
+    "cr\rname",
+    "''=already",
+    "''plain",
+    "ok.png",
+  ]);
+  // readCell gives back exactly what was written; numbers are written as numbers.
+  assert.deepEqual(rows.slice(1).map((r) => readCell(r[0])), hostile);
+  assert.deepEqual(rows.slice(1).map((r) => Number(r[1])), hostile.map((_, i) => i / 10));
+  assert.equal(formatCsv([["-1", -1]]), "'-1,-1\n");
+  assert.ok(text.includes('"a""b,c"'), text);
+});
+
+Deno.test("issue 25 class 2: label CSVs quote and guard names and read them back", async () => {
+  const names = ["a,b.png", '=cmd|"/c calc"!A0.png', "-x.png", 'q"uote.png', "00000001_000.png"];
+  const rows = names.map((image, i) => ({
+    image,
+    labels: Uint8Array.from(LABELS, (_, k) => (k === i ? 1 : 0)),
+  }));
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeLabelsCsv(`${dir}/train_labels.csv`, rows);
+    const text = await Deno.readTextFile(`${dir}/train_labels.csv`);
+    for (const line of parseCsv(text)) assert.equal(line.length, 15);
+    assert.match(text, /\n"'=cmd\|""\/c calc""!A0\.png",0,1,0,/);
+    assert.match(text, /\n"a,b\.png",1,0,/);
+    const back = await readLabelsCsv(`${dir}/train_labels.csv`);
+    assert.deepEqual(back.map((r) => r.image), names);
+    assert.deepEqual(back.map((r) => Array.from(r.labels)), rows.map((r) => Array.from(r.labels)));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -21,3 +21,19 @@ export function checkImageSize(width: number, height: number, source: string): v
       `${MAX_IMAGE_PIXELS / 1e6} megapixels (6000×6000) that is decoded: downscale it first`,
   );
 }
+
+/**
+ * The largest encoded image file read (a shard member or a file): 16-bit RGBA at the decoded-size
+ * bound, stored without compression, takes under 8 bytes a pixel. A larger file is refused before
+ * its bytes are read.
+ */
+export const MAX_IMAGE_FILE_BYTES = 8 * MAX_IMAGE_PIXELS + (1 << 20);
+
+/** Refuses an encoded image of `bytes` over {@link MAX_IMAGE_FILE_BYTES}, naming `source`. */
+export function checkImageFileSize(bytes: number, source: string): void {
+  if (bytes <= MAX_IMAGE_FILE_BYTES) return;
+  throw new UserError(
+    `${source}: ${bytes} bytes is more than an image within the decoded-size bound can take ` +
+      `(${MAX_IMAGE_FILE_BYTES}); not an image this tool reads`,
+  );
+}

@@ -10,8 +10,8 @@
 import type sharpType from "sharp";
 import { UserError } from "../util/errors.ts";
 import { displayGrey, isDicom, nativeRgb, readDicom } from "./dicom.ts";
-import { checkImageSize, MAX_IMAGE_PIXELS } from "./image_size.ts";
-import { readInputFile } from "../util/input_files.ts";
+import { checkImageFileSize, checkImageSize, MAX_IMAGE_PIXELS } from "./image_size.ts";
+import { checkInputFile, readInputFile } from "../util/input_files.ts";
 import { shown } from "../util/shown.ts";
 
 /** A decoded image: 8-bit RGB, row-major, `height * width * 3` bytes. */
@@ -144,10 +144,14 @@ export async function decodeImagePath(path: string): Promise<RgbImage> {
 
 /**
  * Reads an image file: stat'ed first, only a regular file (after links) is read, so a device or
- * a FIFO is one `UserError` line instead of a read that never ends; a missing file names it.
+ * a FIFO is one `UserError` line instead of a read that never ends; a missing file names it; a
+ * file larger than any image within the decoded-size bound is refused before it is read.
  */
-export function readImageFile(path: string): Promise<Uint8Array> {
-  return readInputFile(path, "image", "give a PNG, JPEG or DICOM file");
+export async function readImageFile(path: string): Promise<Uint8Array> {
+  const hint = "give a PNG, JPEG or DICOM file";
+  const info = await checkInputFile(path, "image", hint);
+  checkImageFileSize(info.size, path);
+  return await readInputFile(path, "image", hint);
 }
 
 const IMAGE_EXTENSION = /\.(png|jpe?g|dcm|dicom)$/i;

@@ -8,6 +8,7 @@ import { LABELS, NUM_CLASSES, USE_COLUMNS } from "../../config.ts";
 import { writeFileAtomic } from "../util/atomic_file.ts";
 import { UserError } from "../util/errors.ts";
 import { refuseSpecialFile } from "../util/input_files.ts";
+import { formatCsv, parseCsv, readCell } from "../util/csv.ts";
 
 /** An image and its 14 labels (0/1, in `LABELS` order). */
 export interface ImageLabels {
@@ -19,65 +20,6 @@ export interface ImageLabels {
 /** A row of the NIH metadata: the image, its patient and its labels. */
 export interface MetaEntry extends ImageLabels {
   patientId: string;
-}
-
-/** Parses CSV text (RFC 4180: quoted fields, `""` escapes, CRLF or LF) into rows of fields. */
-export function parseCsv(text: string, source = "<csv>"): string[][] {
-  const rows: string[][] = [];
-  let row: string[] = [];
-  let field = "";
-  let quoted = false;
-  let i = text.charCodeAt(0) === 0xfeff ? 1 : 0;
-  let line = 1;
-  let quoteLine = 0;
-  const n = text.length;
-  while (i < n) {
-    const c = text[i];
-    if (quoted) {
-      if (c === '"') {
-        if (text[i + 1] === '"') {
-          field += '"';
-          i += 2;
-          continue;
-        }
-        quoted = false;
-        i++;
-        continue;
-      }
-      if (c === "\n") line++;
-      field += c;
-      i++;
-      continue;
-    }
-    if (c === '"' && field === "") {
-      quoted = true;
-      quoteLine = line;
-      i++;
-    } else if (c === ",") {
-      row.push(field);
-      field = "";
-      i++;
-    } else if (c === "\n" || c === "\r") {
-      row.push(field);
-      rows.push(row);
-      row = [];
-      field = "";
-      i += c === "\r" && text[i + 1] === "\n" ? 2 : 1;
-      line++;
-    } else {
-      field += c;
-      i++;
-    }
-  }
-  if (quoted) {
-    throw new UserError(`${source}: unterminated quoted field starting on line ${quoteLine}`);
-  }
-  if (field !== "" || row.length > 0) {
-    row.push(field);
-    rows.push(row);
-  }
-  // Blank lines carry nothing.
-  return rows.filter((r) => !(r.length === 1 && r[0].trim() === ""));
 }
 
 async function readText(path: string, what: string, hint: string): Promise<string> {
@@ -180,11 +122,13 @@ export async function readDataEntry(path: string): Promise<MetaEntry[]> {
   return parseDataEntry(text, path);
 }
 
-/** Formats a label CSV exactly as the original tool writes it (pandas `to_csv(index=False)`). */
+/**
+ * Formats a label CSV as the original tool writes it (pandas `to_csv(index=False)`, which quotes
+ * as RFC 4180 does), through the project's CSV writer: a name with a comma, quote or newline is
+ * quoted, one that would start a formula is guarded (`parseLabelsCsv` reads both back).
+ */
 export function formatLabelsCsv(rows: readonly ImageLabels[]): string {
-  const lines = [USE_COLUMNS.join(",")];
-  for (const r of rows) lines.push(`${r.image},${Array.from(r.labels).join(",")}`);
-  return lines.join("\n") + "\n";
+  return formatCsv([USE_COLUMNS, ...rows.map((r) => [r.image, ...Array.from(r.labels)])]);
 }
 
 /** Writes a label CSV atomically. */
@@ -213,7 +157,7 @@ export function parseLabelsCsv(text: string, source = "<labels csv>"): ImageLabe
       }
       labels[k] = v;
     }
-    return { image: (row[idx[0]] ?? "").trim(), labels };
+    return { image: readCell(row[idx[0]] ?? "").trim(), labels };
   });
 }
 

@@ -6,7 +6,7 @@
  * in two sets) never sit side by side.
  * @module
  */
-import { SHARD_PREFIX } from "../../config.ts";
+import { SHARD_PREFIX, type Subset } from "../../config.ts";
 import { writeFileAtomic } from "../util/atomic_file.ts";
 import { UserError } from "../util/errors.ts";
 
@@ -31,14 +31,45 @@ export interface SplitRecord {
   meta_file: FileIdentity;
   /** `train_val_list.txt` and `test_list.txt`, with `official_split`. */
   lists: { train_val: FileIdentity; test: FileIdentity } | null;
+  /**
+   * The subsets written so far, each once complete (absent in records of older versions, whose
+   * subsets count as done when their first shard exists).
+   */
+  subsets?: Partial<Record<Subset, SubsetRecord>>;
+}
+
+/** A complete subset as preprocessing wrote it. */
+export interface SubsetRecord {
+  /** Its shard files in the dataset directory, in order: readers read these and no others. */
+  shards: { name: string; bytes: number }[];
+  /**
+   * The images it was made from (the split's, less those missing with --skip_missing) and the
+   * SHA-256 of their sorted names, so a rerun sees when the images present have changed.
+   */
+  images: number;
+  images_sha256: string;
+  /** Images in the shards (the others could not be decoded and were skipped). */
+  written: number;
+  /** SHA-256 of the label CSV written with the shards: every reader checks it. */
+  labels_sha256: string;
+}
+
+/** SHA-256 of `data` as hex. */
+export async function sha256Hex(data: Uint8Array | string): Promise<string> {
+  const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes as BufferSource));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** SHA-256 of a set of image names (sorted, one a line): the identity of a subset's images. */
+export function imagesDigest(names: readonly string[]): Promise<string> {
+  return sha256Hex([...names].sort().join("\n"));
 }
 
 /** Reads a file's size and SHA-256. */
 export async function fileIdentity(path: string): Promise<FileIdentity> {
   const data = await Deno.readFile(path);
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
-  const sha256 = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
-  return { path, bytes: data.length, sha256 };
+  return { path, bytes: data.length, sha256: await sha256Hex(data) };
 }
 
 /** The record in `dir`, or null when there is none; a damaged one is a `UserError`. */

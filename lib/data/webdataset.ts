@@ -8,10 +8,12 @@
  */
 import { SHARD_PREFIX, SHUFFLE_BUFFER, type Subset } from "../../config.ts";
 import { releaseTemp, tempPathFor } from "../util/atomic_file.ts";
-import { printable, UserError } from "../util/errors.ts";
+import { printable, UserError, writeFailure } from "../util/errors.ts";
 import { decodeLabelsPyd, encodeLabelsPyd } from "../torch/pickle.ts";
 import type { Rng } from "../util/rng.ts";
-import { readTar, scanTar, TarWriter } from "./tar.ts";
+import { scanTar, TarWriter } from "./tar.ts";
+import { MAX_IMAGE_FILE_BYTES } from "./image_size.ts";
+import { readSplitRecord, SPLIT_RECORD_NAME } from "./split_record.ts";
 
 /** One sample of a shard: its key, the encoded image, and the 14 labels. */
 export interface Sample {
@@ -96,7 +98,31 @@ export async function listShards(datasetDir: string, subset: Subset | string): P
   }
   const index = (n: string) => Number(pattern.exec(n)![1]);
   names.sort((a, b) => index(a) - index(b));
-  return names.map((n) => `${dir === "/" ? "" : dir}/${n}`);
+  const path = (n: string) => `${dir === "/" ? "" : dir}/${n}`;
+  // The record of a complete subset names its shards: files of an interrupted earlier run that
+  // wrote more shards are not part of the set.
+  const listed = (await readSplitRecord(dir))?.subsets?.[subset as Subset]?.shards;
+  if (listed === undefined) return names.map(path);
+  const present = new Set(names);
+  const lost = listed.find((s) => !present.has(s.name));
+  if (lost) {
+    throw new UserError(
+      `shard ${
+        path(lost.name)
+      } of the ${subset} set recorded in ${SPLIT_RECORD_NAME} is missing; ` +
+        `restore it, or delete the ${subset} shards and run preprocess_data.ts again`,
+    );
+  }
+  const inSet = new Set(listed.map((s) => s.name));
+  const extra = names.filter((n) => !inSet.has(n));
+  if (extra.length > 0) {
+    console.error(
+      `warning: ignoring ${extra.length} ${subset} shard file(s) in ${datasetDir} that are not ` +
+        `part of its recorded set (left by an interrupted run; delete them): ${extra[0]}` +
+        (extra.length > 1 ? ", …" : ""),
+    );
+  }
+  return listed.map((s) => path(s.name));
 }
 
 /** Members of one sample: extension → member. */
@@ -152,16 +178,38 @@ const REPAIR = "re-create or re-download the shard";
 const MAX_PYD = 64 * 1024;
 
 /**
+ * Which members of a shard are read, each bounded before its bytes are: labels up to
+ * `MAX_PYD`, images (when `images`) up to `MAX_IMAGE_FILE_BYTES`; other members are skipped unread.
+ */
+function boundedMembers(path: string, images: boolean) {
+  return (name: string, size: number): boolean => {
+    const ext = splitMemberName(name)?.ext;
+    const image = ext !== undefined && IMAGE_EXTS.includes(ext);
+    if (ext !== "pyd" && !(images && image)) return false;
+    const max = ext === "pyd" ? MAX_PYD : MAX_IMAGE_FILE_BYTES;
+    if (size > max) {
+      throw new UserError(
+        `${path}: ${ext === "pyd" ? "labels" : "image"} member '${printable(name)}' holds ` +
+          `${size} bytes, over the ${max} such a member can need; ${REPAIR}`,
+      );
+    }
+    return true;
+  };
+}
+
+/**
  * Streams the samples of one shard in archive order, grouping consecutive members by key as
  * webdataset does. Damage gives a `UserError` naming the shard and member.
  */
 export async function* readShard(path: string): AsyncGenerator<Sample> {
-  for await (const { key, parts } of groupSamples(path, readTar(path))) {
+  for await (
+    const { key, parts } of groupSamples(path, scanTar(path, boundedMembers(path, true)))
+  ) {
     const { ext, pyd } = sampleMembers(path, key, parts);
     yield {
       key,
-      png: parts.get(ext)!.data,
-      labels: decodeLabelsPyd(pyd.data, `${path}:${printable(key)}.pyd`),
+      png: parts.get(ext)!.data!,
+      labels: decodeLabelsPyd(pyd.data!, `${path}:${printable(key)}.pyd`),
       source: `${path}:${printable(key)}.${ext}`,
     };
   }
@@ -231,23 +279,25 @@ export async function* readShards(
  */
 export async function checkShards(paths: string[]): Promise<number> {
   let total = 0;
+  for await (const _ of shardLabels(paths)) total++;
+  return total;
+}
+
+/**
+ * Each sample's key and labels, in archive order, reading the small `.pyd` members only (images
+ * are skipped), with the checks of `checkShards`.
+ */
+export async function* shardLabels(
+  paths: string[],
+): AsyncGenerator<{ key: string; labels: Float32Array; shard: string }> {
   // Each key once in a subset: two samples of one key give two prediction rows of one name,
   // and a lookup by key (CAMs, label CSVs) would take one sample's image for the other's.
   const seen = new Map<string, string>();
   for (const path of paths) {
-    const wantLabels = (name: string, size: number) => {
-      if (splitMemberName(name)?.ext !== "pyd") return false;
-      if (size > MAX_PYD) {
-        throw new UserError(
-          `${path}: labels member '${printable(name)}' holds ${size} bytes; ${REPAIR}`,
-        );
-      }
-      return true;
-    };
-    const members = scanTar(path, wantLabels, 4096);
+    const members = scanTar(path, boundedMembers(path, false), 4096);
     for await (const { key, parts } of groupSamples(path, members)) {
       const { pyd } = sampleMembers(path, key, parts);
-      decodeLabelsPyd(pyd.data!, `${path}:${printable(key)}.pyd`);
+      const labels = decodeLabelsPyd(pyd.data!, `${path}:${printable(key)}.pyd`);
       const first = seen.get(key);
       if (first !== undefined) {
         throw new UserError(
@@ -259,10 +309,9 @@ export async function checkShards(paths: string[]): Promise<number> {
         );
       }
       seen.set(key, path);
-      total++;
+      yield { key, labels, shard: path };
     }
   }
-  return total;
 }
 
 /** A sample to write: labels as numbers (0/1), the image already encoded. */
@@ -295,6 +344,8 @@ export class ShardWriter {
   #firstTmp: string | null = null;
   /** Temp files named by tempPathFor and not yet renamed or removed. */
   #heldTemps = 0;
+  /** Finished shards this writer renamed into place, with their inode then. */
+  #mine = new Map<string, number | null>();
 
   constructor(pattern: string, maxPerShard = 1000) {
     if (!/%0?\d*d/.test(pattern)) {
@@ -319,6 +370,14 @@ export class ShardWriter {
 
   /** Appends one sample (`KEY.png`, `KEY.pyd`), starting a new shard when the current is full. */
   async write(sample: SampleToWrite): Promise<void> {
+    try {
+      await this.#write(sample);
+    } catch (e) {
+      throw writeFailure(e, this.#path);
+    }
+  }
+
+  async #write(sample: SampleToWrite): Promise<void> {
     if (sample.key.includes(".")) {
       throw new Error(`sample key must not contain a dot: ${sample.key}`);
     }
@@ -345,6 +404,7 @@ export class ShardWriter {
     else {
       await Deno.rename(this.#tmp, this.#path);
       this.#releaseTemp();
+      this.#mine.set(this.#path, (await Deno.stat(this.#path)).ino);
     }
     this.shards.push(this.#path);
     this.#index++;
@@ -353,22 +413,35 @@ export class ShardWriter {
 
   /** Completes the last shard; returns the paths of all shards written. */
   async close(): Promise<string[]> {
-    await this.#finishShard();
+    try {
+      await this.#finishShard();
+    } catch (e) {
+      throw writeFailure(e, this.#path);
+    }
     if (this.#firstTmp !== null) {
       await Deno.rename(this.#firstTmp, this.shards[0]);
       this.#firstTmp = null;
       this.#releaseTemp();
+      this.#mine.set(this.shards[0], (await Deno.stat(this.shards[0])).ino);
     }
     return this.shards;
   }
 
-  /** Removes everything written (after an error), so no partial set of shards remains. */
+  /**
+   * Removes what this writer wrote (after an error), so no partial set of shards remains: its
+   * temporary files, and its finished shards while they are still the files it renamed into
+   * place (same inode). A file another process put under a shard's name since is not touched.
+   */
   async abort(): Promise<void> {
     this.#writer?.abort();
     this.#writer = null;
     const leftovers = [this.#tmp, ...(this.#firstTmp ? [this.#firstTmp] : [])];
-    leftovers.push(...this.shards.slice(1));
     for (const p of leftovers) if (p) await Deno.remove(p).catch(() => {});
+    for (const [p, ino] of this.#mine) {
+      const now = await Deno.stat(p).then((s) => s.ino, () => null);
+      if (now !== null && now === ino) await Deno.remove(p).catch(() => {});
+    }
+    this.#mine.clear();
     this.#firstTmp = null;
     while (this.#heldTemps > 0) this.#releaseTemp();
   }

@@ -12,7 +12,7 @@ import { writeFileAtomic } from "../util/atomic_file.ts";
 import { refuseSpecialFile } from "../util/input_files.ts";
 import { dtypeSize, TorchDType, TorchStorage, TorchStorageType, unpickleAt } from "./pickle.ts";
 import type { Checkpoint, DType, HostTensor, StateDict } from "./state_dict.ts";
-import { looksLikeZip, readZip, writeZip, type ZipEntry } from "./zip_store.ts";
+import { looksLikeZip, writeZip, ZipArchive, type ZipEntry } from "./zip_store.ts";
 
 /** First pickle of a legacy torch file. */
 const LEGACY_MAGIC = 0x1950a86a20f9469cfc6cn;
@@ -37,16 +37,28 @@ function storageFromPid(
   return { type: dtype, key: String(key), numel, view };
 }
 
-/** Reads a zip-format torch file. */
+/**
+ * The most a checkpoint's pickle may inflate to. A state dict's pickle holds names and shapes
+ * (DenseNet-121's: about 100 KB); the tensors' bytes live in their own members.
+ */
+const MAX_PICKLE_BYTES = 64 << 20;
+
+/**
+ * Reads a zip-format torch file. Only the members the pickle references are inflated, each to
+ * exactly the bytes its storage declares (so the total is what the tensors need), after the
+ * pickle has been read: a member nobody references, or one larger than its storage, never
+ * costs memory.
+ */
 function readZipFormat(bytes: Uint8Array, source: string): unknown {
-  const members = readZip(bytes, source);
-  const pkl = [...members.keys()].find((n) => n === "data.pkl" || n.endsWith("/data.pkl"));
+  const zip = new ZipArchive(bytes, source);
+  const pkl = zip.names().find((n) => n === "data.pkl" || n.endsWith("/data.pkl"));
   if (pkl === undefined) {
     throw new UserError(`${source} is a zip archive but not a PyTorch checkpoint (no data.pkl)`);
   }
   const prefix = pkl.slice(0, pkl.length - "data.pkl".length);
   // PyTorch ≥ 2.1 records the writer's byte order; storages are read as little-endian.
-  const order = members.get(`${prefix}byteorder`);
+  const orderName = `${prefix}byteorder`;
+  const order = zip.has(orderName) ? zip.read(orderName, 16, "a byte-order record") : undefined;
   if (order !== undefined && new TextDecoder().decode(order).trim() === "big") {
     throw new UserError(`${source} was written on a big-endian machine; not supported`);
   }
@@ -56,22 +68,27 @@ function readZipFormat(bytes: Uint8Array, source: string): unknown {
     let s = storages.get(key);
     if (s === undefined) {
       s = new TorchStorage(type, numel, key);
-      const data = members.get(`${prefix}data/${key}`);
-      if (data === undefined) {
-        throw new UserError(
-          `${source} lacks storage ${printable(`${prefix}data/${key}`)}: file is corrupt`,
-        );
+      const name = `${prefix}data/${key}`;
+      const size = zip.declaredSize(name);
+      if (size === undefined) {
+        throw new UserError(`${source} lacks storage ${printable(name)}: file is corrupt`);
       }
-      if (data.length < numel * dtypeSize(type)) {
+      if (size < numel * dtypeSize(type)) {
         throw new UserError(`storage ${printable(key)} of ${source} is shorter than declared`);
       }
-      s.bytes = data;
       storages.set(key, s);
     }
     return s;
   };
-  const { value } = unpickleAt(members.get(pkl)!, 0, { source, persistentLoad });
-  for (const s of storages.values()) s.materialize(source);
+  const { value } = unpickleAt(zip.read(pkl, MAX_PICKLE_BYTES, "a checkpoint's pickle"), 0, {
+    source,
+    persistentLoad,
+  });
+  for (const s of storages.values()) {
+    const need = s.numel * dtypeSize(s.dtype);
+    s.bytes = zip.read(`${prefix}data/${s.key}`, need, `storage ${printable(s.key)}`);
+    s.materialize(source);
+  }
   return value;
 }
 

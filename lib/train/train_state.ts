@@ -12,7 +12,7 @@ import { writeFileAtomic } from "../util/atomic_file.ts";
 import { refuseSpecialFile } from "../util/input_files.ts";
 import { checkFlagValueFromFile, type FlagSpecs } from "../util/cli.ts";
 import { encodeCheckpoint } from "../torch/torch_checkpoint.ts";
-import { readZip, writeZip, type ZipEntry } from "../torch/zip_store.ts";
+import { readZip, writeZip, ZipArchive, type ZipEntry } from "../torch/zip_store.ts";
 import type { StateDict } from "../torch/state_dict.ts";
 import { type DenseNet, trainableVariables } from "../model/densenet.ts";
 import type { AdamState } from "./adam.ts";
@@ -90,11 +90,17 @@ export async function readTrainState<E>(
     }
     throw e;
   }
-  const members = readZip(bytes, path);
-  const state = members.get(STATE);
-  if (state === undefined) {
+  // Only the three resume members are inflated: the state JSON (small), and Adam's moments, one
+  // float32 per weight, so neither can be larger than the weights' storages together.
+  const zip = new ZipArchive(bytes, path);
+  if (!zip.has(STATE)) {
     throw new UserError(`${path} holds no training state (${STATE}): pass a run's _last.pt`);
   }
+  const state = zip.read(STATE, 64 << 20, "a training state");
+  const weightBytes = zip.names().filter((n) => n.startsWith("archive/data/"))
+    .reduce((sum, n) => sum + zip.declaredSize(n)!, 0);
+  const moment = (name: string) =>
+    zip.has(name) ? zip.read(name, weightBytes, "the weights' Adam moments") : undefined;
   let progress: TrainProgress<E> & { version?: number };
   try {
     progress = JSON.parse(new TextDecoder().decode(state));
@@ -104,7 +110,7 @@ export async function readTrainState<E>(
   if (progress.version !== VERSION || !Array.isArray(progress.epochs)) {
     throw new UserError(`${path}: unsupported training state version ${progress.version}`);
   }
-  const m = members.get(EXP_AVG), v = members.get(EXP_AVG_SQ);
+  const m = moment(EXP_AVG), v = moment(EXP_AVG_SQ);
   const adam: AdamState = {
     step: progress.adam.step,
     layout: progress.adam.layout,

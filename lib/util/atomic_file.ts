@@ -8,7 +8,7 @@
  * scoped permissions do not reach /proc.)
  * @module
  */
-import { UserError } from "./errors.ts";
+import { UserError, writeFailure } from "./errors.ts";
 
 /** `.<name>.<pid>.tmp`, the temporary name `tempPathFor` gives. */
 const TEMP_NAME = /^\..+\.(\d+)\.tmp$/;
@@ -163,7 +163,7 @@ export async function writeFileAtomic(
     await Deno.remove(tmp).catch(() => {});
     // Users chose `path`; the temp name would only puzzle them (and cannot be granted ahead).
     if (e instanceof Error) e.message = e.message.replaceAll(tmp, path);
-    throw e;
+    throw writeFailure(e, path);
   } finally {
     releaseTemp(path);
   }

@@ -24,6 +24,27 @@ export function printable(text: string, max = 200): string {
   return clean.length > max ? `${clean.slice(0, max)}…` : clean;
 }
 
+/**
+ * A failed write as one line naming the file: the system's "No space left on device (os error
+ * 28)" says neither which file nor which disk. A full disk, an exceeded quota and a read-only
+ * file system become a `UserError` naming `path`; other errors are returned unchanged.
+ */
+export function writeFailure(err: unknown, path: string): unknown {
+  const msg = err instanceof Error ? err.message : String(err);
+  const why = /os error 28\b|no space left/i.test(msg)
+    ? "no space left on the device"
+    : /os error 122\b|quota exceeded/i.test(msg)
+    ? "disk quota exceeded"
+    : /os error 30\b|read-only file system/i.test(msg)
+    ? "read-only file system"
+    : null;
+  if (why === null) return err;
+  return new UserError(
+    `${why} while writing ${path}: free space on that disk (or write to another directory) ` +
+      `and run again; what was complete before is kept`,
+  );
+}
+
 /** Replaces an error by a clearer one that names its cause, or returns null. */
 export type ErrorExplainer = (err: Error) => Promise<Error | null>;
 
