@@ -16,7 +16,6 @@ import { type FlagSpecs, parseFlags } from "./lib/util/cli.ts";
 import { runMain, UserError } from "./lib/util/errors.ts";
 import { checkOutputPaths } from "./lib/util/output_paths.ts";
 import { plural } from "./lib/util/format.ts";
-import { readLabelsCsv } from "./lib/data/label_csv.ts";
 import { BACKENDS } from "./lib/backends/backend.ts";
 import { readBoundLabels } from "./lib/data/label_binding.ts";
 import { IMAGENET_FILE, weightsCacheDir } from "./lib/model/pretrained_weights.ts";

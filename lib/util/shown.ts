@@ -11,8 +11,8 @@
  */
 
 // C0, DEL, C1; ALM, LRM/RLM, LRE..RLO, LRI..PDI; BOM and the line/paragraph separators.
-// deno-lint-ignore no-control-regex -- matching control characters is the point
 const CONTROLS =
+  // deno-lint-ignore no-control-regex -- matching control characters is the point
   /[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]/g;
 
 const NAMED: Record<string, string> = { "\n": "\\n", "\r": "\\r", "\t": "\\t" };
