@@ -224,9 +224,12 @@ async function sha256(path: string): Promise<string> {
 }
 
 /** Trains the tiny DenseNet for one epoch on the fixture shard; its `_model.pt`. */
-export async function trainTinyModel(saveDir: string, extra: string[] = []): Promise<string> {
-  const dataset = await fixtureDatasetDir(["train", "val"]);
-  try {
+export async function trainTinyModel(
+  saveDir: string,
+  dataset: string,
+  extra: string[] = [],
+): Promise<string> {
+  {
     const r = await runScript("train_model.ts", [
       ...TINY_TRAIN_ARGS,
       "-b",
@@ -240,8 +243,6 @@ export async function trainTinyModel(saveDir: string, extra: string[] = []): Pro
       ...extra,
     ], [saveDir]);
     assert.equal(r.code, 0, r.stderr);
-  } finally {
-    await Deno.remove(dataset, { recursive: true });
   }
   const model = [...Deno.readDirSync(saveDir)].find((e) => e.name.endsWith("_model.pt"));
   if (!model) throw new Error("training wrote no model");
@@ -270,11 +271,37 @@ Deno.test("foldBatchNorm: conv then BatchNorm equals the folded conv (float64 re
 Deno.test("export: a tiny model trained here, as ONNX and TF.js, predicts as validate (batch 1 and 16)", async () => {
   const dir = await Deno.makeTempDir({ prefix: "cxr_export_" });
   try {
-    const model = await trainTinyModel(`${dir}/save`);
+    const dataset = await fixtureDatasetDir(["train", "val", "test"]);
+    // The split record preprocessing writes beside the shards, for the model card.
+    const split = {
+      random_seed: 7,
+      subset_size: 120,
+      official_split: false,
+      image_size: 256,
+      shard_size: 1000,
+      meta_file: { path: "Data_Entry_2017_v2020.csv", bytes: 1, sha256: "ab".repeat(32) },
+      lists: null,
+    };
+    await Deno.writeTextFile(`${dataset}/ChestXray14_split.json`, JSON.stringify(split));
+    const model = await trainTinyModel(`${dir}/save`, dataset);
+    // Test metrics for the card: validate's --json on the (fixture) test shard.
+    const val = await runScript("validate_model.ts", [
+      "-s",
+      model,
+      "--backend",
+      BACKEND,
+      "--dataset_dir",
+      dataset,
+      "--json",
+      `${dir}/test.json`,
+    ], [dir]);
+    assert.equal(val.code, 0, val.stderr);
+    const test = JSON.parse(await Deno.readTextFile(`${dir}/test.json`));
     const onnxPath = `${dir}/onnx/model.onnx`;
-    const out = await exportTo(model, "onnx", onnxPath);
+    const out = await exportTo(model, "onnx", onnxPath, ["--metrics", `${dir}/test.json`]);
     assert.match(out, /image size 40/);
     await exportTo(model, "tfjs", `${dir}/tfjs`);
+    await Deno.remove(dataset, { recursive: true });
     const expected = await cliPredictions(model, EXPORT_IMAGES);
     const inputs = await networkInputs(EXPORT_IMAGES, 40);
     for (const batch of [1, 16]) {
@@ -317,11 +344,27 @@ Deno.test("export: a tiny model trained here, as ONNX and TF.js, predicts as val
       assert.match(card, /Not a medical device/);
       assert.match(card, /50 training and 50 validation images/);
       assert.match(card, /Validation \(epoch 1\): loss \d\.\d{4}/);
+      assert.match(card, new RegExp(`Split: seed 7, 20 % of patients for test, a subset of 120`));
+      assert.match(card, new RegExp(`metadata file SHA-256 \`${"ab".repeat(32)}\``));
       const json = JSON.parse(await Deno.readTextFile(`${dir}/${sub}/model_card.json`));
       assert.equal(json.not_a_medical_device, true);
+      assert.deepEqual(json.training.split, split);
       assert.equal(json.validation.epoch, 1);
       assert.equal(json.training.dataset.train.images, 50);
     }
+    // --metrics: the test results in the ONNX export's card, none in the TF.js one.
+    const onnxCard = await Deno.readTextFile(`${dir}/onnx/MODEL_CARD.md`);
+    assert.match(
+      onnxCard,
+      new RegExp(
+        `Test \\(50 images, resize 40\\): mean AUROC .*mean F1 ${test.mean_f1.toFixed(4)}`,
+      ),
+    );
+    assert.equal(
+      JSON.parse(await Deno.readTextFile(`${dir}/onnx/model_card.json`)).test.mean_f1,
+      test.mean_f1,
+    );
+    assert.match(await Deno.readTextFile(`${dir}/tfjs/MODEL_CARD.md`), /Test: not known/);
     // The TF.js shards: 4 MB at most each, as tfjs-converter writes them.
     const manifest = JSON.parse(await Deno.readTextFile(`${dir}/tfjs/model.json`)).weightsManifest;
     for (const p of manifest[0].paths) {

@@ -18,6 +18,7 @@ import {
 } from "./helpers/chromium.ts";
 import { runScript, seedModelPath } from "./helpers/scripts.ts";
 import { LABELS } from "../config.ts";
+import { routeFor } from "../viewer/serve.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const FIX = `${ROOT}tests/fixtures/`;
@@ -109,6 +110,39 @@ async function cliPredictions(model: string, files: string[]): Promise<number[][
     await Deno.remove(dir, { recursive: true });
   }
 }
+
+Deno.test("viewer server: routes only its files and plain model file names", () => {
+  assert.equal(routeFor("/")?.kind, "file");
+  assert.equal(routeFor("/app.js")?.kind, "bundle");
+  assert.equal(routeFor("/vendor/tfjs-backend-wasm-simd.wasm")?.kind, "file");
+  assert.deepEqual(routeFor("/model/group1-shard1of7.bin"), {
+    kind: "model",
+    name: "group1-shard1of7.bin",
+    type: "application/octet-stream",
+  });
+  assert.equal(routeFor("/model/model.json")?.kind, "model");
+  for (
+    const path of [
+      "/model/%2e%2e",
+      "/model/..",
+      "/model/%2E%2E%2Fdeno.json",
+      "/model/..%2fdeno.json",
+      "/model/%2fetc%2fpasswd",
+      "/model//etc/passwd",
+      "/model/.env",
+      "/model/%5c..%5cx",
+      "/model/a%00b",
+      "/model/%ZZ",
+      "/vendor/../deno.json",
+      "/vendor/other.wasm",
+      "/viewer/serve.ts",
+      "/app.ts",
+      "/deno.json",
+    ]
+  ) {
+    assert.equal(routeFor(path), null, path);
+  }
+});
 
 Deno.test({
   name: "viewer: Chromium shows validate's probabilities for PNG and DICOM; no traversal",
