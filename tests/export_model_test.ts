@@ -375,6 +375,41 @@ Deno.test("export: a tiny model trained here, as ONNX and TF.js, predicts as val
   }
 });
 
+Deno.test("export: a DenseNet-121 trained here (32 px, one epoch) predicts as validate", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cxr_export_121_" });
+  const dataset = await fixtureDatasetDir(["train", "val"]);
+  try {
+    const model = await trainTinyModel(`${dir}/save`, dataset, [
+      "--arch",
+      "densenet121",
+      "--image_size",
+      "32",
+    ]);
+    const onnxPath = `${dir}/onnx/model.onnx`;
+    await exportTo(model, "onnx", onnxPath);
+    await exportTo(model, "tfjs", `${dir}/tfjs`);
+    const meta = await onnxChecker(onnxPath);
+    if (meta) {
+      assert.equal(meta.architecture, "DenseNet-121");
+      assert.equal(JSON.parse(meta.training_settings).flags.arch, "densenet121");
+      assert.equal(meta.image_size, "32");
+    }
+    const expected = await cliPredictions(model, EXPORT_IMAGES);
+    const inputs = await networkInputs(EXPORT_IMAGES, 32);
+    for (const batch of [1, 16]) {
+      assertRowsClose(
+        await onnxPredict(onnxPath, inputs, 32, batch),
+        expected,
+        `ONNX batch ${batch}`,
+      );
+    }
+    assertRowsClose(await tfjsPredict(`${dir}/tfjs`, inputs, 32, 16), expected, "TF.js batch 16");
+  } finally {
+    await Deno.remove(dataset, { recursive: true });
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("export: the class activation maps output equals validate's CAMs (lib/eval/cam.ts)", async () => {
   const dir = await Deno.makeTempDir({ prefix: "cxr_export_cam_" });
   const tiny = `${FIX}torch/tiny_zip.pt`;
