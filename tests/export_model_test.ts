@@ -270,8 +270,8 @@ Deno.test("foldBatchNorm: conv then BatchNorm equals the folded conv (float64 re
 
 Deno.test("export: a tiny model trained here, as ONNX and TF.js, predicts as validate (batch 1 and 16)", async () => {
   const dir = await Deno.makeTempDir({ prefix: "cxr_export_" });
+  const dataset = await fixtureDatasetDir(["train", "val", "test"]);
   try {
-    const dataset = await fixtureDatasetDir(["train", "val", "test"]);
     // The split record preprocessing writes beside the shards, for the model card.
     const split = {
       random_seed: 7,
@@ -301,7 +301,6 @@ Deno.test("export: a tiny model trained here, as ONNX and TF.js, predicts as val
     const out = await exportTo(model, "onnx", onnxPath, ["--metrics", `${dir}/test.json`]);
     assert.match(out, /image size 40/);
     await exportTo(model, "tfjs", `${dir}/tfjs`);
-    await Deno.remove(dataset, { recursive: true });
     const expected = await cliPredictions(model, EXPORT_IMAGES);
     const inputs = await networkInputs(EXPORT_IMAGES, 40);
     for (const batch of [1, 16]) {
@@ -371,6 +370,7 @@ Deno.test("export: a tiny model trained here, as ONNX and TF.js, predicts as val
       assert.ok((await Deno.stat(`${dir}/tfjs/${p}`)).size <= 4 * 1024 * 1024);
     }
   } finally {
+    await Deno.remove(dataset, { recursive: true });
     await Deno.remove(dir, { recursive: true });
   }
 });
