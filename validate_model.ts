@@ -53,6 +53,7 @@ import {
   type BatchTransform,
   paramsForImageSize,
   resolveParams,
+  testTransformText,
   transformsTest,
   transformsTestCentercrop,
   transformsTestTenCrop,
@@ -221,14 +222,6 @@ function evaluationJson(e: Evaluation) {
   };
 }
 
-/** How the network input was made, from the settings actually used (for the report). */
-function transformText(imageSize: number, centerCrop: boolean): string {
-  const p = resolveParams(paramsForImageSize(imageSize));
-  return centerCrop
-    ? `resize ${p.preCropSize}, center crop ${p.finalSize}`
-    : `resize ${p.finalSize}`;
-}
-
 async function main(args: string[]): Promise<void> {
   const flags = parseFlags(args, FLAGS, USAGE, DESCRIPTION);
   const imagePaths = [...flags.images, ...flags._];
@@ -320,7 +313,7 @@ async function main(args: string[]): Promise<void> {
     const index = await writeCamIndex(camOpts.dir, cams, {
       model: modelPath,
       source,
-      transform: transformText(imageSize, flags.center_crop),
+      transform: testTransformText(imageSize, flags.center_crop),
     });
     console.log(
       `Class activation maps: ${plural(cams.length, "PNG")} in ${shown(camOpts.dir)} ` +
@@ -331,7 +324,7 @@ async function main(args: string[]): Promise<void> {
     model: modelPath,
     image_size: imageSize,
     center_crop: flags.center_crop,
-    transform: transformText(imageSize, flags.center_crop),
+    transform: testTransformText(imageSize, flags.center_crop),
     backend: backend.name,
     labels: LABELS,
     thresholds: Array.from(thresholds),
@@ -339,7 +332,7 @@ async function main(args: string[]): Promise<void> {
   const reportMeta = (transformNote = "") => ({
     backend: `${backend.name} (${backend.device})`,
     date: new Date().toISOString(),
-    transform: transformText(imageSize, flags.center_crop) + transformNote,
+    transform: testTransformText(imageSize, flags.center_crop) + transformNote,
     thresholds: saved ? "checkpoint" : "0.5 (checkpoint has none)",
   });
   const writeJson = (value: unknown) =>

@@ -25,6 +25,7 @@ const ALLOWED: Record<string, string[]> = {
   eval: ["model", "data", "torch", "backends", "util"],
   report: ["eval", "util"],
   train: ["eval", "model", "data", "torch", "backends", "util"],
+  export: ["eval", "model", "data", "torch", "util"],
 };
 
 /** Every static or dynamic import specifier of a module's source. */

@@ -728,3 +728,11 @@ export function paramsForImageSize(
 export function identity<T>(x: T): T {
   return x;
 }
+
+/** The test transform in words (`resize 224`, `resize 256, center crop 224`), for reports. */
+export function testTransformText(imageSize: number, centerCrop: boolean): string {
+  const p = resolveParams(paramsForImageSize(imageSize));
+  return centerCrop
+    ? `resize ${p.preCropSize}, center crop ${p.finalSize}`
+    : `resize ${p.finalSize}`;
+}

@@ -80,7 +80,7 @@ export function checkHead(sd: StateDict, source: string): void {
  * The checkpoint's thresholds, checked: one per class, or an error; NaN ones become 0.5 with
  * one warning (they would make every F1 of their class 0 without a word).
  */
-function checkedThresholds(
+export function checkedThresholds(
   thresholds: Float64Array | null,
   source: string,
   warn: (line: string) => void,
