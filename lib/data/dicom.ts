@@ -239,11 +239,7 @@ function parse(bytes: Uint8Array, source: string): { ds: DataSet; transferSyntax
 
 function syntaxName(uid: string): string {
   return CODEC_SYNTAXES[uid] ?? REFUSED_SYNTAXES[uid] ??
-    (uid === JPEG_BASELINE
-      ? "JPEG Baseline"
-      : uid === JPEG_EXTENDED
-      ? "JPEG Extended (Process 2 & 4)"
-      : "an unknown transfer syntax");
+    (uid === JPEG_BASELINE ? "JPEG Baseline" : "an unknown transfer syntax");
 }
 
 function readModalityLut(ds: DataSet, signed: boolean, source: string): Lut | null {
@@ -279,9 +275,10 @@ function readLut(item: DataSet, signed: boolean, what: string, source: string): 
  */
 export function readDicom(bytes: Uint8Array, source = "<dicom>"): DicomImage {
   const { ds, transferSyntax } = parse(bytes, source);
-  const jpegFamily = transferSyntax === JPEG_BASELINE || transferSyntax === JPEG_EXTENDED;
-  const codec = transferSyntax in CODEC_SYNTAXES;
-  if (!NATIVE.has(transferSyntax) && !jpegFamily && !codec) {
+  if (
+    !NATIVE.has(transferSyntax) && transferSyntax !== JPEG_BASELINE &&
+    !(transferSyntax in CODEC_SYNTAXES)
+  ) {
     fail(
       source,
       `DICOM transfer syntax ${syntaxName(transferSyntax)} (${transferSyntax || "none"}) ` +
@@ -299,6 +296,10 @@ export function readDicom(bytes: Uint8Array, source = "<dicom>"): DicomImage {
   const highBit = ds.uint16("x00280102") ?? bitsStored - 1;
   const signed = ds.uint16("x00280103") === 1;
   const frames = Math.max(1, ds.intString("x00280008") ?? 1);
+  // JPEG Baseline and 8-bit Extended go to sharp (libjpeg-turbo); 12-bit Extended to our decoder.
+  const jpegFamily = transferSyntax === JPEG_BASELINE ||
+    (transferSyntax === JPEG_EXTENDED && bitsStored <= 8);
+  const codec = !jpegFamily && transferSyntax in CODEC_SYNTAXES;
   const grey = photometric === "MONOCHROME1" || photometric === "MONOCHROME2";
   const colour = jpegFamily
     ? ["RGB", "YBR_FULL", "YBR_FULL_422"].includes(photometric)
@@ -323,13 +324,8 @@ export function readDicom(bytes: Uint8Array, source = "<dicom>"): DicomImage {
   if (transferSyntax === JPEG_BASELINE && bitsStored > 8) {
     fail(source, `DICOM JPEG Baseline with Bits Stored ${bitsStored} is invalid (8 at most)`);
   }
-  if (transferSyntax === JPEG_EXTENDED && bitsStored > 8) {
-    // Neither sharp's libjpeg-turbo nor cornerstone's 8-bit wasm build decodes 12-bit DCT.
-    fail(
-      source,
-      `DICOM transfer syntax JPEG Extended (Process 2 & 4) (${JPEG_EXTENDED}) with ` +
-        `Bits Stored ${bitsStored} (12-bit DCT) is not supported: ${CONVERT}`,
-    );
+  if (transferSyntax === JPEG_EXTENDED && bitsStored > 12) {
+    fail(source, `DICOM JPEG Extended with Bits Stored ${bitsStored} is invalid (12 at most)`);
   }
   const modalityLut = grey ? readModalityLut(ds, signed, source) : null;
   const slope = floatAt(ds, "x00281053") ?? 1;

@@ -1,8 +1,8 @@
 /**
  * Decoding of DICOM's compressed greyscale frames to stored values: JPEG 2000 (OpenJPEG), HTJ2K
  * (OpenJPH), JPEG-LS (CharLS), all three as cornerstone's WebAssembly builds; JPEG Lossless
- * processes 14 and SV1 (`jpeg-lossless-decoder-js`, plain JavaScript); RLE Lossless
- * (`dicom_rle.ts`). Each codec is imported on first use, so reading PNGs (or uncompressed DICOM)
+ * processes 14 and SV1 (`jpeg-lossless-decoder-js`, plain JavaScript); 12-bit JPEG Extended
+ * (`jpeg_sequential.ts`); RLE Lossless (`dicom_rle.ts`). Each codec is imported on first use, so reading PNGs (or uncompressed DICOM)
  * loads none of them.
  *
  * Before a codec runs, the size its codestream declares (J2K's SIZ marker, JPEG's SOF) is checked
@@ -20,6 +20,7 @@ import { decodeRle } from "./dicom_rle.ts";
 
 /** The compressed syntaxes decoded here, by UID. */
 export const CODEC_SYNTAXES: Record<string, string> = {
+  "1.2.840.10008.1.2.4.51": "JPEG Extended (Process 2 & 4)",
   "1.2.840.10008.1.2.4.57": "JPEG Lossless, Non-Hierarchical (Process 14)",
   "1.2.840.10008.1.2.4.70": "JPEG Lossless, Non-Hierarchical, First-Order Prediction",
   "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless",
@@ -42,10 +43,11 @@ export interface FrameLayout {
   signed: boolean;
 }
 
-type Family = "j2k" | "htj2k" | "jls" | "lossless" | "rle";
+type Family = "j2k" | "htj2k" | "jls" | "lossless" | "rle" | "dct";
 
 function familyOf(syntax: string): Family | null {
   if (syntax === "1.2.840.10008.1.2.5") return "rle";
+  if (syntax === "1.2.840.10008.1.2.4.51") return "dct";
   if (syntax === "1.2.840.10008.1.2.4.57" || syntax === "1.2.840.10008.1.2.4.70") {
     return "lossless";
   }
@@ -244,6 +246,8 @@ export async function decodeFrame(
     }
     raw = family === "lossless"
       ? await decodeLossless(frame, layout, source, syntax)
+      : family === "dct"
+      ? await decodeDct(frame, source, syntax)
       : await decodeWasm(family, frame, layout, source, syntax);
   }
   return storedValues(raw, layout);
@@ -280,6 +284,19 @@ async function decodeLossless(
   }
   if (!out || out.length < n) fail(source, syntax, "the codestream ends before the image does");
   return out;
+}
+
+async function decodeDct(
+  frame: Uint8Array,
+  source: string,
+  syntax: string,
+): Promise<ArrayLike<number>> {
+  const { decodeSequentialJpeg } = await import("./jpeg_sequential.ts");
+  try {
+    return decodeSequentialJpeg(frame).samples;
+  } catch (e) {
+    return fail(source, syntax, message(e));
+  }
 }
 
 async function decodeWasm(
