@@ -164,6 +164,36 @@ Deno.test("files without preamble or file meta are found by content", async () =
   assert.ok(!isDicom(new Uint8Array(200)));
 });
 
+Deno.test("a dataset without preamble or file meta in explicit VR is read too", async () => {
+  // cr16.dcm (explicit VR little endian) less its preamble, DICM and file meta group, whose
+  // length is the first element's value.
+  const file = await read("cr16.dcm");
+  const metaEnd = 132 + 12 + new DataView(file.buffer).getUint32(132 + 8, true);
+  const dataset = file.slice(metaEnd);
+  assert.deepEqual([...dataset.subarray(0, 2)], [0x08, 0x00]);
+  assert.ok(isDicom(dataset));
+  const img = readDicom(dataset, "raw");
+  assert.equal(img.transferSyntax, "1.2.840.10008.1.2.1");
+  assert.deepEqual(storedValues(img), storedValues(readDicom(file)));
+});
+
+Deno.test("the codecs are imported on first use only: no module imports them statically", async () => {
+  const dir = new URL("../lib/data/", import.meta.url).pathname;
+  const codecs = /@cornerstonejs\/|jpeg-lossless-decoder-js|jpeg_sequential\.ts/;
+  let dynamic = 0;
+  for await (const e of Deno.readDir(dir)) {
+    if (!e.name.endsWith(".ts")) continue;
+    const text = await Deno.readTextFile(`${dir}${e.name}`);
+    for (const line of text.split("\n")) {
+      if (/^\s*import\s.*from\s/.test(line) || /^\s*export\s.*from\s/.test(line)) {
+        assert.ok(!codecs.test(line), `${e.name}: ${line}`);
+      }
+      if (/import\(\s*"/.test(line) && codecs.test(line)) dynamic++;
+    }
+  }
+  assert.equal(dynamic, 5, "the five codecs, each by import()");
+});
+
 Deno.test("Modality LUT Sequence: applied as pydicom's apply_modality_lut, rescale ignored", async () => {
   const img = readDicom(await read("mlut_sv1.dcm"));
   assert.ok(img.modalityLut);
