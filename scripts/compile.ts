@@ -2,7 +2,8 @@
  * `deno task compile`: builds the single-file executables `dist/preprocess_data`,
  * `dist/train_model` and `dist/validate_model` with `deno compile`. Each gets exactly the
  * permission flags of its `deno task` (read from deno.json, so the two cannot drift apart) and
- * embeds the tfjs wasm binaries, which the wasm backend loads at run time.
+ * embeds the tfjs wasm binaries, which the wasm backend loads at run time, and the DICOM codecs'
+ * wasm (JPEG 2000, HTJ2K, JPEG-LS), which `lib/data/dicom_codecs.ts` reads on first use.
  *
  * `deno compile` downloads its base runtime (`denort`) from dl.deno.land on first use. When that
  * fails (offline or firewalled machine), this prints one line saying so and what to do, and exits
@@ -10,6 +11,7 @@
  * @module
  */
 import { fileURLToPath } from "node:url";
+import { CODEC_WASM } from "../lib/data/dicom_codecs.ts";
 
 /** The repository root (where deno.json and the entry scripts are). */
 export const ROOT: string = fileURLToPath(new URL("../", import.meta.url));
@@ -24,8 +26,8 @@ export const EXECUTABLES = [
 /** One of the compiled entry scripts. */
 export type ExecutableScript = typeof EXECUTABLES[number]["script"];
 
-/** Files embedded with `--include`, relative to ROOT: the wasm backend's binaries (SIMD and plain;
- * the threaded build cannot start under Deno, so it is left out). */
+/** Files embedded with `--include`, relative to ROOT: the wasm backend's binaries (SIMD, plain and
+ * threaded, with the threaded build's loader and worker), and the DICOM codecs' wasm. */
 export function embeddedFiles(): string[] {
   const moduleUrl = import.meta.resolve("@tensorflow/tfjs-backend-wasm");
   const dist = fileURLToPath(new URL("./", moduleUrl));
@@ -41,6 +43,7 @@ export function embeddedFiles(): string[] {
     `${wasmOut}tfjs-backend-wasm-threaded-simd.js`,
     `${wasmOut}tfjs-backend-wasm-threaded-simd.worker.js`,
     threadsWorker,
+    ...CODEC_WASM.map((specifier) => fileURLToPath(import.meta.resolve(specifier))),
   ].map(relativeToRoot);
 }
 

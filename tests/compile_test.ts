@@ -11,12 +11,16 @@ import { fixtureDatasetDir, seedModelPath } from "./helpers/scripts.ts";
 import { compileScript, embeddedFiles, isRuntimeDownloadFailure } from "../scripts/compile.ts";
 
 const fixtures = new URL("./fixtures/torch/", import.meta.url).pathname;
+const DICOM = new URL("./fixtures/dicom/", import.meta.url).pathname;
 const SEED = seedModelPath();
 
-Deno.test("compile embeds files that exist (wasm binaries, the threaded build and its worker)", async () => {
+Deno.test("compile embeds files that exist (wasm binaries, the threaded build and its worker, the DICOM codecs)", async () => {
   const root = new URL("../", import.meta.url).pathname;
   const files = embeddedFiles();
   assert.ok(files.some((f) => f.endsWith("lib/backends/wasm_threads_worker.cjs")), files.join());
+  for (const codec of ["openjpegwasm_decode.wasm", "openjphjs.wasm", "charlswasm_decode.wasm"]) {
+    assert.ok(files.some((f) => f.endsWith(`/${codec}`)), `${codec} not embedded`);
+  }
   for (const f of files) {
     const stat = await Deno.stat(f.startsWith("/") ? f : root + f);
     assert.ok(stat.isFile && stat.size > 0, `${f} is missing or empty`);
@@ -90,6 +94,29 @@ Deno.test({
       assertClose(predictions, expected.plain.predictions.flat(), 2e-3, "predictions");
       const defined = (xs: (number | null)[]) => xs.filter((x): x is number => x !== null);
       assertClose(defined(json.auroc), defined(expected.plain.auroc), 2e-3, "AUROC");
+
+      // DICOM through each codec (the embedded wasm of JPEG 2000, HTJ2K and JPEG-LS; JPEG
+      // Lossless in JavaScript): each predicts as the uncompressed twin.
+      const dicom = ["cr16.dcm", "cr16_j2k.dcm", "cr16_htj2k.dcm", "cr16_jls.dcm", "cr16_sv1.dcm"];
+      const images = await Deno.makeTempDir({ dir: cwd });
+      for (const f of dicom) await Deno.copyFile(`${DICOM}${f}`, `${images}/${f}`);
+      const run = await new Deno.Command(exe, {
+        args: ["-s", SEED!, "--backend", "wasm", "--images", images, "--json", `${outDir}/i.json`],
+        cwd,
+        stdout: "piped",
+        stderr: "piped",
+        env: { NO_COLOR: "1" },
+      }).output();
+      assert.equal(run.code, 0, new TextDecoder().decode(run.stderr));
+      const doc = JSON.parse(await Deno.readTextFile(`${outDir}/i.json`));
+      const probs = new Map<string, number[]>(
+        doc.images.map((r: { image: string; probabilities: Record<string, number> }) => [
+          r.image.split("/").pop(),
+          Object.values(r.probabilities),
+        ]),
+      );
+      assert.equal(probs.size, dicom.length);
+      for (const f of dicom) assertClose(probs.get(f)!, probs.get("cr16.dcm")!, 1e-6, f);
     } finally {
       await Deno.remove(dataset, { recursive: true });
       await Deno.remove(cwd, { recursive: true });

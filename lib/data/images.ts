@@ -9,7 +9,7 @@
  */
 import type sharpType from "sharp";
 import { UserError } from "../util/errors.ts";
-import { displayGrey, isDicom, nativeRgb, readDicom } from "./dicom.ts";
+import { decodeStored, displayGrey, isDicom, nativeRgb, readDicom } from "./dicom.ts";
 import { checkImageFileSize, checkImageSize, MAX_IMAGE_PIXELS } from "./image_size.ts";
 import { checkInputFile, readInputFile } from "../util/input_files.ts";
 import { shown } from "../util/shown.ts";
@@ -110,13 +110,20 @@ async function decodeDicom(bytes: Uint8Array, source: string): Promise<RgbImage>
   if (dcm.frames > 1) {
     console.warn(`note: ${shown(source)}: ${dcm.frames} frames, using the first`);
   }
-  if (!dcm.jpeg) {
+  if (dcm.pixels) {
     const data = dcm.samplesPerPixel === 3 ? nativeRgb(dcm) : greyToRgb(displayGrey(dcm));
+    return { data, width, height };
+  }
+  if (dcm.encoded) {
+    const stored = await decodeStored(dcm, source);
+    const data = dcm.samplesPerPixel === 3
+      ? Uint8Array.from(stored)
+      : greyToRgb(displayGrey(dcm, stored));
     return { data, width, height };
   }
   let decoded;
   try {
-    const pipeline = await sharpFor(dcm.jpeg, { autoOrient: false });
+    const pipeline = await sharpFor(dcm.jpeg!, { autoOrient: false });
     const m = await pipeline.metadata();
     if (m.width !== width || m.height !== height || m.channels !== dcm.samplesPerPixel) {
       throw new UserError(
