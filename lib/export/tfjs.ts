@@ -154,23 +154,11 @@ class GraphModelBuilder {
           Int32Array.from([0, 0, p, p, p, p, 0, 0]),
         );
         const padded = this.node(`${step.name}/pad`, "Pad", [step.input, paddings], { T: FLOAT });
-        this.node(step.output, "MaxPool", [padded], {
-          T: FLOAT,
-          ksize: intList([1, step.kernel, step.kernel, 1]),
-          strides: intList([1, step.stride, step.stride, 1]),
-          padding: str("VALID"),
-          data_format: str("NHWC"),
-        });
+        this.node(step.output, "MaxPool", [padded], poolAttrs(step.kernel, step.stride));
         return;
       }
       case "avgpool":
-        this.node(step.output, "AvgPool", [step.input], {
-          T: FLOAT,
-          ksize: intList([1, step.kernel, step.kernel, 1]),
-          strides: intList([1, step.stride, step.stride, 1]),
-          padding: str("VALID"),
-          data_format: str("NHWC"),
-        });
+        this.node(step.output, "AvgPool", [step.input], poolAttrs(step.kernel, step.stride));
         return;
       case "concat": {
         const axis = this.constant(`${step.name}/axis`, [], Int32Array.from([3]));
@@ -273,4 +261,15 @@ export function encodeTfjs(
     weightsManifest: [{ paths: [...shards.keys()], weights: g.weights }],
   };
   return { modelJson: JSON.stringify(modelJson), shards };
+}
+
+/** A TensorFlow pooling node's attributes: k×k windows, stride s, NHWC, no padding. */
+function poolAttrs(k: number, s: number) {
+  return {
+    T: FLOAT,
+    ksize: intList([1, k, k, 1]),
+    strides: intList([1, s, s, 1]),
+    padding: str("VALID"),
+    data_format: str("NHWC"),
+  };
 }

@@ -174,6 +174,20 @@ const ROC_COLOR = "#1f77b4";
 const THRESHOLD_COLOR = "#d62728";
 const RELIABILITY_COLOR = "#2ca02c";
 
+/** The dashed grey diagonal of a ROC plot (chance) or a reliability diagram (perfect). */
+function diagonal(name: string) {
+  return {
+    name,
+    x: [0, 1],
+    y: [0, 1],
+    color: "#aaaaaa",
+    dash: "4 4",
+    width: 1,
+    hideInLegend: true,
+    cls: "chance",
+  };
+}
+
 /** Keeps ROC points that move at least ~0.5 px, so huge test sets stay a small file. */
 function thinCurve(fpr: Float64Array, tpr: Float64Array): { x: number[]; y: number[] } {
   const x: number[] = [], y: number[] = [];
@@ -201,16 +215,7 @@ function rocPanel(c: ClassSummary, index: number): string {
     x: { min: 0, max: 1, ticks, label: "false positive rate" },
     y: { min: 0, max: 1, ticks, label: "true positive rate" },
   };
-  const chance = {
-    name: "chance",
-    x: [0, 1],
-    y: [0, 1],
-    color: "#aaaaaa",
-    dash: "4 4",
-    width: 1,
-    hideInLegend: true,
-    cls: "chance",
-  };
+  const chance = diagonal("chance");
   let body: string;
   if (c.roc === null) {
     body = renderChart({ ...common, series: [chance], legend: "none" }) +
@@ -282,16 +287,7 @@ function reliabilityPanel(name: string, r: Reliability, index: number): string {
     fontSize: 11,
     x: { min: 0, max: 1, ticks, label: "mean predicted probability" },
     y: { min: 0, max: 1, ticks, label: "fraction positive" },
-    series: [{
-      name: "perfect calibration",
-      x: [0, 1],
-      y: [0, 1],
-      color: "#aaaaaa",
-      dash: "4 4",
-      width: 1,
-      hideInLegend: true,
-      cls: "chance",
-    }, {
+    series: [diagonal("perfect calibration"), {
       name: `ECE ${fmt4(r.ece)}`,
       x,
       y,
