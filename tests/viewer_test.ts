@@ -71,12 +71,15 @@ async function startServer(modelDir: string) {
   };
 }
 
-/** The status code of a raw request line, sent as written (no URL normalisation). */
-async function rawStatus(url: string, path: string): Promise<number> {
+/**
+ * The status code of a raw request line, sent as written (no URL normalisation), with the Host
+ * header a browser sends for `url` (or `host`).
+ */
+async function rawStatus(url: string, path: string, host = new URL(url).host): Promise<number> {
   const { port } = new URL(url);
   const conn = await Deno.connect({ hostname: "127.0.0.1", port: Number(port) });
   try {
-    const req = `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`;
+    const req = `GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`;
     await conn.write(new TextEncoder().encode(req));
     const buf = new Uint8Array(256);
     const n = await conn.read(buf);
@@ -168,6 +171,9 @@ Deno.test({
       // Paths out of the served files, sent raw: all 404; the model's own files are served.
       assert.equal(await rawStatus(server.url, "/model/model.json"), 200);
       assert.equal(await rawStatus(server.url, "/"), 200);
+      // DNS rebinding: another site's name resolved to 127.0.0.1 gets nothing.
+      assert.equal(await rawStatus(server.url, "/model/model.json", "evil.example:8080"), 404);
+      assert.equal(await rawStatus(server.url, "/", "evil.example"), 404);
       for (
         const path of [
           "/model/../deno.json",

@@ -169,13 +169,20 @@ export async function serveViewer(
 ): Promise<Deno.HttpServer<Deno.NetAddr>> {
   const security = securityHeaders(await importMapHash());
   const notFound = () => new Response("not found\n", { status: 404, headers: { ...security } });
+  // Only requests addressed to this server by its loopback name: a page elsewhere that rebinds
+  // its own host name to 127.0.0.1 (DNS rebinding) sends its own name, and gets nothing.
+  let hosts: string[] = [];
   return Deno.serve({
     hostname: "127.0.0.1",
     port: opts.port,
     signal: opts.signal,
-    onListen: opts.onListen,
+    onListen: (addr) => {
+      hosts = [`127.0.0.1:${addr.port}`, `localhost:${addr.port}`];
+      opts.onListen(addr);
+    },
   }, async (req) => {
     if (req.method !== "GET" && req.method !== "HEAD") return notFound();
+    if (!hosts.includes(req.headers.get("host") ?? "")) return notFound();
     // The raw path: URL parsing resolves `..` segments but keeps %2e%2e and %2f encoded.
     const route = routeFor(new URL(req.url).pathname);
     if (!route) return notFound();
