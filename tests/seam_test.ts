@@ -22,6 +22,17 @@ import {
   type Statistics,
 } from "../lib/backends/seam.ts";
 import * as reference from "../lib/backends/seam_reference.ts";
+import { installKernelTable, uninstallKernelTable } from "../lib/backends/kernel_registry.ts";
+import { cpuKernelTable } from "../lib/backends/batchnorm_kernels.ts";
+import {
+  createDenseNet,
+  disposeModel,
+  forward,
+  predict,
+  TINY_DENSENET,
+  trainableVariables,
+} from "../lib/model/densenet.ts";
+import { bceWithLogits } from "../lib/train/loss.ts";
 import { relError } from "./assert.ts";
 import { nativeMissingFor } from "./helpers/native.ts";
 import { NO_WEBGPU } from "./helpers/webgpu.ts";
@@ -158,3 +169,63 @@ for (const backend of ["cpu", "wasm", "native", "webgpu"]) {
     });
   }
 }
+
+Deno.test("a backend with no seam kernels (as tfjs-node) trains and evaluates on the references", async () => {
+  await initBackend("cpu");
+  const model = createDenseNet(TINY_DENSENET, { seed: 5 });
+  const x = tf.randomNormal([3, 40, 40, 3], 0, 1, "float32", 12) as tf.Tensor4D;
+  const labels = tf.tidy(() =>
+    tf.cast(tf.greater(tf.randomUniform([3, 14], 0, 1, "float32", 13), 0.6), "float32")
+  ) as tf.Tensor2D;
+  const vars = trainableVariables(model);
+  const step = (memoryEfficient: boolean) => {
+    const { value, grads } = tf.variableGrads(
+      () => bceWithLogits(forward(model, x, { training: true, memoryEfficient }), labels),
+      vars,
+    );
+    const out = {
+      loss: value.dataSync()[0],
+      grads: vars.map((v) => grads[v.name].dataSync().slice()),
+    };
+    tf.dispose([value, ...Object.values(grads)]);
+    return out;
+  };
+  const probs = () => tf.tidy(() => predict(model, x).dataSync().slice());
+  const referencesOnly = <T>(f: () => T): T => {
+    uninstallKernelTable(cpuKernelTable());
+    try {
+      assert.equal(seam().fast.size, 0, "every op runs its reference");
+      return f();
+    } finally {
+      installKernelTable(cpuKernelTable());
+    }
+  };
+  try {
+    // Evaluation first: training steps move the running statistics it reads.
+    const fastProbs = probs();
+    const before = tf.memory().numTensors;
+    const refProbs = referencesOnly(probs);
+    assert.equal(tf.memory().numTensors, before);
+    assert.ok(relError(refProbs, fastProbs) <= 1e-5, "evaluation probabilities");
+    const fast = [step(false), step(true)];
+    assert.ok(seam().fast.has(BN_TRAIN_KERNEL));
+    const refs = referencesOnly(() => [step(false), step(true)]);
+    refs.forEach((r, k) => {
+      const f = fast[k];
+      assert.ok(Math.abs(r.loss - f.loss) <= 1e-5 * Math.abs(f.loss), `loss ${r.loss} ${f.loss}`);
+      r.grads.forEach((g, i) => {
+        // Relative to the tensor, or (a gradient that nearly cancels, such as norm0's γ here,
+        // of norm ~5e-6) absolute: float32 moments against the kernels' float64 sums.
+        const err = relError(g, f.grads[i]);
+        const abs = Array.from(g).reduce(
+          (m, v, j) => Math.max(m, Math.abs(v - f.grads[i][j])),
+          0,
+        );
+        assert.ok(err <= 1e-3 || abs <= 1e-6, `${vars[i].name}: relative ${err}, abs ${abs}`);
+      });
+    });
+  } finally {
+    tf.dispose([x, labels]);
+    disposeModel(model);
+  }
+});

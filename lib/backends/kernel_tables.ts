@@ -26,6 +26,9 @@ export function backendTables(name: string): KernelTable[] {
   }
 }
 
+/** tfjs backends whose kernels `installBackendKernels` has chosen (a table list may be empty). */
+const prepared = new Set<string>();
+
 /**
  * Installs backend `name`'s tables and uninstalls any other table on the same tfjs backend
  * (plain `wasm` after `native` in one process). Returns the tfjs kernels replaced.
@@ -33,5 +36,11 @@ export function backendTables(name: string): KernelTable[] {
 export function installBackendKernels(name: string): string[] {
   const wanted = backendTables(name);
   if (name === "wasm") uninstallKernelTable(nativeKernelTable());
+  prepared.add(name === "native" ? "wasm" : name);
   return wanted.flatMap(installKernelTable);
+}
+
+/** True once `installBackendKernels` ran for tfjs backend `backendName` (its choice stands). */
+export function kernelsChosen(backendName: string): boolean {
+  return prepared.has(backendName);
 }

@@ -30,7 +30,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import "./tf_gradients.ts";
 import * as reference from "./seam_reference.ts";
-import { installBackendKernels } from "./kernel_tables.ts";
+import { installBackendKernels, kernelsChosen } from "./kernel_tables.ts";
 import { installedTables, registryGeneration } from "./kernel_registry.ts";
 
 export const BN_TRAIN_KERNEL = "BatchNormReluTrain";
@@ -187,11 +187,11 @@ function listInputs(vectors: tf.NamedTensorMap, xs: FeatureList): tf.NamedTensor
 
 /**
  * Decides, for the active backend, which seam ops run as its kernels (installing its kernel
- * tables first if nothing did: a test that set a tfjs backend directly).
+ * tables first if no backend start chose them: a test that set a tfjs backend directly).
  */
 export function resolveSeam(): SeamOps {
   const backendName = tf.getBackend();
-  if (installedTables(backendName).length === 0) installBackendKernels(backendName);
+  if (!kernelsChosen(backendName)) installBackendKernels(backendName);
   const has = (k: string) => tf.getKernel(k, backendName) != null;
   const exact = installedTables(backendName).some((t) => t.exactRecompute);
   const fused = has(BN_TRAIN_KERNEL) && has(BN_GRAD_KERNEL);
