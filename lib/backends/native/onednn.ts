@@ -176,6 +176,7 @@ const SYMBOLS = {
 
 /** oneDNN v2 enum values (oneapi/dnnl/dnnl_types.h). */
 const F32 = 3;
+const BF16 = 2;
 const TAG_ANY = 1;
 const TAG_A = 2;
 const TAG_NHWC = 20;
@@ -274,6 +275,15 @@ export interface PoolShape {
   /** Padding top, left, bottom, right. */
   pad: [number, number, number, number];
 }
+
+/**
+ * The element types of a convolution. `f32`: float32 throughout. `bf16`: the activations a
+ * convolution reads (forward: the source; backward-data: the output gradient; backward-weights:
+ * both) are bfloat16 on the heap, the weights are read from float32 `hwio` and rounded to
+ * bfloat16 by the weight reorder, and everything it writes (the output, the input gradient, the
+ * weight gradient) is float32, accumulated in float32 — PyTorch's autocast contract.
+ */
+export type ConvPrecision = "f32" | "bf16";
 
 /** Post-ops of a forward convolution: bias add (a `[Co]` tensor) and ReLU. */
 export interface ConvFusion {
@@ -438,6 +448,15 @@ export class OneDnn {
     return new OneDnn(lib, version, isa, engine, ptr(out[0]));
   }
 
+  /**
+   * Whether the CPU computes bfloat16 dot products in hardware as oneDNN sees it
+   * (`avx512_core_bf16`: AVX512_BF16; `avx512_core_amx`: AMX-BF16 tiles). Elsewhere oneDNN 2.x
+   * still runs `bf16` convolutions, by emulation, slower than float32.
+   */
+  get bf16Instructions(): boolean {
+    return this.isa === "avx512_core_bf16" || this.isa === "avx512_core_amx";
+  }
+
   /** Sets the thread count (OpenMP builds); records it in `threads` when it took. */
   setThreads(threads: number): void {
     this.threads = setOpenMpThreads(threads) ? threads : null;
@@ -452,20 +471,33 @@ export class OneDnn {
     bias: Ptr,
     dst: Ptr,
     inference: boolean,
+    precision: ConvPrecision = "f32",
   ): void {
-    const key = `f${inference ? "i" : "t"}${fusion.bias ? "b" : ""}${fusion.relu ? "r" : ""}:` +
-      shapeKey(s);
+    const key = `${precisionKey(precision)}f${inference ? "i" : "t"}${fusion.bias ? "b" : ""}` +
+      `${fusion.relu ? "r" : ""}:${shapeKey(s)}`;
     const p = this.#cache.get(key) ??
-      this.#prepare(key, () => this.#convForwardPd(s, fusion, inference));
+      this.#prepare(key, () => this.#convForwardPd(s, fusion, inference, precision));
     this.#run(p, new Map([[ARG_SRC, src], [ARG_DST, dst], [ARG_BIAS, bias]]), weights);
   }
 
-  /** Input gradient of a convolution. */
-  convBackwardData(s: ConvShape, diffDst: Ptr, weights: Ptr, diffSrc: Ptr): void {
-    const key = `d:${shapeKey(s)}`;
+  /** Input gradient of a convolution (`diffDst` bfloat16 with `bf16`, see ConvPrecision). */
+  convBackwardData(
+    s: ConvShape,
+    diffDst: Ptr,
+    weights: Ptr,
+    diffSrc: Ptr,
+    precision: ConvPrecision = "f32",
+  ): void {
+    const key = `${precisionKey(precision)}d:${shapeKey(s)}`;
     const p = this.#cache.get(key) ?? this.#prepare(key, () => {
-      const { src, wAny, dst, strides, pl, pr } = this.#convMds(s);
-      const hint = this.#convForwardPd(s, { bias: false, relu: false }, false);
+      const low = precision === "bf16" ? BF16 : F32;
+      // The forward it is the gradient of reads `low` weights; diff_dst is `low` too.
+      const { src, wAny, dst, strides, pl, pr } = this.#convMds(s, {
+        src: F32,
+        weights: low,
+        dst: low,
+      });
+      const hint = this.#convForwardPd(s, { bias: false, relu: false }, false, precision);
       const desc = this.#keepBuf(OP_DESC_BYTES);
       check(
         this.#lib.dnnl_convolution_backward_data_desc_init(
@@ -485,12 +517,26 @@ export class OneDnn {
     this.#run(p, new Map([[ARG_DIFF_DST, diffDst], [ARG_DIFF_SRC, diffSrc]]), weights);
   }
 
-  /** Weight gradient of a convolution, written as hwio. */
-  convBackwardWeights(s: ConvShape, src: Ptr, diffDst: Ptr, diffWeights: Ptr): void {
-    const key = `w:${shapeKey(s)}`;
+  /**
+   * Weight gradient of a convolution, written as float32 hwio (`src` and `diffDst` bfloat16
+   * with `bf16`, see ConvPrecision).
+   */
+  convBackwardWeights(
+    s: ConvShape,
+    src: Ptr,
+    diffDst: Ptr,
+    diffWeights: Ptr,
+    precision: ConvPrecision = "f32",
+  ): void {
+    const key = `${precisionKey(precision)}w:${shapeKey(s)}`;
     const p = this.#cache.get(key) ?? this.#prepare(key, () => {
-      const { src: srcMd, wAny, dst, strides, pl, pr } = this.#convMds(s);
-      const hint = this.#convForwardPd(s, { bias: false, relu: false }, false);
+      const low = precision === "bf16" ? BF16 : F32;
+      const { src: srcMd, wAny, dst, strides, pl, pr } = this.#convMds(s, {
+        src: low,
+        weights: F32,
+        dst: low,
+      });
+      const hint = this.#convForwardPd(s, { bias: false, relu: false }, false, precision);
       const desc = this.#keepBuf(OP_DESC_BYTES);
       check(
         this.#lib.dnnl_convolution_backward_weights_desc_init(
@@ -589,6 +635,33 @@ export class OneDnn {
       return { pd: this.#pd(desc, null, null), mds: [data, data, data] };
     });
     this.#runPlain(p, [a, b, dst]);
+  }
+
+  /**
+   * `count` float32 values rounded to bfloat16 (to nearest, ties to even), or bfloat16 values
+   * widened to float32 (`toFloat32`): one multi-threaded reorder, src and dst not aliased.
+   */
+  convertBf16(count: number, src: Ptr, dst: Ptr, toFloat32 = false): void {
+    const key = `cv:${count},${toFloat32}`;
+    const p = this.#plain(key, [ARG_FROM, ARG_TO], () => {
+      const f32 = this.#md([count], TAG_A, F32);
+      const bf16 = this.#md([count], TAG_A, BF16);
+      const [from, to] = toFloat32 ? [bf16, f32] : [f32, bf16];
+      const out = new BigUint64Array(1);
+      check(
+        this.#lib.dnnl_reorder_primitive_desc_create(
+          u8(out),
+          Deno.UnsafePointer.of(from),
+          this.#engine,
+          Deno.UnsafePointer.of(to),
+          this.#engine,
+          null,
+        ),
+        "dnnl_reorder_primitive_desc_create (bf16)",
+      );
+      return { pd: ptr(out[0]), mds: [from, to] };
+    });
+    this.#runPlain(p, [src, dst]);
   }
 
   /** dst += src0 · scale (per channel `scale`, [C]), over `rows` × `c`. */
@@ -790,10 +863,11 @@ export class OneDnn {
     return new Map([...this.#cache, ...this.#plainCache].map(([k, p]) => [k, p.impl]));
   }
 
-  #convMds(s: ConvShape) {
-    const src = this.#md([s.n, s.ci, s.h, s.w], TAG_NHWC);
-    const dst = this.#md([s.n, s.co, s.oh, s.ow], TAG_NHWC);
-    const wAny = this.#md([s.co, s.ci, s.fh, s.fw], TAG_ANY);
+  /** The descriptors of a convolution; `types`: oneDNN data types of src, weights, dst. */
+  #convMds(s: ConvShape, types = { src: F32, weights: F32, dst: F32 }) {
+    const src = this.#md([s.n, s.ci, s.h, s.w], TAG_NHWC, types.src);
+    const dst = this.#md([s.n, s.co, s.oh, s.ow], TAG_NHWC, types.dst);
+    const wAny = this.#md([s.co, s.ci, s.fh, s.fw], TAG_ANY, types.weights);
     const bias = this.#md([s.co], TAG_A);
     const strides = dims([s.sh, s.sw]);
     const pl = dims([s.pad[0], s.pad[1]]);
@@ -801,8 +875,18 @@ export class OneDnn {
     return { src, dst, wAny, bias, strides, pl, pr };
   }
 
-  #convForwardPd(s: ConvShape, fusion: ConvFusion, inference: boolean) {
-    const { src, dst, wAny, bias, strides, pl, pr } = this.#convMds(s);
+  #convForwardPd(
+    s: ConvShape,
+    fusion: ConvFusion,
+    inference: boolean,
+    precision: ConvPrecision = "f32",
+  ) {
+    const low = precision === "bf16" ? BF16 : F32;
+    const { src, dst, wAny, bias, strides, pl, pr } = this.#convMds(s, {
+      src: low,
+      weights: low,
+      dst: F32,
+    });
     const desc = this.#keepBuf(OP_DESC_BYTES);
     check(
       this.#lib.dnnl_convolution_forward_desc_init(
@@ -957,10 +1041,10 @@ export class OneDnn {
     );
   }
 
-  #md(d: number[], tag: number): Uint8Array {
+  #md(d: number[], tag: number, type = F32): Uint8Array {
     const md = this.#keepBuf(MD_BYTES);
     check(
-      this.#lib.dnnl_memory_desc_init_by_tag(md, d.length, dims(d), F32, tag),
+      this.#lib.dnnl_memory_desc_init_by_tag(md, d.length, dims(d), type, tag),
       "dnnl_memory_desc_init_by_tag",
     );
     return md;
@@ -980,6 +1064,11 @@ export class OneDnn {
     this.#keep.push(b);
     return b;
   }
+}
+
+/** The cache-key prefix of a precision: none for float32, so its keys are as before. */
+function precisionKey(precision: ConvPrecision): string {
+  return precision === "f32" ? "" : `${precision}-`;
 }
 
 function shapeKey(s: ConvShape): string {
