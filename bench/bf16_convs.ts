@@ -15,12 +15,18 @@
  * Progress and the table go to stderr; one JSON object to stdout.
  *
  *     deno run --allow-read --allow-env --allow-ffi --allow-run --allow-sys bench/bf16_convs.ts \
- *       [--batch 16] [--image_size 224] [--threads 2] [--network] [--compare-torch]
+ *       [--batch 16] [--image_size 224] [--threads 2] [--network] [--compare-torch] \
+ *       [--layouts] [--only TEXT]
  * @module
  */
 
 import { fileURLToPath } from "node:url";
-import { type ConvPrecision, type ConvShape, OneDnn } from "../lib/backends/native/onednn.ts";
+import {
+  type ConvDirection,
+  type ConvPrecision,
+  type ConvShape,
+  OneDnn,
+} from "../lib/backends/native/onednn.ts";
 import { parseFlags } from "../lib/util/cli.ts";
 import { runMain, UserError } from "../lib/util/errors.ts";
 import { Rng } from "../lib/util/rng.ts";
@@ -38,6 +44,18 @@ const SPECS = {
     kind: "boolean",
     default: false,
     help: "also time the shapes in PyTorch (bench/torch_bf16_convs.py, /usr/bin/python3)",
+  },
+  layouts: {
+    kind: "boolean",
+    default: false,
+    help: "also time each direction on oneDNN's preferred (blocked) activation layouts " +
+      "against NHWC, f32 and bf16, on buffers of its own (onednn.ts convProbe)",
+  },
+  only: {
+    kind: "string",
+    default: "",
+    metavar: "TEXT",
+    help: "only the shapes whose label contains TEXT (e.g. '3x3')",
   },
   min_seconds: {
     kind: "float",
@@ -154,6 +172,46 @@ interface Row {
   relError: number;
   impl: Record<"f32" | "bf16", string>;
   torch?: { f32: number; bf16: number };
+  /** With --layouts: seconds and implementation, by precision and activation layout. */
+  layouts?: Record<string, { seconds: number; impl: string }>;
+}
+
+const PROBE_DIRECTION: Record<Direction, ConvDirection> = {
+  fwd: "forward",
+  "bwd-data": "backward-data",
+  "bwd-weights": "backward-weights",
+};
+
+/** The layouts measurement of one row (onednn.ts convProbe). */
+function measureLayouts(dnn: OneDnn, s: ConvShape, r: Row, minSeconds: number): void {
+  r.layouts = {};
+  for (const precision of ["f32", "bf16"] as const) {
+    for (const layout of ["nhwc", "any"] as const) {
+      const probe = dnn.convProbe(PROBE_DIRECTION[r.direction], s, precision, layout);
+      r.layouts[`${precision} ${layout}`] = {
+        seconds: bestSeconds(probe.run, minSeconds),
+        impl: probe.impl,
+      };
+    }
+  }
+}
+
+function layoutTable(rows: Row[]): string {
+  const head = ["shape", "dir", "f32 nhwc", "f32 any", "bf16 nhwc", "bf16 any", "impl (any)"];
+  const lines = rows.filter((r) => r.layouts).map((r) => {
+    const l = r.layouts!;
+    const g = (k: string) => (r.gflop / l[k].seconds).toFixed(1);
+    return [
+      r.label,
+      r.direction,
+      g("f32 nhwc"),
+      g("f32 any"),
+      g("bf16 nhwc"),
+      g("bf16 any"),
+      `${l["f32 any"].impl} | ${l["bf16 any"].impl}`,
+    ];
+  });
+  return [head, head.map(() => "---"), ...lines].map((l) => `| ${l.join(" | ")} |`).join("\n");
 }
 
 /** Times the three directions of `c` in the three variants. */
@@ -319,10 +377,12 @@ async function main(args: string[]): Promise<void> {
   if (!dnn.bf16Instructions) {
     console.error("no bfloat16 instructions: oneDNN emulates bf16 (expect it slower than f32)");
   }
-  const convs = denseNetConvs(flags.batch, flags.image_size, flags.network);
+  const convs = denseNetConvs(flags.batch, flags.image_size, flags.network)
+    .filter((c) => c.label.includes(flags.only));
   const rows: Row[] = [];
   for (const c of convs) {
     const r = measure(dnn, c, flags.min_seconds);
+    if (flags.layouts) { for (const row of r) measureLayouts(dnn, c.s, row, flags.min_seconds); }
     rows.push(...r);
     console.error(
       `${c.label}: ` +
@@ -339,6 +399,7 @@ async function main(args: string[]): Promise<void> {
     }
   }
   console.error(table(rows, torchVersion != null));
+  if (flags.layouts) console.error(layoutTable(rows));
   const sums = totals(rows);
   if (flags.network) {
     for (const [d, t] of Object.entries(sums)) {

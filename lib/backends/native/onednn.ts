@@ -489,31 +489,10 @@ export class OneDnn {
     precision: ConvPrecision = "f32",
   ): void {
     const key = `${precisionKey(precision)}d:${shapeKey(s)}`;
-    const p = this.#cache.get(key) ?? this.#prepare(key, () => {
-      const low = precision === "bf16" ? BF16 : F32;
-      // The forward it is the gradient of reads `low` weights; diff_dst is `low` too.
-      const { src, wAny, dst, strides, pl, pr } = this.#convMds(s, {
-        src: F32,
-        weights: low,
-        dst: low,
-      });
-      const hint = this.#convForwardPd(s, { bias: false, relu: false }, false, precision);
-      const desc = this.#keepBuf(OP_DESC_BYTES);
-      check(
-        this.#lib.dnnl_convolution_backward_data_desc_init(
-          desc,
-          CONV_DIRECT,
-          src,
-          wAny,
-          dst,
-          strides,
-          pl,
-          pr,
-        ),
-        "dnnl_convolution_backward_data_desc_init",
-      );
-      return { pd: this.#pd(desc, null, hint), userWeights: "in" as const };
-    });
+    const p = this.#cache.get(key) ?? this.#prepare(key, () => ({
+      pd: this.#convBackwardPd("backward-data", s, precision, TAG_NHWC),
+      userWeights: "in" as const,
+    }));
     this.#run(p, new Map([[ARG_DIFF_DST, diffDst], [ARG_DIFF_SRC, diffSrc]]), weights);
   }
 
@@ -529,31 +508,10 @@ export class OneDnn {
     precision: ConvPrecision = "f32",
   ): void {
     const key = `${precisionKey(precision)}w:${shapeKey(s)}`;
-    const p = this.#cache.get(key) ?? this.#prepare(key, () => {
-      const low = precision === "bf16" ? BF16 : F32;
-      const { src: srcMd, wAny, dst, strides, pl, pr } = this.#convMds(s, {
-        src: low,
-        weights: F32,
-        dst: low,
-      });
-      const hint = this.#convForwardPd(s, { bias: false, relu: false }, false, precision);
-      const desc = this.#keepBuf(OP_DESC_BYTES);
-      check(
-        this.#lib.dnnl_convolution_backward_weights_desc_init(
-          desc,
-          CONV_DIRECT,
-          srcMd,
-          wAny,
-          null,
-          dst,
-          strides,
-          pl,
-          pr,
-        ),
-        "dnnl_convolution_backward_weights_desc_init",
-      );
-      return { pd: this.#pd(desc, null, hint), userWeights: "out" as const };
-    });
+    const p = this.#cache.get(key) ?? this.#prepare(key, () => ({
+      pd: this.#convBackwardPd("backward-weights", s, precision, TAG_NHWC),
+      userWeights: "out" as const,
+    }));
     this.#run(p, new Map([[ARG_SRC, src], [ARG_DIFF_DST, diffDst]]), diffWeights);
   }
 
@@ -863,10 +821,75 @@ export class OneDnn {
     return new Map([...this.#cache, ...this.#plainCache].map(([k, p]) => [k, p.impl]));
   }
 
-  /** The descriptors of a convolution; `types`: oneDNN data types of src, weights, dst. */
-  #convMds(s: ConvShape, types = { src: F32, weights: F32, dst: F32 }) {
-    const src = this.#md([s.n, s.ci, s.h, s.w], TAG_NHWC, types.src);
-    const dst = this.#md([s.n, s.co, s.oh, s.ow], TAG_NHWC, types.dst);
+  /**
+   * A convolution on buffers of its own, in the layouts oneDNN prefers for it (`any`: blocked
+   * activations too) or NHWC, for measuring what a layout would gain: the implementation oneDNN
+   * picked and a function that runs it once (inputs hold a fixed normal value). Not cached; its
+   * primitive lives as long as the process.
+   */
+  convProbe(
+    direction: ConvDirection,
+    s: ConvShape,
+    precision: ConvPrecision,
+    activations: "nhwc" | "any",
+  ): { impl: string; run: () => void } {
+    const lib = this.#lib;
+    const tag = activations === "any" ? TAG_ANY : TAG_NHWC;
+    const pd = direction === "forward"
+      ? this.#convForwardPd(s, { bias: false, relu: false }, false, precision, tag).pd
+      : this.#convBackwardPd(direction, s, precision, tag);
+    const out = new BigUint64Array(1);
+    check(lib.dnnl_primitive_create(u8(out), pd), "dnnl_primitive_create");
+    const prim = ptr(out[0]);
+    check(lib.dnnl_primitive_desc_query(pd, QUERY_IMPL_INFO_STR, 0, u8(out)), "query impl");
+    const impl = new Deno.UnsafePointerView(ptr(out[0])!).getCString();
+    const args: Record<ConvDirection, [number, number][]> = {
+      forward: [[ARG_SRC, QUERY_SRC_MD], [ARG_WEIGHTS, QUERY_WEIGHTS_MD], [ARG_DST, QUERY_DST_MD]],
+      "backward-data": [
+        [ARG_DIFF_DST, QUERY_DIFF_DST_MD],
+        [ARG_WEIGHTS, QUERY_WEIGHTS_MD],
+        [ARG_DIFF_SRC, QUERY_DIFF_SRC_MD],
+      ],
+      "backward-weights": [
+        [ARG_SRC, QUERY_SRC_MD],
+        [ARG_DIFF_DST, QUERY_DIFF_DST_MD],
+        [ARG_DIFF_WEIGHTS, QUERY_DIFF_WEIGHTS_MD],
+      ],
+    };
+    // 0x3e3e3e3e is ≈0.186 as float32 and 0x3e3e as bfloat16: no denormals, no NaNs.
+    const buffers: Uint8Array[] = [];
+    const entries = args[direction].map(([arg, query]): [number, Ptr] => {
+      const md = lib.dnnl_primitive_desc_query_md(pd, query, 0)!;
+      const buffer = new Uint8Array(Number(lib.dnnl_memory_desc_get_size(md))).fill(0x3e);
+      buffers.push(buffer);
+      check(
+        lib.dnnl_memory_create(u8(out), md, this.#engine, Deno.UnsafePointer.of(buffer)),
+        "dnnl_memory_create",
+      );
+      return [arg, ptr(out[0])];
+    });
+    const execution = execArgs(entries);
+    return {
+      impl,
+      run: () => {
+        this.#exec(prim, execution);
+        check(lib.dnnl_stream_wait(this.#stream), "dnnl_stream_wait");
+        if (buffers.length === 0) throw new Error("unreachable"); // keeps the buffers alive
+      },
+    };
+  }
+
+  /**
+   * The descriptors of a convolution; `types`: oneDNN data types of src, weights, dst;
+   * `activations`: the format tag of src and dst (weights are always `any`).
+   */
+  #convMds(
+    s: ConvShape,
+    types = { src: F32, weights: F32, dst: F32 },
+    activations = TAG_NHWC,
+  ) {
+    const src = this.#md([s.n, s.ci, s.h, s.w], activations, types.src);
+    const dst = this.#md([s.n, s.co, s.oh, s.ow], activations, types.dst);
     const wAny = this.#md([s.co, s.ci, s.fh, s.fw], TAG_ANY, types.weights);
     const bias = this.#md([s.co], TAG_A);
     const strides = dims([s.sh, s.sw]);
@@ -880,13 +903,13 @@ export class OneDnn {
     fusion: ConvFusion,
     inference: boolean,
     precision: ConvPrecision = "f32",
+    activations = TAG_NHWC,
   ) {
-    const low = precision === "bf16" ? BF16 : F32;
-    const { src, dst, wAny, bias, strides, pl, pr } = this.#convMds(s, {
-      src: low,
-      weights: low,
-      dst: F32,
-    });
+    const { src, dst, wAny, bias, strides, pl, pr } = this.#convMds(
+      s,
+      convTypes("forward", precision),
+      activations,
+    );
     const desc = this.#keepBuf(OP_DESC_BYTES);
     check(
       this.#lib.dnnl_convolution_forward_desc_init(
@@ -914,6 +937,54 @@ export class OneDnn {
       check(this.#lib.dnnl_primitive_attr_set_post_ops(attr, ops), "set_post_ops");
     }
     return { pd: this.#pd(desc, attr, null), userWeights: "in" as const };
+  }
+
+  /** A backward convolution's primitive descriptor, with its forward as the hint. */
+  #convBackwardPd(
+    direction: "backward-data" | "backward-weights",
+    s: ConvShape,
+    precision: ConvPrecision,
+    activations: number,
+  ): Ptr {
+    const { src, wAny, dst, strides, pl, pr } = this.#convMds(
+      s,
+      convTypes(direction, precision),
+      activations,
+    );
+    const plain = { bias: false, relu: false };
+    const hint = this.#convForwardPd(s, plain, false, precision, activations);
+    const desc = this.#keepBuf(OP_DESC_BYTES);
+    if (direction === "backward-data") {
+      check(
+        this.#lib.dnnl_convolution_backward_data_desc_init(
+          desc,
+          CONV_DIRECT,
+          src,
+          wAny,
+          dst,
+          strides,
+          pl,
+          pr,
+        ),
+        "dnnl_convolution_backward_data_desc_init",
+      );
+    } else {
+      check(
+        this.#lib.dnnl_convolution_backward_weights_desc_init(
+          desc,
+          CONV_DIRECT,
+          src,
+          wAny,
+          null,
+          dst,
+          strides,
+          pl,
+          pr,
+        ),
+        "dnnl_convolution_backward_weights_desc_init",
+      );
+    }
+    return this.#pd(desc, null, hint);
   }
 
   #pd(desc: Uint8Array, attr: Ptr, hint: { pd: Ptr } | null): Ptr {
@@ -1064,6 +1135,21 @@ export class OneDnn {
     this.#keep.push(b);
     return b;
   }
+}
+
+/** Which pass of a convolution. */
+export type ConvDirection = "forward" | "backward-data" | "backward-weights";
+
+/**
+ * oneDNN data types of a convolution's src, weights and dst descriptors (the diff_ ones for a
+ * backward pass) at a precision (see ConvPrecision): bf16 for what it reads but the float32
+ * master weights of the weight gradient, f32 for what it writes.
+ */
+function convTypes(direction: ConvDirection, precision: ConvPrecision) {
+  if (precision === "f32") return { src: F32, weights: F32, dst: F32 };
+  if (direction === "forward") return { src: BF16, weights: BF16, dst: F32 };
+  if (direction === "backward-data") return { src: F32, weights: BF16, dst: BF16 };
+  return { src: BF16, weights: F32, dst: BF16 };
 }
 
 /** The cache-key prefix of a precision: none for float32, so its keys are as before. */
