@@ -49,7 +49,8 @@ const SPECS = {
     kind: "boolean",
     default: false,
     help: "also time each direction on oneDNN's preferred (blocked) activation layouts " +
-      "against NHWC, f32 and bf16, on buffers of its own (onednn.ts convProbe)",
+      "against NHWC, f32 and bf16, and bf16 with a bf16 output (forward, backward-data), on " +
+      "buffers of its own (onednn.ts convProbe)",
   },
   only: {
     kind: "string",
@@ -185,8 +186,9 @@ const PROBE_DIRECTION: Record<Direction, ConvDirection> = {
 /** The layouts measurement of one row (onednn.ts convProbe). */
 function measureLayouts(dnn: OneDnn, s: ConvShape, r: Row, minSeconds: number): void {
   r.layouts = {};
-  for (const precision of ["f32", "bf16"] as const) {
+  for (const precision of ["f32", "bf16", "bf16-out"] as const) {
     for (const layout of ["nhwc", "any"] as const) {
+      if (precision === "bf16-out" && (layout === "any" || r.direction === "bwd-weights")) continue;
       const probe = dnn.convProbe(PROBE_DIRECTION[r.direction], s, precision, layout);
       r.layouts[`${precision} ${layout}`] = {
         seconds: bestSeconds(probe.run, minSeconds),
@@ -197,10 +199,19 @@ function measureLayouts(dnn: OneDnn, s: ConvShape, r: Row, minSeconds: number): 
 }
 
 function layoutTable(rows: Row[]): string {
-  const head = ["shape", "dir", "f32 nhwc", "f32 any", "bf16 nhwc", "bf16 any", "impl (any)"];
+  const head = [
+    "shape",
+    "dir",
+    "f32 nhwc",
+    "f32 any",
+    "bf16 nhwc",
+    "bf16 any",
+    "bf16 nhwc, bf16 out",
+    "impl (any)",
+  ];
   const lines = rows.filter((r) => r.layouts).map((r) => {
     const l = r.layouts!;
-    const g = (k: string) => (r.gflop / l[k].seconds).toFixed(1);
+    const g = (k: string) => l[k] ? (r.gflop / l[k].seconds).toFixed(1) : "—";
     return [
       r.label,
       r.direction,
@@ -208,6 +219,7 @@ function layoutTable(rows: Row[]): string {
       g("f32 any"),
       g("bf16 nhwc"),
       g("bf16 any"),
+      g("bf16-out nhwc"),
       `${l["f32 any"].impl} | ${l["bf16 any"].impl}`,
     ];
   });

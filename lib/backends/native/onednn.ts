@@ -836,7 +836,7 @@ export class OneDnn {
   convProbe(
     direction: ConvDirection,
     s: ConvShape,
-    precision: ConvPrecision,
+    precision: ProbePrecision,
     activations: "nhwc" | "any",
   ): { impl: string; run: () => void } {
     const lib = this.#lib;
@@ -908,7 +908,7 @@ export class OneDnn {
     s: ConvShape,
     fusion: ConvFusion,
     inference: boolean,
-    precision: ConvPrecision = "f32",
+    precision: ProbePrecision = "f32",
     activations = TAG_NHWC,
   ) {
     const { src, dst, wAny, bias, strides, pl, pr } = this.#convMds(
@@ -949,7 +949,7 @@ export class OneDnn {
   #convBackwardPd(
     direction: "backward-data" | "backward-weights",
     s: ConvShape,
-    precision: ConvPrecision,
+    precision: ProbePrecision,
     activations: number,
   ): Ptr {
     const { src, wAny, dst, strides, pl, pr } = this.#convMds(
@@ -1143,6 +1143,12 @@ export class OneDnn {
   }
 }
 
+/**
+ * A ConvPrecision, or `bf16-out`: bf16 also for what forward and backward-data write (as
+ * PyTorch's autocast does), for measuring it with `convProbe` only.
+ */
+export type ProbePrecision = ConvPrecision | "bf16-out";
+
 /** Which pass of a convolution. */
 export type ConvDirection = "forward" | "backward-data" | "backward-weights";
 
@@ -1151,10 +1157,12 @@ export type ConvDirection = "forward" | "backward-data" | "backward-weights";
  * backward pass) at a precision (see ConvPrecision): bf16 for what it reads but the float32
  * master weights of the weight gradient, f32 for what it writes.
  */
-function convTypes(direction: ConvDirection, precision: ConvPrecision) {
+function convTypes(direction: ConvDirection, precision: ProbePrecision) {
+  // bf16-out: forward's dst and backward-data's diff_src bf16 as well (measured by convProbe).
+  const out = precision === "bf16-out" ? BF16 : F32;
   if (precision === "f32") return { src: F32, weights: F32, dst: F32 };
-  if (direction === "forward") return { src: BF16, weights: BF16, dst: F32 };
-  if (direction === "backward-data") return { src: F32, weights: BF16, dst: BF16 };
+  if (direction === "forward") return { src: BF16, weights: BF16, dst: out };
+  if (direction === "backward-data") return { src: out, weights: BF16, dst: BF16 };
   return { src: BF16, weights: F32, dst: BF16 };
 }
 
