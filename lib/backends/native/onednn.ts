@@ -28,6 +28,12 @@
  * and pointed at the tensor's heap address just before each execution, so no copy is made;
  * weights (and weight gradients) go through a reorder when oneDNN's fastest layout for them is
  * not tfjs's `[kh, kw, in, out]` (`hwio`).
+ *
+ * bfloat16 (opt-in per call, `ConvPrecision`; nothing uses it yet): the convolutions read bf16
+ * activations and weights and write float32, the weights rounded by the same reorder. Measured
+ * with bench/bf16_convs.ts on the Zen 4 VM (avx512_core_bf16, no AMX): 1.4–2.7× float32 per
+ * convolution at 1 thread, 1.93× over a DenseNet-121 training step's convolutions, as fast as
+ * PyTorch's bf16; see that script's header for what it compares.
  * @module
  */
 
@@ -176,6 +182,7 @@ const SYMBOLS = {
 
 /** oneDNN v2 enum values (oneapi/dnnl/dnnl_types.h). */
 const F32 = 3;
+const BF16 = 2;
 const TAG_ANY = 1;
 const TAG_A = 2;
 const TAG_NHWC = 20;
@@ -274,6 +281,15 @@ export interface PoolShape {
   /** Padding top, left, bottom, right. */
   pad: [number, number, number, number];
 }
+
+/**
+ * The element types of a convolution. `f32`: float32 throughout. `bf16`: the activations a
+ * convolution reads (forward: the source; backward-data: the output gradient; backward-weights:
+ * both) are bfloat16 on the heap, the weights are read from float32 `hwio` and rounded to
+ * bfloat16 by the weight reorder, and everything it writes (the output, the input gradient, the
+ * weight gradient) is float32, accumulated in float32 — PyTorch's autocast contract.
+ */
+export type ConvPrecision = "f32" | "bf16";
 
 /** Post-ops of a forward convolution: bias add (a `[Co]` tensor) and ReLU. */
 export interface ConvFusion {
@@ -438,6 +454,15 @@ export class OneDnn {
     return new OneDnn(lib, version, isa, engine, ptr(out[0]));
   }
 
+  /**
+   * Whether the CPU computes bfloat16 dot products in hardware as oneDNN sees it
+   * (`avx512_core_bf16`: AVX512_BF16; `avx512_core_amx`: AMX-BF16 tiles). Elsewhere oneDNN 2.x
+   * still runs `bf16` convolutions, by emulation, slower than float32.
+   */
+  get bf16Instructions(): boolean {
+    return this.isa === "avx512_core_bf16" || this.isa === "avx512_core_amx";
+  }
+
   /** Sets the thread count (OpenMP builds); records it in `threads` when it took. */
   setThreads(threads: number): void {
     this.threads = setOpenMpThreads(threads) ? threads : null;
@@ -452,62 +477,47 @@ export class OneDnn {
     bias: Ptr,
     dst: Ptr,
     inference: boolean,
+    precision: ConvPrecision = "f32",
   ): void {
-    const key = `f${inference ? "i" : "t"}${fusion.bias ? "b" : ""}${fusion.relu ? "r" : ""}:` +
-      shapeKey(s);
+    const key = `${precisionKey(precision)}f${inference ? "i" : "t"}${fusion.bias ? "b" : ""}` +
+      `${fusion.relu ? "r" : ""}:${shapeKey(s)}`;
     const p = this.#cache.get(key) ??
-      this.#prepare(key, () => this.#convForwardPd(s, fusion, inference));
+      this.#prepare(key, () => this.#convForwardPd(s, fusion, inference, precision));
     this.#run(p, new Map([[ARG_SRC, src], [ARG_DST, dst], [ARG_BIAS, bias]]), weights);
   }
 
-  /** Input gradient of a convolution. */
-  convBackwardData(s: ConvShape, diffDst: Ptr, weights: Ptr, diffSrc: Ptr): void {
-    const key = `d:${shapeKey(s)}`;
-    const p = this.#cache.get(key) ?? this.#prepare(key, () => {
-      const { src, wAny, dst, strides, pl, pr } = this.#convMds(s);
-      const hint = this.#convForwardPd(s, { bias: false, relu: false }, false);
-      const desc = this.#keepBuf(OP_DESC_BYTES);
-      check(
-        this.#lib.dnnl_convolution_backward_data_desc_init(
-          desc,
-          CONV_DIRECT,
-          src,
-          wAny,
-          dst,
-          strides,
-          pl,
-          pr,
-        ),
-        "dnnl_convolution_backward_data_desc_init",
-      );
-      return { pd: this.#pd(desc, null, hint), userWeights: "in" as const };
-    });
+  /** Input gradient of a convolution (`diffDst` bfloat16 with `bf16`, see ConvPrecision). */
+  convBackwardData(
+    s: ConvShape,
+    diffDst: Ptr,
+    weights: Ptr,
+    diffSrc: Ptr,
+    precision: ConvPrecision = "f32",
+  ): void {
+    const key = `${precisionKey(precision)}d:${shapeKey(s)}`;
+    const p = this.#cache.get(key) ?? this.#prepare(key, () => ({
+      pd: this.#convBackwardPd("backward-data", s, precision, TAG_NHWC),
+      userWeights: "in" as const,
+    }));
     this.#run(p, new Map([[ARG_DIFF_DST, diffDst], [ARG_DIFF_SRC, diffSrc]]), weights);
   }
 
-  /** Weight gradient of a convolution, written as hwio. */
-  convBackwardWeights(s: ConvShape, src: Ptr, diffDst: Ptr, diffWeights: Ptr): void {
-    const key = `w:${shapeKey(s)}`;
-    const p = this.#cache.get(key) ?? this.#prepare(key, () => {
-      const { src: srcMd, wAny, dst, strides, pl, pr } = this.#convMds(s);
-      const hint = this.#convForwardPd(s, { bias: false, relu: false }, false);
-      const desc = this.#keepBuf(OP_DESC_BYTES);
-      check(
-        this.#lib.dnnl_convolution_backward_weights_desc_init(
-          desc,
-          CONV_DIRECT,
-          srcMd,
-          wAny,
-          null,
-          dst,
-          strides,
-          pl,
-          pr,
-        ),
-        "dnnl_convolution_backward_weights_desc_init",
-      );
-      return { pd: this.#pd(desc, null, hint), userWeights: "out" as const };
-    });
+  /**
+   * Weight gradient of a convolution, written as float32 hwio (`src` and `diffDst` bfloat16
+   * with `bf16`, see ConvPrecision).
+   */
+  convBackwardWeights(
+    s: ConvShape,
+    src: Ptr,
+    diffDst: Ptr,
+    diffWeights: Ptr,
+    precision: ConvPrecision = "f32",
+  ): void {
+    const key = `${precisionKey(precision)}w:${shapeKey(s)}`;
+    const p = this.#cache.get(key) ?? this.#prepare(key, () => ({
+      pd: this.#convBackwardPd("backward-weights", s, precision, TAG_NHWC),
+      userWeights: "out" as const,
+    }));
     this.#run(p, new Map([[ARG_SRC, src], [ARG_DIFF_DST, diffDst]]), diffWeights);
   }
 
@@ -589,6 +599,33 @@ export class OneDnn {
       return { pd: this.#pd(desc, null, null), mds: [data, data, data] };
     });
     this.#runPlain(p, [a, b, dst]);
+  }
+
+  /**
+   * `count` float32 values rounded to bfloat16 (to nearest, ties to even), or bfloat16 values
+   * widened to float32 (`toFloat32`): one multi-threaded reorder, src and dst not aliased.
+   */
+  convertBf16(count: number, src: Ptr, dst: Ptr, toFloat32 = false): void {
+    const key = `cv:${count},${toFloat32}`;
+    const p = this.#plain(key, [ARG_FROM, ARG_TO], () => {
+      const f32 = this.#md([count], TAG_A, F32);
+      const bf16 = this.#md([count], TAG_A, BF16);
+      const [from, to] = toFloat32 ? [bf16, f32] : [f32, bf16];
+      const out = new BigUint64Array(1);
+      check(
+        this.#lib.dnnl_reorder_primitive_desc_create(
+          u8(out),
+          Deno.UnsafePointer.of(from),
+          this.#engine,
+          Deno.UnsafePointer.of(to),
+          this.#engine,
+          null,
+        ),
+        "dnnl_reorder_primitive_desc_create (bf16)",
+      );
+      return { pd: ptr(out[0]), mds: [from, to] };
+    });
+    this.#runPlain(p, [src, dst]);
   }
 
   /** dst += src0 · scale (per channel `scale`, [C]), over `rows` × `c`. */
@@ -790,10 +827,76 @@ export class OneDnn {
     return new Map([...this.#cache, ...this.#plainCache].map(([k, p]) => [k, p.impl]));
   }
 
-  #convMds(s: ConvShape) {
-    const src = this.#md([s.n, s.ci, s.h, s.w], TAG_NHWC);
-    const dst = this.#md([s.n, s.co, s.oh, s.ow], TAG_NHWC);
-    const wAny = this.#md([s.co, s.ci, s.fh, s.fw], TAG_ANY);
+  /**
+   * A convolution on buffers of its own, in the layouts oneDNN prefers for it (`any`: blocked
+   * activations too) or NHWC, for measuring what a layout would gain: the implementation oneDNN
+   * picked and a function that runs it once (inputs hold a fixed normal value). Not cached; its
+   * primitive lives as long as the process.
+   */
+  convProbe(
+    direction: ConvDirection,
+    s: ConvShape,
+    precision: ProbePrecision,
+    activations: "nhwc" | "any",
+  ): { impl: string; run: () => void } {
+    const lib = this.#lib;
+    const tag = activations === "any" ? TAG_ANY : TAG_NHWC;
+    const pd = direction === "forward"
+      ? this.#convForwardPd(s, { bias: false, relu: false }, false, precision, tag).pd
+      : this.#convBackwardPd(direction, s, precision, tag);
+    const out = new BigUint64Array(1);
+    check(lib.dnnl_primitive_create(u8(out), pd), "dnnl_primitive_create");
+    const prim = ptr(out[0]);
+    check(lib.dnnl_primitive_desc_query(pd, QUERY_IMPL_INFO_STR, 0, u8(out)), "query impl");
+    const impl = new Deno.UnsafePointerView(ptr(out[0])!).getCString();
+    const args: Record<ConvDirection, [number, number][]> = {
+      forward: [[ARG_SRC, QUERY_SRC_MD], [ARG_WEIGHTS, QUERY_WEIGHTS_MD], [ARG_DST, QUERY_DST_MD]],
+      "backward-data": [
+        [ARG_DIFF_DST, QUERY_DIFF_DST_MD],
+        [ARG_WEIGHTS, QUERY_WEIGHTS_MD],
+        [ARG_DIFF_SRC, QUERY_DIFF_SRC_MD],
+      ],
+      "backward-weights": [
+        [ARG_SRC, QUERY_SRC_MD],
+        [ARG_DIFF_DST, QUERY_DIFF_DST_MD],
+        [ARG_DIFF_WEIGHTS, QUERY_DIFF_WEIGHTS_MD],
+      ],
+    };
+    // 0x3e3e3e3e is ≈0.186 as float32 and 0x3e3e as bfloat16: no denormals, no NaNs.
+    const buffers: Uint8Array[] = [];
+    const entries = args[direction].map(([arg, query]): [number, Ptr] => {
+      const md = lib.dnnl_primitive_desc_query_md(pd, query, 0)!;
+      const buffer = new Uint8Array(Number(lib.dnnl_memory_desc_get_size(md))).fill(0x3e);
+      buffers.push(buffer);
+      check(
+        lib.dnnl_memory_create(u8(out), md, this.#engine, Deno.UnsafePointer.of(buffer)),
+        "dnnl_memory_create",
+      );
+      return [arg, ptr(out[0])];
+    });
+    const execution = execArgs(entries);
+    return {
+      impl,
+      run: () => {
+        this.#exec(prim, execution);
+        check(lib.dnnl_stream_wait(this.#stream), "dnnl_stream_wait");
+        if (buffers.length === 0) throw new Error("unreachable"); // keeps the buffers alive
+      },
+    };
+  }
+
+  /**
+   * The descriptors of a convolution; `types`: oneDNN data types of src, weights, dst;
+   * `activations`: the format tag of src and dst (weights are always `any`).
+   */
+  #convMds(
+    s: ConvShape,
+    types = { src: F32, weights: F32, dst: F32 },
+    activations = TAG_NHWC,
+  ) {
+    const src = this.#md([s.n, s.ci, s.h, s.w], activations, types.src);
+    const dst = this.#md([s.n, s.co, s.oh, s.ow], activations, types.dst);
+    const wAny = this.#md([s.co, s.ci, s.fh, s.fw], TAG_ANY, types.weights);
     const bias = this.#md([s.co], TAG_A);
     const strides = dims([s.sh, s.sw]);
     const pl = dims([s.pad[0], s.pad[1]]);
@@ -801,8 +904,18 @@ export class OneDnn {
     return { src, dst, wAny, bias, strides, pl, pr };
   }
 
-  #convForwardPd(s: ConvShape, fusion: ConvFusion, inference: boolean) {
-    const { src, dst, wAny, bias, strides, pl, pr } = this.#convMds(s);
+  #convForwardPd(
+    s: ConvShape,
+    fusion: ConvFusion,
+    inference: boolean,
+    precision: ProbePrecision = "f32",
+    activations = TAG_NHWC,
+  ) {
+    const { src, dst, wAny, bias, strides, pl, pr } = this.#convMds(
+      s,
+      convTypes("forward", precision),
+      activations,
+    );
     const desc = this.#keepBuf(OP_DESC_BYTES);
     check(
       this.#lib.dnnl_convolution_forward_desc_init(
@@ -830,6 +943,54 @@ export class OneDnn {
       check(this.#lib.dnnl_primitive_attr_set_post_ops(attr, ops), "set_post_ops");
     }
     return { pd: this.#pd(desc, attr, null), userWeights: "in" as const };
+  }
+
+  /** A backward convolution's primitive descriptor, with its forward as the hint. */
+  #convBackwardPd(
+    direction: "backward-data" | "backward-weights",
+    s: ConvShape,
+    precision: ProbePrecision,
+    activations: number,
+  ): Ptr {
+    const { src, wAny, dst, strides, pl, pr } = this.#convMds(
+      s,
+      convTypes(direction, precision),
+      activations,
+    );
+    const plain = { bias: false, relu: false };
+    const hint = this.#convForwardPd(s, plain, false, precision, activations);
+    const desc = this.#keepBuf(OP_DESC_BYTES);
+    if (direction === "backward-data") {
+      check(
+        this.#lib.dnnl_convolution_backward_data_desc_init(
+          desc,
+          CONV_DIRECT,
+          src,
+          wAny,
+          dst,
+          strides,
+          pl,
+          pr,
+        ),
+        "dnnl_convolution_backward_data_desc_init",
+      );
+    } else {
+      check(
+        this.#lib.dnnl_convolution_backward_weights_desc_init(
+          desc,
+          CONV_DIRECT,
+          src,
+          wAny,
+          null,
+          dst,
+          strides,
+          pl,
+          pr,
+        ),
+        "dnnl_convolution_backward_weights_desc_init",
+      );
+    }
+    return this.#pd(desc, null, hint);
   }
 
   #pd(desc: Uint8Array, attr: Ptr, hint: { pd: Ptr } | null): Ptr {
@@ -957,10 +1118,10 @@ export class OneDnn {
     );
   }
 
-  #md(d: number[], tag: number): Uint8Array {
+  #md(d: number[], tag: number, type = F32): Uint8Array {
     const md = this.#keepBuf(MD_BYTES);
     check(
-      this.#lib.dnnl_memory_desc_init_by_tag(md, d.length, dims(d), F32, tag),
+      this.#lib.dnnl_memory_desc_init_by_tag(md, d.length, dims(d), type, tag),
       "dnnl_memory_desc_init_by_tag",
     );
     return md;
@@ -980,6 +1141,34 @@ export class OneDnn {
     this.#keep.push(b);
     return b;
   }
+}
+
+/**
+ * A ConvPrecision, or `bf16-out`: bf16 also for what forward and backward-data write (as
+ * PyTorch's autocast does), for measuring it with `convProbe` only.
+ */
+export type ProbePrecision = ConvPrecision | "bf16-out";
+
+/** Which pass of a convolution. */
+export type ConvDirection = "forward" | "backward-data" | "backward-weights";
+
+/**
+ * oneDNN data types of a convolution's src, weights and dst descriptors (the diff_ ones for a
+ * backward pass) at a precision (see ConvPrecision): bf16 for what it reads but the float32
+ * master weights of the weight gradient, f32 for what it writes.
+ */
+function convTypes(direction: ConvDirection, precision: ProbePrecision) {
+  // bf16-out: forward's dst and backward-data's diff_src bf16 as well (measured by convProbe).
+  const out = precision === "bf16-out" ? BF16 : F32;
+  if (precision === "f32") return { src: F32, weights: F32, dst: F32 };
+  if (direction === "forward") return { src: BF16, weights: BF16, dst: out };
+  if (direction === "backward-data") return { src: out, weights: BF16, dst: BF16 };
+  return { src: BF16, weights: F32, dst: BF16 };
+}
+
+/** The cache-key prefix of a precision: none for float32, so its keys are as before. */
+function precisionKey(precision: ConvPrecision): string {
+  return precision === "f32" ? "" : `${precision}-`;
 }
 
 function shapeKey(s: ConvShape): string {
