@@ -10,9 +10,10 @@
 import assert from "node:assert/strict";
 import { assertClose } from "./assert.ts";
 import { runScript } from "./helpers/scripts.ts";
+import { decodeFixture, DICOM_DIR, every, maxDiff, readFixture } from "./helpers/dicom_fixtures.ts";
 import { META_HEADER } from "./helpers/original_data.ts";
 import { UserError } from "../lib/util/errors.ts";
-import { decodeImage, isImageFile, resizeGrayPng, type RgbImage } from "../lib/data/images.ts";
+import { decodeImage, isImageFile, resizeGrayPng } from "../lib/data/images.ts";
 import {
   decodeStored,
   displayGrey,
@@ -24,7 +25,7 @@ import {
 import { listShards, readShard } from "../lib/data/webdataset.ts";
 import { LABELS } from "../config.ts";
 
-const DIR = new URL("./fixtures/dicom/", import.meta.url).pathname;
+const DIR = DICOM_DIR;
 const REAL = new URL("../../shared/fixtures/dicom_real/", import.meta.url).pathname;
 const TINY = new URL("./fixtures/torch/tiny_zip.pt", import.meta.url).pathname;
 const reference = JSON.parse(await Deno.readTextFile(`${DIR}codecs_reference.json`)) as Record<
@@ -32,17 +33,8 @@ const reference = JSON.parse(await Deno.readTextFile(`${DIR}codecs_reference.jso
   { syntax?: string; stored: number[]; modality?: number[]; every: number }
 >;
 
-const read = (name: string) => Deno.readFile(`${DIR}${name}`);
-const decode = async (name: string) => decodeImage(await read(name), name);
-const every = <T>(a: ArrayLike<T>, step: number) => Array.from(a).filter((_, i) => i % step === 0);
-
-function maxDiff(a: RgbImage, b: RgbImage): number {
-  assert.equal(a.width, b.width);
-  assert.equal(a.height, b.height);
-  let m = 0;
-  for (let i = 0; i < a.data.length; i++) m = Math.max(m, Math.abs(a.data[i] - b.data[i]));
-  return m;
-}
+const read = readFixture;
+const decode = decodeFixture;
 
 /** The lossless fixtures, by uncompressed twin, with the syntax each holds. */
 const LOSSLESS: Record<string, [string, string][]> = {

@@ -7,8 +7,9 @@
 import assert from "node:assert/strict";
 import { assertClose } from "./assert.ts";
 import { runScript } from "./helpers/scripts.ts";
+import { decodeFixture, DICOM_DIR, every, maxDiff, readFixture } from "./helpers/dicom_fixtures.ts";
 import { UserError } from "../lib/util/errors.ts";
-import { decodeImage, isImageFile, type RgbImage } from "../lib/data/images.ts";
+import { decodeImage, isImageFile } from "../lib/data/images.ts";
 import {
   displayGrey,
   isDicom,
@@ -20,24 +21,15 @@ import {
 import { expandImagePaths } from "../lib/eval/single_image.ts";
 import { LABELS } from "../config.ts";
 
-const DIR = new URL("./fixtures/dicom/", import.meta.url).pathname;
+const DIR = DICOM_DIR;
 const TINY = new URL("./fixtures/torch/tiny_zip.pt", import.meta.url).pathname;
 const reference = JSON.parse(await Deno.readTextFile(`${DIR}reference.json`)) as Record<
   string,
   { stored: number[]; modality?: number[]; voi?: number[]; voi_range?: number[]; every: number }
 >;
 
-const read = (name: string) => Deno.readFile(`${DIR}${name}`);
-const decode = async (name: string) => decodeImage(await read(name), name);
-const every = <T>(a: ArrayLike<T>, step: number) => Array.from(a).filter((_, i) => i % step === 0);
-
-function maxDiff(a: RgbImage, b: RgbImage): number {
-  assert.equal(a.width, b.width);
-  assert.equal(a.height, b.height);
-  let m = 0;
-  for (let i = 0; i < a.data.length; i++) m = Math.max(m, Math.abs(a.data[i] - b.data[i]));
-  return m;
-}
+const read = readFixture;
+const decode = decodeFixture;
 
 for (const [name, ref] of Object.entries(reference)) {
   Deno.test(`${name}: stored values, modality and VOI LUT as pydicom`, async () => {

@@ -10,7 +10,13 @@ import { loadGraphModel } from "@tensorflow/tfjs-converter";
 import * as ort from "onnxruntime-node";
 import assert from "node:assert/strict";
 import { assertClose } from "./assert.ts";
-import { fixtureDatasetDir, runScript, seedModelPath, TINY_TRAIN_ARGS } from "./helpers/scripts.ts";
+import {
+  cliPredictions,
+  fixtureDatasetDir,
+  runScript,
+  seedModelPath,
+  TINY_TRAIN_ARGS,
+} from "./helpers/scripts.ts";
 import { LABELS, NORM_MEAN, NORM_STD } from "../config.ts";
 import { initBackend } from "../lib/backends/backend.ts";
 import { decodeImagePath } from "../lib/data/images.ts";
@@ -50,38 +56,6 @@ const TOL = 1e-4;
 const BACKEND = "wasm";
 
 await initBackend(BACKEND);
-
-/** validate_model.ts --images: each image's 14 probabilities, in `files` order. */
-async function cliPredictions(
-  model: string,
-  files: string[],
-  extra: string[] = [],
-): Promise<number[][]> {
-  const dir = await Deno.makeTempDir({ prefix: "cxr_export_val_" });
-  try {
-    const r = await runScript("validate_model.ts", [
-      "-s",
-      model,
-      "--backend",
-      BACKEND,
-      ...extra,
-      "--json",
-      `${dir}/p.json`,
-      "--images",
-      ...files,
-    ], [dir]);
-    assert.equal(r.code, 0, r.stderr);
-    const doc = JSON.parse(await Deno.readTextFile(`${dir}/p.json`));
-    const by = new Map<string, number[]>(
-      doc.images.map((
-        rec: { image: string; probabilities: Record<string, number> },
-      ) => [rec.image, LABELS.map((l) => rec.probabilities[l])]),
-    );
-    return files.map((f) => by.get(f)!);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
 
 /** The network inputs validate makes of `files` (NHWC, normalised), one per image. */
 export async function networkInputs(

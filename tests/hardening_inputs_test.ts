@@ -6,7 +6,12 @@
  */
 import assert from "node:assert/strict";
 import { LABELS } from "../config.ts";
-import { fixtureDatasetDir, runScript, type ScriptResult } from "./helpers/scripts.ts";
+import {
+  fixtureDatasetDir,
+  runScript,
+  type ScriptResult,
+  TINY_TRAIN_ARGS,
+} from "./helpers/scripts.ts";
 import { FIXTURE_SHARD } from "./helpers/original_data.ts";
 import { fixtureShardRenamed } from "./helpers/shards.ts";
 import { readShard } from "../lib/data/webdataset.ts";
@@ -399,12 +404,7 @@ Deno.test("class 10: a last batch of one image joins the batch before it", async
   const dataset = await fixtureDatasetDir(["train", "val"]);
   const save = await Deno.makeTempDir({ prefix: "cxr_last1_" });
   const r = await runScript("train_model.ts", [
-    "--arch",
-    "densenet_tiny",
-    "--weights",
-    "none",
-    "--image_size",
-    "40",
+    ...TINY_TRAIN_ARGS,
     "-b",
     "7",
     "-e",
@@ -494,12 +494,7 @@ Deno.test("Ctrl-C says what was kept and how to continue", async () => {
   const dataset = await fixtureDatasetDir(["train", "val"]);
   const save = await Deno.makeTempDir({ prefix: "cxr_int_" });
   const args = [
-    "--arch",
-    "densenet_tiny",
-    "--weights",
-    "none",
-    "--image_size",
-    "40",
+    ...TINY_TRAIN_ARGS,
     "-b",
     "5",
     "-e",

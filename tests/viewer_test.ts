@@ -16,7 +16,7 @@ import {
   screenshot,
   withTimeout,
 } from "./helpers/chromium.ts";
-import { runScript, seedModelPath } from "./helpers/scripts.ts";
+import { cliPredictions, runScript, seedModelPath } from "./helpers/scripts.ts";
 import { LABELS } from "../config.ts";
 import { routeFor } from "../viewer/serve.ts";
 
@@ -87,30 +87,6 @@ async function rawStatus(url: string, path: string, host = new URL(url).host): P
     return Number(line.split(" ")[1]);
   } finally {
     conn.close();
-  }
-}
-
-async function cliPredictions(model: string, files: string[]): Promise<number[][]> {
-  const dir = await Deno.makeTempDir({ prefix: "cxr_viewer_val_" });
-  try {
-    const r = await runScript("validate_model.ts", [
-      "-s",
-      model,
-      "--backend",
-      "wasm",
-      "--json",
-      `${dir}/p.json`,
-      "--images",
-      ...files,
-    ], [dir]);
-    assert.equal(r.code, 0, r.stderr);
-    const doc = JSON.parse(await Deno.readTextFile(`${dir}/p.json`));
-    return files.map((f) => {
-      const rec = doc.images.find((x: { image: string }) => x.image === f);
-      return LABELS.map((l) => rec.probabilities[l] as number);
-    });
-  } finally {
-    await Deno.remove(dir, { recursive: true });
   }
 }
 

@@ -121,7 +121,11 @@ export function fallback<T extends tf.TensorInfo | tf.TensorInfo[] = tf.TensorIn
   // deno-lint-ignore no-explicit-any
   args: any,
 ): T {
-  const config = replaced.get(tableName)?.get(kernelName);
+  // A table that is not installed has replaced nothing: its kernel was called by another table
+  // (plain wasm runs the native BatchNorm passes), whose registered kernel then answers.
+  const config = replaced.has(tableName)
+    ? replaced.get(tableName)!.get(kernelName)
+    : tf.getKernel(kernelName, tf.getBackend());
   if (config == null) throw new Error(`${tableName}: no ${kernelName} kernel to fall back to`);
   if (config.setupFunc != null && args.backend != null) {
     // tfjs runs a kernel's setupFunc (e.g. binding a wasm export) when the backend starts, for

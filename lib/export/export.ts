@@ -14,7 +14,7 @@ import { resultsPathFor } from "../eval/training_settings.ts";
 import { buildGraph, type ExportGraph } from "./graph.ts";
 import { encodeOnnx } from "./onnx.ts";
 import { encodeTfjs } from "./tfjs.ts";
-import { featureMapSize } from "./shapes.ts";
+import { featureMapSide } from "../model/topology.ts";
 import {
   type ExportFacts,
   exportMetadata,
@@ -96,7 +96,7 @@ export async function exportModel(req: ExportRequest): Promise<ExportResult> {
   const graph = buildGraph(ckpt.stateDict, req.checkpoint);
   const { thresholds, from } = thresholdsOf(ckpt.thresholds, req.checkpoint, warn);
   const training = await readTrainingRecord(resultsPathFor(req.checkpoint));
-  const [h, w] = featureMapSize(req.imageSize, graph.config.blockConfig.length);
+  const h = featureMapSide(graph.config, req.imageSize), w = h;
   const facts: ExportFacts = {
     checkpoint: req.checkpoint.split("/").pop()!,
     sha256: (await fileIdentity(req.checkpoint)).sha256,

@@ -16,6 +16,7 @@ import { type HostTensor, numel, type StateDict } from "../torch/state_dict.ts";
 import { normalizeStateDictKeys } from "../model/model_weights.ts";
 import { checkHead, inferDenseNetConfig } from "../model/model_loading.ts";
 import type { DenseNetConfig } from "../model/densenet.ts";
+import { denseNetPlan } from "../model/topology.ts";
 
 /** torch's BatchNorm epsilon (the models here and the original's use the default). */
 const BN_EPS = 1e-5;
@@ -195,21 +196,19 @@ export function buildGraph(sd: StateDict, source: string): ExportGraph {
   const config = inferDenseNetConfig(sd, source);
   const w = new Weights(sd, source);
   const steps: Step[] = [];
-  const { growthRate: k, bnSize, numInitFeatures } = config;
+  // The layout walked once for the model (lib/model/topology.ts): keys and channels.
+  const plan = denseNetPlan(config);
+  const f0 = plan.stem.channels;
 
-  const conv0 = w.get("features.conv0.weight", [numInitFeatures, 3, 7, 7]);
-  const folded0 = foldBatchNorm(
-    conv0,
-    numInitFeatures,
-    w.batchNorm("features.norm0", numInitFeatures),
-  );
+  const conv0 = w.get("features.conv0.weight", [f0, 3, 7, 7]);
+  const folded0 = foldBatchNorm(conv0, f0, w.batchNorm("features.norm0", f0));
   steps.push({
     op: "conv",
     name: "conv0",
     input: INPUT,
     output: "conv0",
     ...folded0,
-    shape: [numInitFeatures, 3, 7, 7],
+    shape: [f0, 3, 7, 7],
     stride: 2,
     pad: 3,
     relu: true,
@@ -225,14 +224,11 @@ export function buildGraph(sd: StateDict, source: string): ExportGraph {
   });
 
   let current = "pool0";
-  let channels = numInitFeatures;
-  config.blockConfig.forEach((layers, bi) => {
+  plan.blocks.forEach((block, bi) => {
     const b = bi + 1;
     const parts = [current];
-    for (let l = 1; l <= layers; l++) {
-      const p = `features.denseblock${b}.denselayer${l}`;
-      const name = `block${b}_layer${l}`;
-      const inC = channels + (l - 1) * k;
+    block.layers.forEach(({ key: p, cin: inC, bottleneck: mid, growth: k }, li) => {
+      const name = `block${b}_layer${li + 1}`;
       let input = parts[0];
       if (parts.length > 1) {
         input = `${name}_concat`;
@@ -247,7 +243,6 @@ export function buildGraph(sd: StateDict, source: string): ExportGraph {
         epsilon: BN_EPS,
         relu: true,
       });
-      const mid = bnSize * k;
       const conv1 = w.get(`${p}.conv1.weight`, [mid, inC, 1, 1]);
       steps.push({
         op: "conv",
@@ -273,31 +268,28 @@ export function buildGraph(sd: StateDict, source: string): ExportGraph {
         relu: false,
       });
       parts.push(`${name}_conv2`);
-    }
-    channels += layers * k;
+    });
     const out = `block${b}`;
     steps.push({ op: "concat", name: out, inputs: parts, output: out });
-    const last = b === config.blockConfig.length;
-    const norm = last ? "features.norm5" : `features.transition${b}.norm`;
-    const normOut = last ? OUTPUTS.features : `transition${b}_norm`;
+    const t = block.transition;
+    const normOut = t ? `transition${b}_norm` : OUTPUTS.features;
     steps.push({
       op: "batchnorm",
       name: normOut,
       input: out,
       output: normOut,
-      ...w.batchNorm(norm, channels),
+      ...w.batchNorm(t ? `${t.key}.norm` : "features.norm5", block.channels),
       epsilon: BN_EPS,
       relu: true,
     });
-    if (last) return;
-    const outC = Math.floor(channels / 2);
+    if (!t) return;
     steps.push({
       op: "conv",
       name: `transition${b}_conv`,
       input: normOut,
       output: `transition${b}_conv`,
-      weight: w.get(`features.transition${b}.conv.weight`, [outC, channels, 1, 1]),
-      shape: [outC, channels, 1, 1],
+      weight: w.get(`${t.key}.conv.weight`, [t.cout, t.cin, 1, 1]),
+      shape: [t.cout, t.cin, 1, 1],
       bias: null,
       stride: 1,
       pad: 0,
@@ -312,9 +304,9 @@ export function buildGraph(sd: StateDict, source: string): ExportGraph {
       stride: 2,
     });
     current = `transition${b}_pool`;
-    channels = outC;
   });
 
+  const channels = plan.features;
   const weight = w.get("classifier.0.weight", [NUM_CLASSES, channels]);
   const bias = w.get("classifier.0.bias", [NUM_CLASSES]);
   steps.push({

@@ -6,41 +6,13 @@
  * @module
  */
 import { LABELS, NORM_MEAN, NORM_STD } from "../../config.ts";
-import type { DenseNetConfig } from "../model/densenet.ts";
+import { type DenseNetConfig, TORCHVISION_DENSENETS } from "../model/densenet.ts";
 import { readSplitRecord, type SplitRecord } from "../data/split_record.ts";
 import { INPUT, OUTPUTS } from "./graph.ts";
 
-/** torchvision's DenseNets by their configuration. */
-const KNOWN: Array<[string, Omit<DenseNetConfig, "numClasses">]> = [
-  ["DenseNet-121", {
-    growthRate: 32,
-    blockConfig: [6, 12, 24, 16],
-    numInitFeatures: 64,
-    bnSize: 4,
-  }],
-  ["DenseNet-169", {
-    growthRate: 32,
-    blockConfig: [6, 12, 32, 32],
-    numInitFeatures: 64,
-    bnSize: 4,
-  }],
-  ["DenseNet-201", {
-    growthRate: 32,
-    blockConfig: [6, 12, 48, 32],
-    numInitFeatures: 64,
-    bnSize: 4,
-  }],
-  ["DenseNet-161", {
-    growthRate: 48,
-    blockConfig: [6, 12, 36, 24],
-    numInitFeatures: 96,
-    bnSize: 4,
-  }],
-];
-
 /** "DenseNet-121", or the configuration of another DenseNet in words. */
 export function architectureName(c: DenseNetConfig): string {
-  const hit = KNOWN.find(([, k]) =>
+  const hit = Object.entries(TORCHVISION_DENSENETS).find(([, k]) =>
     k.growthRate === c.growthRate && k.numInitFeatures === c.numInitFeatures &&
     k.bnSize === c.bnSize && k.blockConfig.join() === c.blockConfig.join()
   );

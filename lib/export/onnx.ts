@@ -8,7 +8,7 @@
 import onnxProto from "onnx-proto";
 import { NUM_CLASSES } from "../../config.ts";
 import { type ExportGraph, INPUT, OUTPUTS, type Step } from "./graph.ts";
-import { featureMapSize } from "./shapes.ts";
+import { featureMapSide } from "../model/topology.ts";
 
 const { onnx } = onnxProto;
 
@@ -145,7 +145,7 @@ export function encodeOnnx(
   const nodes: Node[] = [];
   const inits: Tensor[] = [];
   for (const step of graph.steps) translate(step, nodes, inits);
-  const [h, w] = featureMapSize(imageSize, graph.config.blockConfig.length);
+  const h = featureMapSide(graph.config, imageSize), w = h;
   const model = onnx.ModelProto.create({
     irVersion: IR_VERSION,
     opsetImport: [{ domain: "", version: ONNX_OPSET }],

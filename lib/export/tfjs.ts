@@ -8,7 +8,7 @@
  */
 import { NUM_CLASSES } from "../../config.ts";
 import { type ExportGraph, INPUT, OUTPUTS, type Step } from "./graph.ts";
-import { featureMapSize } from "./shapes.ts";
+import { featureMapSide } from "../model/topology.ts";
 
 /** tfjs-converter's default shard size. */
 export const SHARD_BYTES = 4 * 1024 * 1024;
@@ -238,7 +238,7 @@ export function encodeTfjs(
       all.subarray(s * SHARD_BYTES, Math.min(total, (s + 1) * SHARD_BYTES)),
     );
   }
-  const [h, w] = featureMapSize(imageSize, graph.config.blockConfig.length);
+  const h = featureMapSide(graph.config, imageSize), w = h;
   const sig = (name: string, shape: number[]) => ({
     name: `${name}:0`,
     dtype: "DT_FLOAT",

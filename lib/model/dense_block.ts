@@ -94,9 +94,9 @@ export function denseBlockTrain(
   const params = layers.flatMap(layerParams);
   const cin0 = x.shape[3];
   const growth = layers[0].conv2.shape[3];
-  // Unless memory-efficient, each layer's y1 and y2 are kept, and the join of its input where
-  // the seam made one (`joinKept`).
-  const joinKept: boolean[] = [];
+  // Unless memory-efficient, each layer keeps y1 and y2, and the join of its input where the
+  // seam made one: its [start, end) in the saved list's kept part.
+  const keptRanges: [number, number][] = [];
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const input = args[0] as tf.Tensor4D;
     const save = args[args.length - 1] as tf.GradSaveFunc;
@@ -115,12 +115,12 @@ export function denseBlockTrain(
         const feature = tf.conv2d(y2, conv2, 1, "same") as tf.Tensor4D;
         const join = list.joinedIfMade();
         const keep = memoryEfficient ? [] : [y1, y2, ...(join ? [join] : [])];
-        joinKept.push(!memoryEfficient && join != null);
         return [feature, h, s1.mean, s1.variance, s2.mean, s2.variance, ...keep];
       });
       features.push(feature as tf.Tensor4D);
       bottlenecks.push(h as tf.Tensor4D);
       stats.push(...rest.slice(0, 4));
+      keptRanges.push([kept.length, kept.length + rest.length - 4]);
       kept.push(...rest.slice(4));
     }
     const value = tf.concat(features, 3);
@@ -133,10 +133,6 @@ export function denseBlockTrain(
         const [statsAll, ...rest] = saved as tf.Tensor4D[];
         const hs = rest.slice(0, n);
         const feats = rest.slice(n, 2 * n + 1);
-        // Layer i's kept tensors start after those of the layers before it.
-        const keptAt = joinKept.map((_, i) =>
-          memoryEfficient ? 0 : 2 * i + joinKept.slice(0, i).filter(Boolean).length
-        );
         const keptSaved = rest.slice(2 * n + 1);
         const stats = tf.split(
           statsAll,
@@ -151,9 +147,7 @@ export function denseBlockTrain(
             const [m1, v1, m2, v2] = stats.slice(4 * i, 4 * i + 4);
             const s1: Statistics = { mean: m1, variance: v1 };
             const s2: Statistics = { mean: m2, variance: v2 };
-            const k = memoryEfficient
-              ? []
-              : keptSaved.slice(keptAt[i], keptAt[i] + (joinKept[i] ? 3 : 2));
+            const k = keptSaved.slice(...keptRanges[i]);
             const list = new FeatureList(feats.slice(0, i + 1), k[2] ?? null);
             const h = hs[i];
             const y1 = k[0] ?? ops.bnReluConcatRecompute(list, affine(norm1), s1, BN_RELU);

@@ -57,16 +57,30 @@ const chexnet = (growthRate: number, blockConfig: number[], numInitFeatures: num
   numClasses: 14,
 });
 
+/** torchvision's DenseNets by name, with the original tool's 14-way head. */
+export const TORCHVISION_DENSENETS: Record<string, DenseNetConfig> = {
+  "DenseNet-121": chexnet(32, [6, 12, 24, 16], 64),
+  "DenseNet-161": chexnet(48, [6, 12, 36, 24], 96),
+  "DenseNet-169": chexnet(32, [6, 12, 32, 32], 64),
+  "DenseNet-201": chexnet(32, [6, 12, 48, 32], 64),
+};
+
 /** DenseNet-121 with the original tool's 14-way head. */
-export const DENSENET121: DenseNetConfig = chexnet(32, [6, 12, 24, 16], 64);
+export const DENSENET121: DenseNetConfig = TORCHVISION_DENSENETS["DenseNet-121"];
 /** The small DenseNet of the test fixtures (`tests/fixtures/torch/tiny_*.pt`). */
 export const TINY_DENSENET: DenseNetConfig = chexnet(8, [2, 2, 2, 2], 16);
 
 /** The networks `--arch` offers. */
 export const ARCHITECTURES: Record<string, Architecture> = {
   densenet121: { config: DENSENET121, imagenet: "densenet121-a639ec97.pth" },
-  densenet169: { config: chexnet(32, [6, 12, 32, 32], 64), imagenet: "densenet169-b2777c0a.pth" },
-  densenet201: { config: chexnet(32, [6, 12, 48, 32], 64), imagenet: "densenet201-c1103571.pth" },
+  densenet169: {
+    config: TORCHVISION_DENSENETS["DenseNet-169"],
+    imagenet: "densenet169-b2777c0a.pth",
+  },
+  densenet201: {
+    config: TORCHVISION_DENSENETS["DenseNet-201"],
+    imagenet: "densenet201-c1103571.pth",
+  },
   densenet_small: { config: chexnet(16, [4, 8, 12, 8], 32), imagenet: null },
   densenet_tiny: { config: TINY_DENSENET, imagenet: null },
 };

@@ -91,6 +91,11 @@ function validateConfig(c: DenseNetConfig): void {
   }
 }
 
+/** Side of the last feature map (what CAMs are drawn at) for an `imageSize`² input. */
+export function featureMapSide(config: DenseNetConfig, imageSize: number): number {
+  return denseNetPlan(config, imageSize).blocks.at(-1)!.side;
+}
+
 /** Trainable parameters (convolutions, BatchNorm affine, classifier), as torchvision counts. */
 export function parameterCount(config: DenseNetConfig): number {
   const plan = denseNetPlan(config);

@@ -4,6 +4,7 @@
  * @module
  */
 import { FIXTURE_SHARD } from "./original_data.ts";
+import { LABELS } from "../../config.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const PERMISSIONS = ["--allow-read", "--allow-env", "--allow-ffi", "--allow-sys"];
@@ -54,6 +55,42 @@ export async function runScript(
   }).output();
   const dec = new TextDecoder();
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+/**
+ * `validate_model.ts -s model --images files` on the wasm backend (plus `extra` flags): each
+ * image's 14 probabilities, in `files` order, from its `--json`.
+ */
+export async function cliPredictions(
+  model: string,
+  files: string[],
+  extra: string[] = [],
+): Promise<number[][]> {
+  const dir = await Deno.makeTempDir({ prefix: "cxr_cli_predictions_" });
+  try {
+    const r = await runScript("validate_model.ts", [
+      "-s",
+      model,
+      "--backend",
+      "wasm",
+      ...extra,
+      "--json",
+      `${dir}/p.json`,
+      "--images",
+      ...files,
+    ], [dir]);
+    if (r.code !== 0) throw new Error(`validate_model.ts --images failed: ${r.stderr}`);
+    const doc = JSON.parse(await Deno.readTextFile(`${dir}/p.json`));
+    const by = new Map<string, number[]>(
+      doc.images.map((rec: { image: string; probabilities: Record<string, number> }) => [
+        rec.image,
+        LABELS.map((l) => rec.probabilities[l]),
+      ]),
+    );
+    return files.map((f) => by.get(f)!);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 }
 
 /** A temporary dataset directory with the fixture shard under the given subset names. */

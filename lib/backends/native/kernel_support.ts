@@ -1,7 +1,7 @@
 /**
  * What every native kernel shares: the kernel-function arguments, oneDNN opened once, the
- * replaced wasm kernels as fallbacks (kernel_registry.ts), the heap addresses of tensors, and the BatchNorm threads
- * of a wasm module.
+ * replaced wasm kernels as fallbacks (kernel_registry.ts), the heap addresses of tensors, and
+ * the BatchNorm threads of a wasm module.
  * @module
  */
 
@@ -9,7 +9,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import type { BackendWasm } from "@tensorflow/tfjs-backend-wasm";
 import { offsetPointer, OneDnn } from "./onednn.ts";
 import { type HeapThreads, heapThreads } from "./row_threads.ts";
-import { fallback as registryFallback, installedTables } from "../kernel_registry.ts";
+import { fallback as registryFallback } from "../kernel_registry.ts";
 
 /** A kernel function's arguments, with the wasm backend. */
 export interface KernelArgs {
@@ -31,18 +31,9 @@ export function openedOneDnn(): OneDnn | null {
   return dnn;
 }
 
-/**
- * Runs the wasm kernel `name` that the native one replaced (for what the native one does not
- * take). Where the native table is not installed (plain wasm runs some native kernels: the SIMD
- * BatchNorm), the kernel registered for `name` is the wasm one.
- */
+/** Runs the wasm kernel `name` that the native one replaced (for what the native one does not take). */
 export function fallback(name: string, args: KernelArgs): tf.TensorInfo {
-  if (installedTables("wasm").some((t) => t.name === "native")) {
-    return registryFallback("native", name, args);
-  }
-  const config = tf.getKernel(name, "wasm");
-  if (config == null) throw new Error(`wasm backend has no ${name} kernel`);
-  return config.kernelFunc(args as unknown as Parameters<tf.KernelFunc>[0]) as tf.TensorInfo;
+  return registryFallback("native", name, args);
 }
 
 /** The BatchNorm passes split over the wasm backend's thread count, per wasm module and arithmetic. */
