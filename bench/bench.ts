@@ -19,7 +19,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { fileURLToPath } from "node:url";
 import { Adam } from "../lib/train/adam.ts";
-import { BACKENDS, initBackend } from "../lib/backends/backend.ts";
+import { BACKENDS, initBackend, type Precision, PRECISIONS } from "../lib/backends/backend.ts";
 import { resolveMemoryEfficient } from "../lib/backends/memory_efficient.ts";
 import { parseFlags } from "../lib/util/cli.ts";
 import { batches } from "../lib/data/dataset.ts";
@@ -45,6 +45,12 @@ const SPECS = {
     help: "also run bench/torch_bench.py with Debian's /usr/bin/python3 and print ratios",
   },
   threads: { kind: "int", default: 1, min: 1, help: "threads for the backend and for PyTorch" },
+  precision: {
+    kind: "string",
+    default: "f32",
+    choices: PRECISIONS,
+    help: "the convolutions' arithmetic (train_model.ts's --precision; bf16: native backend)",
+  },
   memory_efficient: {
     kind: "string",
     default: "on",
@@ -512,7 +518,11 @@ async function main(args: string[]) {
   );
   const sampler = new RssSampler();
   try {
-    const info = await initBackend(flags.backend, { threads: flags.threads, log });
+    const info = await initBackend(flags.backend, {
+      threads: flags.threads,
+      log,
+      precision: flags.precision as Precision,
+    });
     const threads = info.threads ?? flags.threads;
     if (info.name === "wasm" && flags.wasm_kernels === "tfjs") {
       log(`wasm: tfjs's own ${uninstallKernelTable(wasmKernelTable()).join(", ")} kernels`);
@@ -558,6 +568,7 @@ async function main(args: string[]) {
     const result: Record<string, unknown> = {
       backend: info.name,
       device: info.device,
+      precision: info.precision,
       threads,
       image_size: flags.image_size,
       batch: flags.batch,

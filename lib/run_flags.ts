@@ -12,7 +12,14 @@ import {
   RANDOM_SEED,
   SAVE_DIR,
 } from "../config.ts";
-import { type BackendInfo, type BackendName, BACKENDS, initBackend } from "./backends/backend.ts";
+import {
+  type BackendInfo,
+  type BackendName,
+  BACKENDS,
+  initBackend,
+  type Precision,
+  PRECISIONS,
+} from "./backends/backend.ts";
 import type { FlagSpecs } from "./util/cli.ts";
 
 /** Flags of every script that runs the model over shards. */
@@ -27,6 +34,14 @@ export const RUN_FLAGS = {
   },
   backend: { kind: "string", default: "auto", choices: BACKENDS, help: "compute backend" },
   threads: { kind: "int", default: 0, min: 0, help: "wasm threads (0: all cores)" },
+  precision: {
+    kind: "string",
+    default: "f32",
+    choices: PRECISIONS,
+    help: "convolution arithmetic: bf16 rounds what the convolutions read to bfloat16 " +
+      "(native backend, CPUs with AVX512_BF16 or AMX; weights, BatchNorm, loss and optimizer " +
+      "stay float32)",
+  },
   // DenseNet halves its input five times (32 → 1×1 features); above 1024 (the NIH originals'
   // size) a batch's activations exceed what the wasm heap and most GPUs hold.
   image_size: {
@@ -43,18 +58,23 @@ export const RUN_FLAGS = {
 } as const satisfies FlagSpecs;
 
 /**
- * Starts the backend named by `--backend` / `--threads`, logging the choice on stderr (with
- * `detail`'s setting on the same line). The `note:` lines (why `auto` skipped a backend, …) are
- * for `--verbose` or an explicit backend.
+ * Starts the backend named by `--backend` / `--threads` at `--precision`, logging the choice on
+ * stderr (with `detail`'s setting on the same line). The `note:` lines (why `auto` skipped a
+ * backend, …) are for `--verbose`, an explicit backend or a precision that could not be had.
+ * `precisionOptional`: the precision was carried over from training, not asked for (bf16 then
+ * falls back to float32 with a note where it cannot run).
  */
 export function startBackend(
-  flags: { backend: string; threads: number; verbose?: boolean },
+  flags: { backend: string; threads: number; precision: string; verbose?: boolean },
   detail?: (info: BackendInfo) => Promise<string | null>,
+  precisionOptional = false,
 ): Promise<BackendInfo> {
-  const notes = flags.verbose === true || flags.backend !== "auto";
+  const notes = flags.verbose === true || flags.backend !== "auto" || precisionOptional;
   return initBackend(flags.backend as BackendName, {
     threads: flags.threads || undefined,
     log: (line) => (notes || !line.startsWith("note: ")) && console.error(line),
     detail,
+    precision: flags.precision as Precision,
+    precisionOptional,
   });
 }

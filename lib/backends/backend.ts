@@ -17,7 +17,7 @@ import { fileURLToPath } from "node:url";
 import { UserError } from "../util/errors.ts";
 import { installBackendKernels } from "./kernel_tables.ts";
 import { watchDeviceFaults } from "./device_faults.ts";
-import { openOneDnn } from "./native/native_kernels.ts";
+import { openOneDnn, setConvPrecision } from "./native/native_kernels.ts";
 import { ONEDNN_INSTALL_HINT, OneDnnUnavailable } from "./native/onednn.ts";
 import { setHeapPasses } from "./native/kernel_support.ts";
 import { loadAssembler } from "./native/simd_batchnorm.ts";
@@ -33,6 +33,11 @@ export const BACKENDS = ["auto", "tensorflow", "webgpu", "native", "wasm", "cpu"
 /** A `--backend` value. */
 export type BackendName = typeof BACKENDS[number];
 
+/** Values accepted by `--precision`: the arithmetic of the convolutions. */
+export const PRECISIONS = ["f32", "bf16"] as const;
+/** A `--precision` value. */
+export type Precision = typeof PRECISIONS[number];
+
 /** What `initBackend` started. */
 export interface BackendInfo {
   /**
@@ -44,6 +49,8 @@ export interface BackendInfo {
   device: string;
   /** Threads the backend computes with, where known. */
   threads?: number;
+  /** The convolutions' arithmetic: `bf16` only on the native backend, where asked for. */
+  precision: Precision;
   /** Why other backends were skipped, and caveats of the chosen one. */
   notes: string[];
 }
@@ -59,6 +66,18 @@ export interface InitBackendOptions {
    * the `--memory_efficient auto` decision, which probes the GPU).
    */
   detail?: (info: BackendInfo) => Promise<string | null>;
+  /**
+   * The convolutions' arithmetic (default `f32`). `bf16` runs on the native backend on a CPU
+   * with bfloat16 instructions (`auto` then means native); anything else is refused, in one line,
+   * before any work, unless `precisionOptional`.
+   */
+  precision?: Precision;
+  /**
+   * With `bf16`: where it cannot run (another backend, no bfloat16 instructions), compute in
+   * float32 with a note instead of refusing: a precision carried over from training, not asked
+   * for (a model trained in bf16 is validated anywhere).
+   */
+  precisionOptional?: boolean;
 }
 
 /** Version of the tfjs packages this project is pinned to (deno.json). */
@@ -86,9 +105,19 @@ export async function initBackend(
   name: BackendName | string,
   opts: InitBackendOptions = {},
 ): Promise<BackendInfo> {
-  const requested = parseBackendName(name);
+  let requested = parseBackendName(name);
   const log = opts.log ?? (() => {});
   const notes: string[] = [];
+  const precision = opts.precision ?? "f32";
+  const bf16Demanded = precision === "bf16" && !opts.precisionOptional;
+  if (bf16Demanded && requested === "auto") requested = "native";
+  if (bf16Demanded && requested !== "native") {
+    throw new UserError(
+      `--precision bf16 runs on the native backend (oneDNN) only, not ${requested}: use ` +
+        "--backend native, or --precision f32",
+      2,
+    );
+  }
   let info: BackendInfo | null = null;
   if (requested === "auto") {
     for (const candidate of ["tensorflow", "webgpu", "native", "wasm", "cpu"] as const) {
@@ -110,13 +139,18 @@ export async function initBackend(
     }
   }
   installBackendKernels(info.name);
+  setConvPrecision(info.precision);
+  if (precision === "bf16" && info.precision !== "bf16" && info.name !== "native") {
+    notes.push(`backend ${info.name} computes in float32 (bf16 runs on the native backend only)`);
+  }
   info.notes = [...notes, ...info.notes];
   for (const note of info.notes) log(`note: ${note}`);
   const threads = info.threads != null
     ? `, ${info.threads} thread${info.threads > 1 ? "s" : ""}`
     : "";
   const detail = await opts.detail?.(info);
-  log(`backend: ${info.name} (${info.device}${threads})${detail ? `; ${detail}` : ""}`);
+  const bf16 = info.precision === "bf16" ? ", bf16 convolutions" : "";
+  log(`backend: ${info.name} (${info.device}${threads}${bf16})${detail ? `; ${detail}` : ""}`);
   return info;
 }
 
@@ -185,7 +219,7 @@ async function startTensorflow(
     }
     const notes = opts.threads != null ? ["--threads is ignored by libtensorflow"] : [];
     const device = pkg === "tfjs-node-gpu" ? "libtensorflow, CUDA GPU" : "libtensorflow, CPU";
-    return { name: "tensorflow", device, notes };
+    return { name: "tensorflow", device, notes, precision: "f32" };
   }
   if (!explicit) throw new Error(tried.join("; "));
   throw new UserError(
@@ -264,7 +298,7 @@ async function startWebgpu(_opts: InitBackendOptions, explicit: boolean): Promis
       throw new UserError(`backend webgpu cannot start: tfjs could not open ${device}; ${fix}`);
     }
     watchDeviceFaults((tf.backend() as unknown as { device: GPUDevice }).device);
-    return { name: "webgpu", device: `WebGPU: ${device}`, notes };
+    return { name: "webgpu", device: `WebGPU: ${device}`, notes, precision: "f32" };
   });
 }
 
@@ -368,6 +402,7 @@ async function startWasm(opts: InitBackendOptions): Promise<BackendInfo> {
     device: `CPU, WebAssembly${simd ? " SIMD" : ""} (XNNPACK${running > 1 ? ", threaded" : ""})`,
     threads: running,
     notes,
+    precision: "f32",
   };
 }
 
@@ -386,18 +421,35 @@ async function startNative(opts: InitBackendOptions, explicit: boolean): Promise
       ? `${msg}; ${ONEDNN_INSTALL_HINT}`
       : msg;
     if (!explicit) throw new Error(why);
-    throw new UserError(`backend native cannot start: ${why}; or use --backend wasm`);
+    const instead = opts.precision === "bf16" ? "--precision f32" : "--backend wasm";
+    throw new UserError(`backend native cannot start: ${why}; or use ${instead}`);
+  }
+  let precision: Precision = "f32";
+  if (opts.precision === "bf16") {
+    if (dnn.bf16Instructions) precision = "bf16";
+    else if (!opts.precisionOptional) {
+      throw new UserError(
+        `--precision bf16 needs a CPU with bfloat16 instructions (AVX512_BF16 or AMX); oneDNN ` +
+          `reports ${dnn.isa} on this one, where bf16 would run emulated, slower than float32: ` +
+          "use --precision f32",
+        2,
+      );
+    }
   }
   const wasm = await startWasm(opts);
   setHeapPasses(wasm.threads ?? 1, false);
   dnn.setThreads(wasm.threads ?? 1);
   const notes = [...wasm.notes];
   if (dnn.threads == null) notes.push("oneDNN's thread count could not be set (no OpenMP found)");
+  if (opts.precision === "bf16" && precision !== "bf16") {
+    notes.push(`this CPU has no bfloat16 instructions (oneDNN reports ${dnn.isa}): float32`);
+  }
   return {
     name: "native",
     device: `oneDNN ${dnn.version} ${dnn.isa}, wasm heap`,
     threads: wasm.threads,
     notes,
+    precision,
   };
 }
 
@@ -421,5 +473,6 @@ async function startCpu(): Promise<BackendInfo> {
     device: "CPU, plain JavaScript",
     threads: 1,
     notes: ["the cpu backend is very slow for training; prefer wasm"],
+    precision: "f32",
   };
 }

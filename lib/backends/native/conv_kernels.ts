@@ -1,12 +1,76 @@
 /**
  * The native convolutions: Conv2D, FusedConv2D (bias, ReLU), and both gradients by oneDNN on the
  * wasm heap, NHWC float32, dilation 1; the rest falls back to the wasm kernels.
+ *
+ * Precision (`setConvPrecision`, chosen once when the backend starts): `f32`, or `bf16`, where
+ * each convolution reads its activations (forward: x; backward-data: dy; backward-weights: x
+ * and dy) and its weights rounded to bfloat16, accumulates in float32 and writes float32, as
+ * PyTorch's autocast does for a convolution (which then also rounds what it writes; we do
+ * not). The tensors themselves stay float32: the rounded copies live in buffers of this module
+ * outside the wasm heap, and a backward pass's dy, read by both gradients, is rounded once.
  * @module
  */
 
 import * as tf from "@tensorflow/tfjs-core";
-import type { ConvShape } from "./onednn.ts";
+import type { ConvPrecision, ConvShape } from "./onednn.ts";
 import { fallback, heapPointer, type KernelArgs, openOneDnn } from "./kernel_support.ts";
+
+let precision: ConvPrecision = "f32";
+
+/**
+ * A bfloat16 buffer whose address stays put: V8 keeps typed arrays of up to 64 bytes inside its
+ * moving heap, so never one that small.
+ */
+const offHeap = (size: number) => new Uint16Array(Math.max(size, 1024));
+
+/** The arithmetic of every native convolution from now on (see the module's comment). */
+export function setConvPrecision(p: ConvPrecision): void {
+  precision = p;
+  if (p === "f32") bf16Copies.release();
+}
+
+/** The precision the native convolutions run at. */
+export function convPrecision(): ConvPrecision {
+  return precision;
+}
+
+/**
+ * The bfloat16 copies a bf16 convolution reads: `x` (its source) and `dy` (an output gradient).
+ * The last dy's copy is kept with its tensor's data id: tfjs computes a convolution's two
+ * gradients from one dy back to back, and a tensor's data never changes while its id lives
+ * (the copy holds the id, so a disposed tensor's id is never reused for another's data).
+ */
+const bf16Copies = new class {
+  #x = new Uint16Array(0);
+  #dy = new Uint16Array(0);
+  #dyId: object | null = null;
+
+  /** x rounded to bfloat16, valid until the next call. */
+  x(backend: KernelArgs["backend"], t: tf.TensorInfo): Deno.PointerValue {
+    const size = tf.util.sizeFromShape(t.shape);
+    if (this.#x.length < size) this.#x = offHeap(size);
+    openOneDnn().convertBf16(size, heapPointer(backend, t), Deno.UnsafePointer.of(this.#x));
+    return Deno.UnsafePointer.of(this.#x);
+  }
+
+  /** dy rounded to bfloat16, valid until the next call with another dy. */
+  dy(backend: KernelArgs["backend"], t: tf.TensorInfo): Deno.PointerValue {
+    if (this.#dyId !== t.dataId) {
+      const size = tf.util.sizeFromShape(t.shape);
+      if (this.#dy.length < size) this.#dy = offHeap(size);
+      openOneDnn().convertBf16(size, heapPointer(backend, t), Deno.UnsafePointer.of(this.#dy));
+      this.#dyId = t.dataId;
+    }
+    return Deno.UnsafePointer.of(this.#dy);
+  }
+
+  /** Frees the copies (float32 from now on). */
+  release(): void {
+    this.#x = new Uint16Array(0);
+    this.#dy = new Uint16Array(0);
+    this.#dyId = null;
+  }
+}();
 
 /** The convolution as oneDNN needs it; null for what the native kernels do not take. */
 function convShape(
@@ -77,14 +141,16 @@ function forwardConv(args: KernelArgs, name: string, bias: boolean, relu: boolea
   for (const t of [x!, filter!, ...(bias ? [b!] : [])]) backend.dataIdMap.get(t.dataId);
   const out = backend.makeOutput([s.n, s.oh, s.ow, s.co], "float32");
   const p = (t: tf.TensorInfo) => heapPointer(backend, t);
+  const src = precision === "bf16" ? bf16Copies.x(backend, x!) : p(x!);
   openOneDnn().convForward(
     s,
     { bias, relu },
-    p(x!),
+    src,
     p(filter!),
     bias ? p(b!) : null,
     p(out),
     false,
+    precision,
   );
   return out;
 }
@@ -98,7 +164,8 @@ function conv2DBackpropInput(args: KernelArgs): tf.TensorInfo {
   backend.dataIdMap.get(filter!.dataId);
   const out = backend.makeOutput(inputShape, "float32");
   const p = (t: tf.TensorInfo) => heapPointer(backend, t);
-  openOneDnn().convBackwardData(s, p(dy!), p(filter!), p(out));
+  const diffDst = precision === "bf16" ? bf16Copies.dy(backend, dy!) : p(dy!);
+  openOneDnn().convBackwardData(s, diffDst, p(filter!), p(out), precision);
   return out;
 }
 
@@ -111,7 +178,10 @@ function conv2DBackpropFilter(args: KernelArgs): tf.TensorInfo {
   backend.dataIdMap.get(dy!.dataId);
   const out = backend.makeOutput(filterShape, "float32");
   const p = (t: tf.TensorInfo) => heapPointer(backend, t);
-  openOneDnn().convBackwardWeights(s, p(x!), p(dy!), p(out));
+  const [src, diffDst] = precision === "bf16"
+    ? [bf16Copies.x(backend, x!), bf16Copies.dy(backend, dy!)]
+    : [p(x!), p(dy!)];
+  openOneDnn().convBackwardWeights(s, src, diffDst, p(out), precision);
   return out;
 }
 

@@ -17,6 +17,7 @@ import { POOL_KERNELS } from "./pool_kernels.ts";
 import type { KernelTable } from "../kernel_registry.ts";
 
 export { openOneDnn } from "./kernel_support.ts";
+export { convPrecision, setConvPrecision } from "./conv_kernels.ts";
 
 let table: KernelTable | null = null;
 
