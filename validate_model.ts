@@ -65,6 +65,11 @@ export const FLAGS = {
     ...RUN_FLAGS.image_size,
     help: "network input size; without it, the training run's (its _results.json), else",
   },
+  precision: {
+    ...RUN_FLAGS.precision,
+    help: "convolution arithmetic (bf16: native backend, CPUs with AVX512_BF16 or " +
+      "AMX); without it, the training run's (float32 where bf16 cannot run here), else",
+  },
   saved_model: {
     kind: "string",
     short: "s",
