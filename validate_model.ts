@@ -287,9 +287,15 @@ async function main(args: string[]): Promise<void> {
       imageSize: flags.image_size,
       imageSizeGiven: flagGiven(args, "image_size"),
       centerCrop: flags.center_crop,
+      precision: flags.precision,
+      precisionGiven: flagGiven(args, "precision"),
     },
   );
-  const backend = await startBackend(flags);
+  const backend = await startBackend(
+    { ...flags, precision: settings.precision },
+    undefined,
+    settings.precisionCarried,
+  );
   console.log(`Loading from ${shown(modelPath.split("/").pop()!)}.`);
   for (const line of settings.lines) console.log(line);
   const { model, thresholds: saved } = await loadModel(modelPath);
@@ -326,11 +332,14 @@ async function main(args: string[]): Promise<void> {
     center_crop: flags.center_crop,
     transform: testTransformText(imageSize, flags.center_crop),
     backend: backend.name,
+    precision: backend.precision,
     labels: LABELS,
     thresholds: Array.from(thresholds),
   };
   const reportMeta = (transformNote = "") => ({
-    backend: `${backend.name} (${backend.device})`,
+    backend: `${backend.name} (${backend.device}${
+      backend.precision === "bf16" ? ", bf16 convolutions" : ""
+    })`,
     date: new Date().toISOString(),
     transform: testTransformText(imageSize, flags.center_crop) + transformNote,
     thresholds: saved ? "checkpoint" : "0.5 (checkpoint has none)",

@@ -69,10 +69,13 @@ export function startBackend(
   detail?: (info: BackendInfo) => Promise<string | null>,
   precisionOptional = false,
 ): Promise<BackendInfo> {
-  const notes = flags.verbose === true || flags.backend !== "auto" || precisionOptional;
+  const notes = flags.verbose === true || flags.backend !== "auto";
+  // A carried bf16 that falls back to float32 says so whatever the backend.
+  const shown = (line: string) =>
+    notes || !line.startsWith("note: ") || (precisionOptional && /bfloat16|bf16/.test(line));
   return initBackend(flags.backend as BackendName, {
     threads: flags.threads || undefined,
-    log: (line) => (notes || !line.startsWith("note: ")) && console.error(line),
+    log: (line) => shown(line) && console.error(line),
     detail,
     precision: flags.precision as Precision,
     precisionOptional,

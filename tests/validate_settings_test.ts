@@ -100,21 +100,49 @@ Deno.test("validationSettings and flagGiven", () => {
     imageSize: 112,
     architecture: null,
     augmentation: false,
+    precision: null,
   };
+  const f32 = { precision: "f32", precisionCarried: false };
   assert.deepEqual(
     validationSettings(trained, { imageSize: 224, imageSizeGiven: false, centerCrop: false }),
     {
       imageSize: 112,
+      ...f32,
       lines: ["Settings from x_results.json: image size 112 (override with --image_size)."],
     },
   );
   assert.deepEqual(
     validationSettings(trained, { imageSize: 112, imageSizeGiven: true, centerCrop: false }),
-    { imageSize: 112, lines: [] },
+    { imageSize: 112, ...f32, lines: [] },
   );
   assert.deepEqual(
     validationSettings(null, { imageSize: 224, imageSizeGiven: false, centerCrop: true }),
-    { imageSize: 224, lines: [] },
+    { imageSize: 224, ...f32, lines: [] },
+  );
+  // A bf16 training run's precision is carried (optional: float32 where bf16 cannot run)
+  // unless --precision is given; a float32 one's changes nothing.
+  const bf16 = { ...trained, precision: "bf16" };
+  const user = { imageSize: 112, imageSizeGiven: true, centerCrop: false };
+  assert.deepEqual(validationSettings(bf16, user), {
+    imageSize: 112,
+    precision: "bf16",
+    precisionCarried: true,
+    lines: [
+      "Precision from x_results.json: bf16 (override with --precision; float32 where this " +
+      "machine has no bf16).",
+    ],
+  });
+  assert.deepEqual(
+    validationSettings(bf16, { ...user, precision: "f32", precisionGiven: true }),
+    { imageSize: 112, ...f32, lines: [] },
+  );
+  assert.deepEqual(
+    validationSettings({ ...trained, precision: "f32" }, {
+      ...user,
+      precision: "bf16",
+      precisionGiven: true,
+    }),
+    { imageSize: 112, precision: "bf16", precisionCarried: false, lines: [] },
   );
   assert.ok(flagGiven(["--", "--image_size", "64"], "image_size"));
   assert.ok(flagGiven(["--image_size=64"], "image_size"));

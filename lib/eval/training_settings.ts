@@ -1,8 +1,10 @@
 /**
  * Training settings carried over to validation: the `_results.json` beside a checkpoint knows
- * the image size, architecture and augmentation it was trained with, so a model trained at
- * 64 px is validated at 64 px unless the user says otherwise, and a model trained with
- * augmentation gets a note when `-c` (the original's center crop for such models) is missing.
+ * the image size, architecture, augmentation and precision it was trained with, so a model
+ * trained at 64 px is validated at 64 px unless the user says otherwise, a model trained in
+ * bf16 is validated in bf16 where the machine can (else float32, with a note), and a model
+ * trained with augmentation gets a note when `-c` (the original's center crop for such models)
+ * is missing.
  * @module
  */
 
@@ -19,6 +21,8 @@ export interface TrainingSettings {
   imageSize: number | null;
   architecture: string | null;
   augmentation: boolean | null;
+  /** `--precision` of the training run (absent before the flag existed: float32). */
+  precision: string | null;
 }
 
 /** `<stamp>_results.json` for `<stamp>_model.pt`, or null for another name. */
@@ -35,7 +39,7 @@ export function resultsPathFor(modelPath: string): string | null {
  */
 export async function readTrainingSettings(
   modelPath: string,
-  specs: { image_size: FlagSpec },
+  specs: { image_size: FlagSpec; precision?: FlagSpec },
   given: ReadonlySet<string> = new Set(),
 ): Promise<TrainingSettings | null> {
   const path = resultsPathFor(modelPath);
@@ -65,6 +69,9 @@ export async function readTrainingSettings(
       ? null
       : read<string>("arch", ARCH_SETTING, `repair or remove ${name}`),
     augmentation: read<boolean>("augmentation", AUGMENTATION_SETTING, `repair ${name} or pass -c`),
+    precision: specs.precision
+      ? read<string>("precision", specs.precision, `repair ${name} or pass --precision`)
+      : null,
   };
 }
 
@@ -73,12 +80,35 @@ export function flagGiven(args: readonly string[], name: string): boolean {
   return args.some((a) => a === `--${name}` || a.startsWith(`--${name}=`));
 }
 
-/** The image size to validate at and the lines that say where it and the notes come from. */
+/** What validation runs with, taken from the user's flags and the training run's record. */
+export interface ValidationSettings {
+  imageSize: number;
+  /** `--precision`, or the training run's where the user gave none. */
+  precision: string;
+  /** The precision came from the training record: float32 where bf16 cannot run, not refused. */
+  precisionCarried: boolean;
+  /** Where the settings come from, and notes, for the user. */
+  lines: string[];
+}
+
+/** The settings to validate with and the lines that say where they and the notes come from. */
 export function validationSettings(
   trained: TrainingSettings | null,
-  user: { imageSize: number; imageSizeGiven: boolean; centerCrop: boolean },
-): { imageSize: number; lines: string[] } {
-  if (trained === null) return { imageSize: user.imageSize, lines: [] };
+  user: {
+    imageSize: number;
+    imageSizeGiven: boolean;
+    centerCrop: boolean;
+    precision?: string;
+    precisionGiven?: boolean;
+  },
+): ValidationSettings {
+  const asked = user.precision ?? "f32";
+  const carried = trained?.precision != null && user.precisionGiven !== true &&
+    trained.precision !== asked;
+  const precision = carried ? trained!.precision! : asked;
+  if (trained === null) {
+    return { imageSize: user.imageSize, precision, precisionCarried: false, lines: [] };
+  }
   const name = trained.path.split("/").pop();
   const lines: string[] = [];
   let imageSize = user.imageSize;
@@ -94,11 +124,17 @@ export function validationSettings(
         `(${name}).`,
     );
   }
+  if (carried) {
+    lines.push(
+      `Precision from ${name}: ${precision} (override with --precision; float32 where this ` +
+        "machine has no bf16).",
+    );
+  }
   if (trained.augmentation === true && !user.centerCrop) {
     lines.push(
       "note: the model was trained with augmentation (-a); the original validates such models " +
         "with -c (resize, then center crop).",
     );
   }
-  return { imageSize, lines };
+  return { imageSize, precision, precisionCarried: carried, lines };
 }

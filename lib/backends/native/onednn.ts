@@ -365,13 +365,22 @@ const OPENMP_LIBRARIES = ["libgomp.so.1", "libomp.so", "libomp.dylib", "libiomp5
  * default, all cores).
  */
 function setOpenMpThreads(threads: number): boolean {
+  openMpSetter ??= findOpenMpSetter();
+  if (openMpSetter === false) return false;
+  openMpSetter(threads);
+  return true;
+}
+
+/** `omp_set_num_threads` of the OpenMP runtime loaded, once found; false where there is none. */
+let openMpSetter: ((threads: number) => void) | false | undefined;
+
+function findOpenMpSetter(): ((threads: number) => void) | false {
   for (const name of OPENMP_LIBRARIES) {
     try {
       const omp = Deno.dlopen(name, {
         omp_set_num_threads: { parameters: ["i32"], result: "void" },
       });
-      omp.symbols.omp_set_num_threads(threads);
-      return true;
+      return (threads) => omp.symbols.omp_set_num_threads(threads);
     } catch {
       // not this runtime
     }
@@ -514,11 +523,34 @@ export class OneDnn {
     precision: ConvPrecision = "f32",
   ): void {
     const key = `${precisionKey(precision)}w:${shapeKey(s)}`;
-    const p = this.#cache.get(key) ?? this.#prepare(key, () => ({
-      pd: this.#convBackwardPd("backward-weights", s, precision, TAG_NHWC),
-      userWeights: "out" as const,
-    }));
+    const p = this.#cache.get(key) ??
+      this.#singleThreaded(precision === "bf16", () =>
+        this.#prepare(key, () => ({
+          pd: this.#convBackwardPd("backward-weights", s, precision, TAG_NHWC),
+          userWeights: "out" as const,
+        })));
     this.#run(p, new Map([[ARG_SRC, src], [ARG_DIFF_DST, diffDst]]), diffWeights);
+  }
+
+  /**
+   * `make()` with OpenMP at one thread when `single`: oneDNN fixes a primitive's thread count
+   * when it creates it (and runs it on that many whatever OpenMP is set to later).
+   *
+   * Why for bf16 backward-weights: oneDNN 2.x's `jit_bf16` one reduces across its threads with
+   * spinning barriers, and with another runnable thread on the machine (tfjs's wasm pool, any
+   * other process) a waiting thread spins away whole scheduler quanta. Measured on the 2-core
+   * VM, a DenseNet-121 step's backward-weights took 0.27–0.35 s on 2 threads when it ran clean
+   * but 2.5–12 s in most runs, even at load 1, and 0.68–0.82 s on 1 thread at load 5.
+   */
+  #singleThreaded<T>(single: boolean, make: () => T): T {
+    const threads = this.threads ?? 1;
+    if (!single || threads === 1) return make();
+    setOpenMpThreads(1);
+    try {
+      return make();
+    } finally {
+      setOpenMpThreads(threads);
+    }
   }
 
   /**
