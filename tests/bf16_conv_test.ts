@@ -6,23 +6,13 @@
  * libdnnl is missing or the CPU has no bfloat16 instructions (oneDNN would emulate them).
  */
 import assert from "node:assert/strict";
-import { nativeMissingFor } from "./helpers/native.ts";
+import { bf16Missing } from "./helpers/bf16.ts";
 import { openOneDnn } from "../lib/backends/native/native_kernels.ts";
 import type { ConvPrecision, ConvShape, OneDnn } from "../lib/backends/native/onednn.ts";
 import { relError } from "./assert.ts";
 import { Rng } from "../lib/util/rng.ts";
 
-function bf16Missing(): string | null {
-  const why = nativeMissingFor("the bf16 convolution tests");
-  if (why != null) return why;
-  const dnn = openOneDnn();
-  if (dnn.bf16Instructions) return null;
-  const reason = `the CPU has no bfloat16 instructions (oneDNN reports ${dnn.isa})`;
-  console.log(`skipping the bf16 convolution tests: ${reason}`);
-  return reason;
-}
-
-const ignore = bf16Missing() != null;
+const ignore = bf16Missing("the bf16 convolution tests") != null;
 
 /** float32 → bfloat16 bits, to nearest, ties to even (NaN-free inputs). */
 function bf16Bits(v: number): number {

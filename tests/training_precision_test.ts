@@ -3,15 +3,14 @@
  * precision.*, made by make_precision_reference.py with torch 1.13): the tiny DenseNet at batch
  * 8, 48×48, BCE on the Sigmoid head, on every CPU backend and memory level, must be as accurate
  * as PyTorch's own float32 step (to float32 rounding), whose error the fixture records per
- * parameter.
+ * parameter. The bf16 step's contract, pooled over several batches, is tests/bf16_step_test.ts.
  */
 import { nativeMissingFor } from "./helpers/native.ts";
 import * as tf from "@tensorflow/tfjs-core";
 import assert from "node:assert/strict";
 import { initBackend } from "../lib/backends/backend.ts";
-import { disposeModel, forward, trainableVariables } from "../lib/model/densenet.ts";
-import { bceWithLogits } from "../lib/train/loss.ts";
-import { FIXTURES, referenceModel, torchLayout } from "./helpers/model_reference.ts";
+import { FIXTURES } from "./helpers/model_reference.ts";
+import { relativeError, trainingStep } from "./helpers/training_step.ts";
 
 const header = JSON.parse(Deno.readTextFileSync(new URL("precision.json", FIXTURES)));
 const bytes = Deno.readFileSync(new URL("precision.bin", FIXTURES));
@@ -28,17 +27,7 @@ const input = (name: string) => {
 };
 
 const nativeMissing = nativeMissingFor("the native precision tests");
-
-/** ‖got − want‖ / ‖want‖ (the fixture's measure of PyTorch's error). */
-function error(got: ArrayLike<number>, want: Float64Array): number {
-  let diff = 0;
-  let norm = 0;
-  for (let i = 0; i < want.length; i++) {
-    diff += (got[i] - want[i]) ** 2;
-    norm += want[i] ** 2;
-  }
-  return norm > 0 ? Math.sqrt(diff / norm) : Math.sqrt(diff);
-}
+const median = (a: number[]) => [...a].sort((p, q) => p - q)[a.length >> 1];
 
 const cases: [string, boolean][] = [
   ["cpu", false],
@@ -54,37 +43,24 @@ for (const [backend, level] of cases) {
     ignore: backend === "native" && nativeMissing != null,
     fn: async () => {
       await initBackend(backend, { threads: 2 });
-      const model = referenceModel();
       try {
         const images = input("images");
-        const labels = input("labels");
-        const vars = trainableVariables(model);
-        const { value, grads } = tf.tidy(() => {
-          const x = tf.transpose(
-            tf.tensor4d(images.data, images.shape as [number, number, number, number]),
-            [0, 2, 3, 1],
-          ) as tf.Tensor4D;
-          const y = tf.tensor2d(labels.data, labels.shape as [number, number]);
-          return tf.variableGrads(
-            () => bceWithLogits(forward(model, x, { training: true, memoryEfficient: level }), y),
-            vars,
-          );
-        });
-        const loss = value.dataSync()[0];
+        const step = trainingStep(
+          images.data,
+          images.shape as [number, number, number, number],
+          input("labels").data,
+          level,
+        );
         const ours: number[] = [];
         const torch: number[] = [];
-        for (const v of vars) {
-          const key = v.name.slice(v.name.indexOf("/") + 1);
+        for (const [key, grad] of step.gradients) {
           const e = entries[key];
           assert.ok(e?.torch_float32_error !== undefined, `reference gradient of ${key}`);
-          const want = gradients.subarray(e.offset, e.offset + size(e.shape));
-          ours.push(error(torchLayout(grads[v.name]), want));
+          ours.push(relativeError(grad, gradients.subarray(e.offset, e.offset + size(e.shape))));
           torch.push(e.torch_float32_error!);
         }
-        tf.dispose([value, ...Object.values(grads)]);
-        const lossErr = Math.abs(loss - header.loss_float64);
+        const lossErr = Math.abs(step.loss - header.loss_float64);
         const torchLossErr = Math.abs(header.loss_torch_float32 - header.loss_float64);
-        const median = (a: number[]) => [...a].sort((p, q) => p - q)[a.length >> 1];
         const worst = Math.max(...ours.map((e, i) => e / Math.max(torch[i], 1e-7)));
         console.log(
           `${backend} ${level}: gradient error median ${median(ours).toExponential(2)} ` +
@@ -101,7 +77,6 @@ for (const [backend, level] of cases) {
         assert.ok(worst <= 3, `a gradient ${worst.toFixed(1)}× less accurate than torch's`);
         assert.ok(lossErr <= Math.max(4 * torchLossErr, 1e-7), `loss error ${lossErr}`);
       } finally {
-        disposeModel(model);
         await tf.setBackend("cpu");
       }
     },

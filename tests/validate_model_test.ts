@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
 import { assertClose } from "./assert.ts";
-import { fixtureDatasetDir, runScript, seedModelPath } from "./helpers/scripts.ts";
+import {
+  fixtureDatasetDir,
+  readPredictionsCsv,
+  runScript,
+  seedModelPath,
+} from "./helpers/scripts.ts";
 import { FIXTURE_SHARD } from "./helpers/original_data.ts";
 import { readShard } from "../lib/data/webdataset.ts";
 import { LABELS } from "../config.ts";
@@ -17,16 +22,6 @@ const tinyExpected = JSON.parse(await Deno.readTextFile(`${fixtures}tiny_expecte
   predictions: number[][];
 };
 const SEED = seedModelPath();
-
-function readPredictionsCsv(text: string): { keys: string[]; rows: number[][] } {
-  const lines = text.trim().split("\n");
-  assert.equal(lines[0], ["Image Index", ...LABELS].join(","));
-  const rows = lines.slice(1).map((l) => l.split(","));
-  return {
-    keys: rows.map((r) => r[0].replace(/\.png$/, "")),
-    rows: rows.map((r) => r.slice(1).map(Number)),
-  };
-}
 
 const nullToNaN = (xs: (number | null)[]) => xs.map((x) => x ?? NaN);
 

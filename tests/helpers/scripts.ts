@@ -28,13 +28,19 @@ export interface ScriptResult {
 
 /**
  * Runs `<script>.ts` with `args`; writes are allowed only under `writeDirs`; `permissions`
- * adds flags beyond the common ones (e.g. `--allow-run` for the demo).
+ * adds flags beyond the common ones (e.g. `--allow-run` for the demo); `env` adds variables to
+ * the inherited environment.
  */
 export async function runScript(
   script: string,
   args: string[],
   writeDirs: string[],
-  opts: { cwd?: string; permissions?: string[]; timeoutMs?: number } = {},
+  opts: {
+    cwd?: string;
+    permissions?: string[];
+    timeoutMs?: number;
+    env?: Record<string, string>;
+  } = {},
 ): Promise<ScriptResult> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
@@ -49,7 +55,7 @@ export async function runScript(
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...opts.env },
     // A hung script is killed, so the test fails instead of hanging the suite.
     signal: opts.timeoutMs ? AbortSignal.timeout(opts.timeoutMs) : undefined,
   }).output();
@@ -91,6 +97,19 @@ export async function cliPredictions(
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+}
+
+/** validate_model.ts's `--predictions` CSV: its image keys (no `.png`) and probability rows. */
+export function readPredictionsCsv(text: string): { keys: string[]; rows: number[][] } {
+  const lines = text.trim().split("\n");
+  if (lines[0] !== ["Image Index", ...LABELS].join(",")) {
+    throw new Error(`unexpected predictions header: ${lines[0]}`);
+  }
+  const rows = lines.slice(1).map((l) => l.split(","));
+  return {
+    keys: rows.map((r) => r[0].replace(/\.png$/, "")),
+    rows: rows.map((r) => r.slice(1).map(Number)),
+  };
 }
 
 /** A temporary dataset directory with the fixture shard under the given subset names. */
