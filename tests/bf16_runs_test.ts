@@ -169,7 +169,8 @@ Deno.test({
         const fmt = (m: Moved) =>
           defined.map((c) => `${m.auroc[c]!.toFixed(4)}/${m.flips[c]}`).join(" ");
         const beyond = (bound: (c: number) => number) =>
-          defined.filter((c) => Math.abs(ours.auroc[c]!) > bound(c));
+          // (1e-12: an AUROC moved by exactly one pair is not beyond one pair.)
+          defined.filter((c) => Math.abs(ours.auroc[c]!) > bound(c) + 1e-12);
         const holds = (classes: number[]) =>
           classes.length === 0 ? "holds" : `fails (classes ${classes})`;
         // One pair moves class c's AUROC by 1/(P·N): 0.005-0.02 on these 50 images, so the
@@ -197,8 +198,8 @@ Deno.test({
           `${sum(ours.flips)} flipped pairs against PyTorch's ${sum(torch.flips)}`,
         );
         assert.ok(
-          Math.abs(ours.mean) <= Math.max(0.002, Math.abs(torch.mean)),
-          `mean AUROC moved ${ours.mean} (PyTorch ${torch.mean})`,
+          Math.abs(ours.mean) <= 0.002,
+          `mean AUROC moved ${ours.mean}, beyond the issue's 0.002 (PyTorch ${torch.mean})`,
         );
       });
     } finally {
