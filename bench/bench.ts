@@ -5,8 +5,9 @@
  * and training augmentation); peak RSS; the tfjs kernels (and, on webgpu, GPU dispatches) of one
  * training step and one inference batch, counted with `tf.profile`; on webgpu the CPU's encoding
  * time per step and, with `--gpu_times`, GPU time by program. With `--compare-torch`, the same
- * DenseNet-121 work in Debian's PyTorch (`bench/torch_bench.py`) at the same batch and thread
- * count, and the ratios.
+ * DenseNet-121 work in Debian's PyTorch (`bench/torch_bench.py`: float32 NCHW as the original,
+ * float32 channels_last, bfloat16 autocast + channels_last) at the same batch and thread count,
+ * and ours (at `--precision`) / each of them (`bench/torch_compare.ts`).
  * Prints one JSON object on stdout; progress goes to stderr.
  *
  *     deno run --allow-read --allow-env --allow-ffi --allow-run --allow-sys bench/bench.ts \
@@ -33,6 +34,7 @@ import { uninstallKernelTable } from "../lib/backends/kernel_registry.ts";
 import { readShard } from "../lib/data/webdataset.ts";
 import { transformsTrainAugmented } from "../transforms/augmented_transforms.ts";
 import { encodeSeconds, formatGpuTimes, gpuProgramTimes, type GpuTimes } from "./gpu_timing.ts";
+import { comparisonLines, ratio, ratiosByVariant, type TorchResult } from "./torch_compare.ts";
 
 const SPECS = {
   backend: { kind: "string", default: "wasm", choices: BACKENDS, help: "tfjs backend" },
@@ -106,19 +108,6 @@ const PYTHON = "/usr/bin/python3";
 /** Images per batch of the augmentation measurement, and their input side. */
 const AUGMENT_BATCH = 16;
 const AUGMENT_INPUT = 256;
-
-/** What `bench/torch_bench.py` prints. */
-interface TorchResult {
-  torch_version: string;
-  threads: number;
-  batch: number;
-  image_size: number;
-  train_images_per_s: number;
-  infer_images_per_s: number;
-  train_images_per_cpu_s: number;
-  infer_images_per_cpu_s: number;
-  peak_rss_mb: number;
-}
 
 /**
  * Samples the process RSS every 20 ms in a worker, whose event loop keeps running while the
@@ -608,16 +597,12 @@ async function main(args: string[]) {
       const torch = await benchTorch(flags.batch, flags.image_size, flags.steps, threads);
       result.torch = torch;
       if ("train_images_per_s" in torch) {
-        result.ratio = {
-          train: round(model.train / torch.train_images_per_s),
-          infer: round(model.infer / torch.infer_images_per_s),
-          ...(model.trainCpu != null && model.inferCpu != null
-            ? {
-              train_per_cpu_s: round(model.trainCpu / torch.train_images_per_cpu_s),
-              infer_per_cpu_s: round(model.inferCpu / torch.infer_images_per_cpu_s),
-            }
-            : {}),
-        };
+        // `ratio`: against float32 NCHW, the original tool's (as before the variants).
+        result.ratio = ratio(model, torch);
+        result.ratio_by_variant = ratiosByVariant(model, torch);
+        for (const line of comparisonLines(`${info.name} ${info.precision}`, model, torch)) {
+          log(line);
+        }
       }
     }
     console.log(JSON.stringify(result));

@@ -3,18 +3,20 @@
  * `train_model.ts` epoch against a PyTorch epoch over the same images (decode, resize, batch,
  * train; then the validation pass), and `validate_model.ts` over the test shards against
  * PyTorch's decode + resize + forward (`bench/torch_epoch.py`, Debian's /usr/bin/python3).
- * Same batch, decoding workers and threads on both sides. The shards are copies of the fixture
- * shard (50 NIH images each); random initial weights on both sides. Prints one JSON object on
- * stdout; progress on stderr.
+ * Same batch, decoding workers, threads and precision on both sides (`--precision bf16`: ours
+ * rounds what the convolutions read to bfloat16, PyTorch runs channels_last with its forward
+ * under bfloat16 autocast). The shards are copies of the fixture shard (50 NIH images each);
+ * random initial weights on both sides. Prints one JSON object on stdout; progress on stderr.
  *
  *     deno run --allow-read --allow-write --allow-env --allow-ffi --allow-run --allow-sys \
- *       bench/epoch.ts [--copies 4] [--batch 16] [--workers 2] [--threads 2] [--backend native]
+ *       bench/epoch.ts [--copies 4] [--batch 16] [--workers 2] [--threads 2] [--backend native] \
+ *       [--precision f32|bf16]
  * @module
  */
 
 import { fileURLToPath } from "node:url";
 import { parseFlags } from "../lib/util/cli.ts";
-import { BACKENDS } from "../lib/backends/backend.ts";
+import { BACKENDS, PRECISIONS } from "../lib/backends/backend.ts";
 import { runMain, UserError } from "../lib/util/errors.ts";
 
 const SPECS = {
@@ -28,6 +30,13 @@ const SPECS = {
   workers: { kind: "int", default: 2, min: 1, help: "image decoding workers (both sides)" },
   threads: { kind: "int", default: 2, min: 1, help: "compute threads (both sides)" },
   backend: { kind: "string", default: "native", choices: BACKENDS, help: "our backend" },
+  precision: {
+    kind: "string",
+    default: "f32",
+    choices: PRECISIONS,
+    help: "both sides: ours' --precision (bf16: native backend); PyTorch's bf16 is autocast + " +
+      "channels_last",
+  },
   "skip-torch": { kind: "boolean", default: false, help: "only our side" },
   shard: {
     kind: "string",
@@ -80,6 +89,7 @@ async function main(argv: string[]) {
     const common = [
       ...["-b", `${flags.batch}`, "-w", `${flags.workers}`, "--threads", `${flags.threads}`],
       ...["--backend", flags.backend, "--dataset_dir", data, "--save_dir", save],
+      ...["--precision", flags.precision],
     ];
     const perms = [
       "--allow-read",
@@ -116,6 +126,7 @@ async function main(argv: string[]) {
     };
     const out: Record<string, unknown> = {
       backend: flags.backend,
+      precision: flags.precision,
       batch: flags.batch,
       workers: flags.workers,
       threads: flags.threads,
@@ -126,7 +137,7 @@ async function main(argv: string[]) {
     if (!flags["skip-torch"]) {
       const script = fileURLToPath(new URL("./torch_epoch.py", import.meta.url));
       const sides = ["--batch", `${flags.batch}`, "--workers", `${flags.workers}`];
-      sides.push("--threads", `${flags.threads}`);
+      sides.push("--threads", `${flags.threads}`, "--precision", flags.precision);
       log("torch: one epoch (train + validation)");
       const tTrain = await timed(PYTHON, [
         script,

@@ -6,11 +6,13 @@ OpenCV, resize to the input size with INTER_LINEAR, normalise with ImageNet's me
 DenseNet-121 with a Linear+Sigmoid head, BCELoss, Adam), then its validation pass (eval mode,
 no_grad) over the val shards. `validate`: the evaluation pass only (decode + resize + forward)
 over the given shards, as validate_model.ts does on the test shards. Random weights either way
-(speed does not depend on them). Prints one JSON object: {images, seconds, images_per_s,
+(speed does not depend on them). `--precision bf16`: model and batches in channels_last, the
+forward under `torch.autocast("cpu", dtype=torch.bfloat16)`, BCELoss in float32 outside it. Prints one JSON object: {images, seconds, images_per_s,
 val_images, val_seconds, peak_rss_mb, ...}; `seconds` counts from the first batch request to the
 last optimiser step (or forward), the loader's start-up included.
 """
 import argparse
+import contextlib
 import io
 import json
 import pickle
@@ -73,21 +75,32 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                   help="f32: float32 NCHW, as the original; bf16: autocast + channels_last")
     args = p.parse_args()
+    bf16 = args.precision == "bf16"
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = torchvision.models.densenet121()
     model.classifier = torch.nn.Sequential(torch.nn.Linear(1024, 14), torch.nn.Sigmoid())
+    if bf16:
+        model = model.to(memory_format=torch.channels_last)
     out = {"torch_version": torch.__version__, "threads": args.threads, "batch": args.batch,
-           "workers": args.workers, "image_size": args.image_size}
+           "workers": args.workers, "image_size": args.image_size, "precision": args.precision}
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def batch_input(x):
+        return x.to(memory_format=torch.channels_last) if bf16 else x
 
     def evaluate(paths):
         model.eval()
         n, t0 = 0, time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             for x, _ in loader(paths, args):
-                model(x)
+                model(batch_input(x))
                 n += len(x)
         return n, time.perf_counter() - t0
 
@@ -98,7 +111,10 @@ def main() -> None:
         n, t0 = 0, time.perf_counter()
         for x, y in loader(args.shards, args):
             optimizer.zero_grad()
-            criterion(model(x), y).backward()
+            with autocast():
+                pred = model(batch_input(x))
+            # BCELoss in float32 (autocast leaves the head's output in bfloat16).
+            criterion(pred.float(), y).backward()
             optimizer.step()
             n += len(x)
         seconds = time.perf_counter() - t0
