@@ -37,6 +37,8 @@
  * @module
  */
 
+import { StallGuard } from "./stall_guard.ts";
+
 /** Library names tried in order (Linux, macOS Homebrew). */
 const LIBRARY_NAMES = [
   "libdnnl.so.2",
@@ -402,6 +404,8 @@ export class OneDnn {
   readonly isa: string;
   /** Threads oneDNN runs on, or null when its runtime's count could not be set. */
   threads: number | null = null;
+  /** When the bf16 backward-weights convolutions run on one thread (stall_guard.ts). */
+  readonly bf16WeightGuard = new StallGuard();
   #lib: Lib;
   #engine: Ptr;
   #stream: Ptr;
@@ -523,24 +527,26 @@ export class OneDnn {
     precision: ConvPrecision = "f32",
   ): void {
     const key = `${precisionKey(precision)}w:${shapeKey(s)}`;
-    const p = this.#cache.get(key) ??
-      this.#singleThreaded(precision === "bf16", () =>
-        this.#prepare(key, () => ({
-          pd: this.#convBackwardPd("backward-weights", s, precision, TAG_NHWC),
-          userWeights: "out" as const,
-        })));
-    this.#run(p, new Map([[ARG_SRC, src], [ARG_DIFF_DST, diffDst]]), diffWeights);
+    const make = () => ({
+      pd: this.#convBackwardPd("backward-weights", s, precision, TAG_NHWC),
+      userWeights: "out" as const,
+    });
+    const args = new Map([[ARG_SRC, src], [ARG_DIFF_DST, diffDst]]);
+    if (precision !== "bf16" || (this.threads ?? 1) === 1) {
+      return this.#run(this.#cache.get(key) ?? this.#prepare(key, make), args, diffWeights);
+    }
+    // bf16: all threads unless they stall (stall_guard.ts), one primitive of each count.
+    const single = this.bf16WeightGuard.singleThread(key);
+    const k = single ? `1t-${key}` : key;
+    const p = this.#cache.get(k) ?? this.#singleThreaded(single, () => this.#prepare(k, make));
+    const start = performance.now();
+    this.#run(p, args, diffWeights);
+    this.bf16WeightGuard.record(key, single, performance.now() - start);
   }
 
   /**
    * `make()` with OpenMP at one thread when `single`: oneDNN fixes a primitive's thread count
    * when it creates it (and runs it on that many whatever OpenMP is set to later).
-   *
-   * Why for bf16 backward-weights: oneDNN 2.x's `jit_bf16` one reduces across its threads with
-   * spinning barriers, and with another runnable thread on the machine (tfjs's wasm pool, any
-   * other process) a waiting thread spins away whole scheduler quanta. Measured on the 2-core
-   * VM, a DenseNet-121 step's backward-weights took 0.27–0.35 s on 2 threads when it ran clean
-   * but 2.5–12 s in most runs, even at load 1, and 0.68–0.82 s on 1 thread at load 5.
    */
   #singleThreaded<T>(single: boolean, make: () => T): T {
     const threads = this.threads ?? 1;
