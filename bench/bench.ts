@@ -7,7 +7,7 @@
  * time per step and, with `--gpu_times`, GPU time by program. With `--compare-torch`, the same
  * DenseNet-121 work in Debian's PyTorch (`bench/torch_bench.py`: float32 NCHW as the original,
  * float32 channels_last, bfloat16 autocast + channels_last) at the same batch and thread count,
- * and ours (at `--precision`) / each of them (`bench/torch_compare.ts`).
+ * and ours (at `--precision`; `both`: f32, then bf16 in the same run) / each of them (`bench/torch_compare.ts`).
  * Prints one JSON object on stdout; progress goes to stderr.
  *
  *     deno run --allow-read --allow-env --allow-ffi --allow-run --allow-sys bench/bench.ts \
@@ -50,8 +50,9 @@ const SPECS = {
   precision: {
     kind: "string",
     default: "f32",
-    choices: PRECISIONS,
-    help: "the convolutions' arithmetic (train_model.ts's --precision; bf16: native backend)",
+    choices: [...PRECISIONS, "both"],
+    help: "the convolutions' arithmetic (train_model.ts's --precision; bf16: native backend); " +
+      "both: f32, then bf16 in the same run (the top-level rates are f32's)",
   },
   memory_efficient: {
     kind: "string",
@@ -507,11 +508,10 @@ async function main(args: string[]) {
   );
   const sampler = new RssSampler();
   try {
-    const info = await initBackend(flags.backend, {
-      threads: flags.threads,
-      log,
-      precision: flags.precision as Precision,
-    });
+    const precisions = (flags.precision === "both" ? PRECISIONS : [flags.precision]) as Precision[];
+    const start = (precision: Precision) =>
+      initBackend(flags.backend, { threads: flags.threads, log, precision });
+    const info = await start(precisions[0]);
     const threads = info.threads ?? flags.threads;
     if (info.name === "wasm" && flags.wasm_kernels === "tfjs") {
       log(`wasm: tfjs's own ${uninstallKernelTable(wasmKernelTable()).join(", ")} kernels`);
@@ -528,9 +528,8 @@ async function main(args: string[]) {
       memoryEfficient = choice.on;
     }
     const loadBefore = loadAverage();
-    let model: ModelRates;
-    try {
-      model = await benchModel(
+    const measure = () =>
+      benchModel(
         flags.batch,
         flags.image_size,
         flags.steps,
@@ -540,6 +539,15 @@ async function main(args: string[]) {
         flags.kernel_histogram,
         flags.gpu_times,
       );
+    let model: ModelRates;
+    // --precision both: the same model bench again, the backend restarted at the next precision.
+    const more: { precision: Precision; model: ModelRates }[] = [];
+    try {
+      model = await measure();
+      for (const precision of precisions.slice(1)) {
+        await start(precision);
+        more.push({ precision, model: await measure() });
+      }
     } catch (err) {
       // Emscripten aborts when the 4 GB wasm heap is exhausted; the backend is unusable after.
       if (info.name === "wasm" && /Abort|memory/i.test((err as Error).message)) {
@@ -593,6 +601,19 @@ async function main(args: string[]) {
         : {}),
       load_average: loadBefore,
     };
+    if (more.length > 0) {
+      const rates = (m: ModelRates) => ({
+        train_images_per_s: round(m.train),
+        train_step_s: m.trainStepS.map((s) => round(s, 2)),
+        infer_images_per_s: round(m.infer),
+        train_images_per_cpu_s: m.trainCpu == null ? null : round(m.trainCpu),
+        infer_images_per_cpu_s: m.inferCpu == null ? null : round(m.inferCpu),
+      });
+      result.by_precision = Object.fromEntries([
+        [info.precision, rates(model)],
+        ...more.map((m) => [m.precision, rates(m.model)]),
+      ]);
+    }
     if (flags["compare-torch"]) {
       const torch = await benchTorch(flags.batch, flags.image_size, flags.steps, threads);
       result.torch = torch;
@@ -602,6 +623,17 @@ async function main(args: string[]) {
         result.ratio_by_variant = ratiosByVariant(model, torch);
         for (const line of comparisonLines(`${info.name} ${info.precision}`, model, torch)) {
           log(line);
+        }
+        if (more.length > 0) {
+          result.ratio_by_precision = Object.fromEntries([
+            [info.precision, result.ratio_by_variant],
+            ...more.map((m) => [m.precision, ratiosByVariant(m.model, torch)]),
+          ]);
+          for (const m of more) {
+            for (const line of comparisonLines(`${info.name} ${m.precision}`, m.model, torch)) {
+              log(line);
+            }
+          }
         }
       }
     }
