@@ -7,7 +7,8 @@
  * time per step and, with `--gpu_times`, GPU time by program. With `--compare-torch`, the same
  * DenseNet-121 work in Debian's PyTorch (`bench/torch_bench.py`: float32 NCHW as the original,
  * float32 channels_last, bfloat16 autocast + channels_last) at the same batch and thread count,
- * and ours (at `--precision`; `both`: f32, then bf16 in the same run) / each of them (`bench/torch_compare.ts`).
+ * and ours (at `--precision`; `both`: f32, then bf16 in the same run) / each of them
+ * (`bench/torch_compare.ts`).
  * Prints one JSON object on stdout; progress goes to stderr.
  *
  *     deno run --allow-read --allow-env --allow-ffi --allow-run --allow-sys bench/bench.ts \
