@@ -441,25 +441,101 @@ function partsTable(p: RunProfile, readGBps: number | null): string {
   );
 }
 
+/** Ours and PyTorch's variants by category, and ours less the first variant's. */
 function categoryTable(
-  ours: Record<Category, number>,
-  oursWall: number,
+  ours: RunProfile,
   torch: { name: string; run: TorchRun }[],
 ): string {
-  const torchWall = (r: TorchRun) =>
-    r.profiled_ms.reduce((a, b) => a + b, 0) / r.profiled_ms.length;
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  const first = torch[0];
   const rows = CATEGORIES.map((c) => [
     c,
-    f1(ours[c]),
-    ...torch.flatMap(({ run }) => [f1(run.categories[c]?.ms ?? 0)]),
+    f1(ours.categories[c]),
+    ...torch.map(({ run }) => f1(run.categories[c]?.ms ?? 0)),
+    f1(ours.categories[c] - (first.run.categories[c]?.ms ?? 0)),
   ]);
-  rows.push(["**wall (profiled)**", f1(oursWall), ...torch.map(({ run }) => f1(torchWall(run)))]);
+  const oursWall = ours.mean.wallMs;
+  const torchWall = mean(first.run.profiled_ms);
+  rows.push([
+    "**wall (profiled)**",
+    f1(oursWall),
+    ...torch.map(({ run }) => f1(mean(run.profiled_ms))),
+    f1(oursWall - torchWall),
+  ]);
   rows.push([
     "wall (unprofiled)",
-    "",
-    ...torch.map(({ run }) => f1(run.plain_ms.reduce((a, b) => a + b, 0) / run.plain_ms.length)),
+    f1(mean(ours.plainMs)),
+    ...torch.map(({ run }) => f1(mean(run.plain_ms))),
+    f1(mean(ours.plainMs) - mean(first.run.plain_ms)),
   ]);
-  return markdown(["category (ms)", "ours", ...torch.map((t) => `torch ${t.name}`)], rows);
+  return markdown(
+    ["category (ms)", "ours", ...torch.map((t) => `torch ${t.name}`), `ours − torch ${first.name}`],
+    rows,
+  );
+}
+
+/** A part of a run against the least time it could take, by a measurement of this run. */
+interface Headroom {
+  part: string;
+  ms: number;
+  floorMs: number;
+  floor: string;
+}
+
+/**
+ * What the parts with a measured ceiling would save at it: the convolutions at their
+ * standalone speed, the BatchNorm kernels at the read bandwidth (for the bytes they must move,
+ * and for the bytes their passes stream).
+ */
+function headroom(p: RunProfile, readGBps: number | null): Headroom[] {
+  const out: Headroom[] = [];
+  for (const [m, direction] of Object.entries(CONV_DIRECTIONS)) {
+    const part = p.mean.methods[m as OneDnnMethod];
+    const alone = p.standalone.filter((t) => t.method === m);
+    if (part == null || alone.length === 0) continue;
+    out.push({
+      part: `conv ${direction}`,
+      ms: part.ms,
+      floorMs: alone.reduce((a, t) => a + t.bestMs * t.calls, 0),
+      floor: "the same convolutions timed alone",
+    });
+  }
+  const bn = Object.values(p.mean.kernels).filter((k) => k.bytes != null && k.name !== ADAM_STEP);
+  if (readGBps != null && bn.length > 0) {
+    const ms = bn.reduce((a, k) => a + k.totalMs, 0);
+    const at = (bytes: number) => bytes / (readGBps * 1e6);
+    out.push({
+      part: "BatchNorm kernels",
+      ms,
+      floorMs: at(bn.reduce((a, k) => a + k.bytes!, 0)),
+      floor: "read bandwidth, bytes they must move",
+    }, {
+      part: "BatchNorm kernels",
+      ms,
+      floorMs: at(bn.reduce((a, k) => a + k.passBytes!, 0)),
+      floor: "read bandwidth, bytes their passes stream",
+    });
+  }
+  return out;
+}
+
+function headroomTable(h: Headroom[], wallMs: number): string {
+  return markdown(
+    ["part", "ms", "floor ms", "gap ms", "gap / step", "floor"],
+    h.map((x) => [
+      x.part,
+      f1(x.ms),
+      f1(x.floorMs),
+      f1(x.ms - x.floorMs),
+      pct(x.ms - x.floorMs, wallMs),
+      x.floor,
+    ]),
+  );
+}
+
+function headroomJson(h: Headroom[]) {
+  const r = (v: number) => Number(v.toFixed(1));
+  return h.map((x) => ({ part: x.part, ms: r(x.ms), floor_ms: r(x.floorMs), floor: x.floor }));
 }
 
 function runJson(p: RunProfile) {
@@ -603,24 +679,18 @@ async function main(args: string[]): Promise<void> {
       bandwidth.map((b) => [b.what, f0(b.bytes / 2 ** 20), f1(b.ms), f1(b.gbps)]),
     ));
   }
+  for (const [what, p] of [["training step", train], ["inference batch", infer]] as const) {
+    const h = headroom(p, read);
+    if (h.length === 0) continue;
+    log(`\n## Headroom of the ${what} (what each part would save at its measured floor)\n`);
+    log(headroomTable(h, p.mean.wallMs));
+  }
   if (torch != null) {
     const variants = Object.entries(torch.variants);
     log(`\n## Training step by category vs PyTorch ${torch.version} (${torch.threads} threads)\n`);
-    log(
-      categoryTable(
-        train.categories,
-        train.mean.wallMs,
-        variants.map(([name, v]) => ({ name, run: v.train })),
-      ),
-    );
+    log(categoryTable(train, variants.map(([name, v]) => ({ name, run: v.train }))));
     log(`\n## Inference batch by category vs PyTorch\n`);
-    log(
-      categoryTable(
-        infer.categories,
-        infer.mean.wallMs,
-        variants.map(([name, v]) => ({ name, run: v.infer })),
-      ),
-    );
+    log(categoryTable(infer, variants.map(([name, v]) => ({ name, run: v.infer }))));
   }
   console.log(JSON.stringify({
     arch: flags.arch,
@@ -633,8 +703,8 @@ async function main(args: string[]): Promise<void> {
     onednn: dnn.version,
     isa: dnn.isa,
     load_average: { before: load0, after: load1 },
-    train: runJson(train),
-    infer: runJson(infer),
+    train: { ...runJson(train), headroom: headroomJson(headroom(train, read)) },
+    infer: { ...runJson(infer), headroom: headroomJson(headroom(infer, read)) },
     bandwidth: bandwidth.map((b) => ({
       name: b.name,
       what: b.what,

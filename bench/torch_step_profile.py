@@ -5,7 +5,7 @@ Profiles the same DenseNet-121 work as the Deno script on random data, with torc
 DenseNet-121 on channels_last tensors, in two variants: `bf16 autocast` (the forward under
 torch.autocast("cpu", torch.bfloat16)) and `f32` (float32 throughout). Per variant: one training
 step (forward, BCE with logits, backward, Adam) and one inference batch (eval, no_grad), each
-after a warm-up run and one unprofiled timed run, then `--steps` runs under torch.profiler.
+after two warm-up runs and one unprofiled timed run, then `--steps` runs under torch.profiler.
 Every op's self CPU time (wall time on the calling thread) is put in the categories
 step_profile.ts uses, by op name, and by phase for the optimizer (what runs under
 `optimizer.step`, found through each event's parents); the remainder is the wall time no op
@@ -63,7 +63,8 @@ def phase_of(event) -> str | None:
 
 
 def profile_runs(run, steps: int) -> dict:
-    run()  # warm-up
+    for _ in range(2):
+        run()  # warm-up: oneDNN's primitives and weight caches, the allocator
     t = time.perf_counter()
     run()
     plain = [1000 * (time.perf_counter() - t)]
