@@ -7,15 +7,18 @@
  *     of the convolutions against the same convolutions timed on their own, benchdnn-style
  *     (bench/conv_standalone.ts);
  *   - the BatchNorm seam kernels (and AdamStep) with the bytes they must move and the GB/s they
- *     reach, and every other tfjs kernel by name, less the oneDNN time inside it (`tf.profile`'s
- *     kernelTimeMs, wall time on wasm; bench/step_breakdown.ts);
+ *     reach, and every other tfjs kernel by name (the optimizer's apart), less the oneDNN calls
+ *     and the kernels inside it (`tf.profile`'s kernelTimeMs, wall time on wasm; nesting from
+ *     bench/kernel_frames.ts; bench/step_breakdown.ts);
  *   - the remainder: the step's wall time less all of those, so the parts add up;
  *   - the machine's memory bandwidth, measured in the same run on the same thread count
- *     (bench/memory_bandwidth.ts), to set the BatchNorm GB/s against;
+ *     (bench/memory_bandwidth.ts), to set the BatchNorm GB/s against, and the headroom: what
+ *     the convolutions would save at their standalone speed, the BatchNorm kernels at the read
+ *     bandwidth;
  *   - with `--compare-torch`, PyTorch 1.13's step (bf16 autocast + channels_last, and float32
  *     channels_last) by the same categories (bench/torch_step_profile.py, torch.profiler).
- * Profiled steps come after a warm-up step; an unprofiled step is timed too, to show what
- * profiling costs. A readable table goes to stderr, one JSON object to stdout.
+ * Profiled runs come after a warm-up run; an unprofiled run is timed too, to show what
+ * profiling costs. Timings move with the machine's load: the tables state it. A readable table goes to stderr, one JSON object to stdout.
  *
  *     deno run --allow-read --allow-env --allow-ffi --allow-run=/usr/bin/python3 --allow-sys bench/step_profile.ts \
  *       [--precision f32|bf16] [--batch 16] [--image_size 224] [--threads 2] [--steps 2] \
@@ -65,7 +68,13 @@ const SPECS = {
   batch: { kind: "int", default: 16, min: 1, help: "images per batch" },
   image_size: { kind: "int", default: 224, min: 32, help: "side of the square images" },
   threads: { kind: "int", default: 2, min: 1, help: "threads (wasm, oneDNN, PyTorch)" },
-  steps: { kind: "int", default: 2, min: 1, help: "profiled steps (after one warm-up step)" },
+  steps: {
+    kind: "int",
+    default: 2,
+    min: 1,
+    help:
+      "profiled training steps and inference batches (each after a warm-up and an unprofiled one)",
+  },
   arch: {
     kind: "string",
     default: "densenet121",
