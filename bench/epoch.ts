@@ -18,6 +18,7 @@ import { fileURLToPath } from "node:url";
 import { parseFlags } from "../lib/util/cli.ts";
 import { BACKENDS, PRECISIONS } from "../lib/backends/backend.ts";
 import { runMain, UserError } from "../lib/util/errors.ts";
+import { readShard, type Sample, shardPattern, ShardWriter } from "../lib/data/webdataset.ts";
 
 const SPECS = {
   copies: {
@@ -79,12 +80,11 @@ async function main(argv: string[]) {
     await Deno.mkdir(data);
     const shards: Record<string, string[]> = { train: [], val: [], test: [] };
     for (const subset of Object.keys(shards)) {
-      const copies = subset === "val" ? 1 : flags.copies;
-      for (let i = 0; i < copies; i++) {
-        const path = `${data}/ChestXray14_${subset}_${String(i).padStart(3, "0")}.tar`;
-        await Deno.copyFile(flags.shard, path);
-        shards[subset].push(path);
-      }
+      shards[subset] = await writeCopies(
+        flags.shard,
+        shardPattern(data, subset),
+        subset === "val" ? 1 : flags.copies,
+      );
     }
     const common = [
       ...["-b", `${flags.batch}`, "-w", `${flags.workers}`, "--threads", `${flags.threads}`],
@@ -169,6 +169,22 @@ async function main(argv: string[]) {
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+}
+
+/**
+ * `copies` copies of the shard at `from`, one shard each: copy i > 0 renames every sample's key
+ * `KEY_copyI` (same patient prefix), since a subset may hold each image once.
+ */
+async function writeCopies(from: string, pattern: string, copies: number): Promise<string[]> {
+  const samples: Sample[] = [];
+  for await (const sample of readShard(from)) samples.push(sample);
+  const writer = new ShardWriter(pattern, samples.length);
+  for (let i = 0; i < copies; i++) {
+    for (const { key, png, labels } of samples) {
+      await writer.write({ key: i === 0 ? key : `${key}_copy${i}`, png, labels });
+    }
+  }
+  return await writer.close();
 }
 
 if (import.meta.main) runMain(() => main(Deno.args));
