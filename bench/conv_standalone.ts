@@ -9,6 +9,7 @@
 
 import type { OneDnn } from "../lib/backends/native/onednn.ts";
 import type { ConvCall, OneDnnCall, OneDnnMethod } from "./onednn_calls.ts";
+import { bestMs } from "./memory_bandwidth.ts";
 
 /** The convolution methods, as bench/step_profile.ts names their directions. */
 export const CONV_DIRECTIONS = {
@@ -118,15 +119,7 @@ export function timeConvsStandalone(
     distinct.set(k, t);
   }
   for (const t of distinct.values()) {
-    const run = runner(dnn, t.method, t.call);
-    run();
-    let best = Infinity;
-    for (let i = 0; i < reps; i++) {
-      const start = performance.now();
-      run();
-      best = Math.min(best, performance.now() - start);
-    }
-    t.bestMs = best;
+    t.bestMs = bestMs(runner(dnn, t.method, t.call), reps);
   }
   return [...distinct.values()];
 }

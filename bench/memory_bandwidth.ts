@@ -36,7 +36,7 @@ export interface BandwidthFigure {
 const C = 64;
 
 /** Best wall time of `run` in ms over `reps` runs after one warm-up run. */
-function bestMs(run: () => void, reps: number): number {
+export function bestMs(run: () => void, reps: number): number {
   run();
   let best = Infinity;
   for (let i = 0; i < reps; i++) {
