@@ -29,8 +29,9 @@
  * weights (and weight gradients) go through a reorder when oneDNN's fastest layout for them is
  * not tfjs's `[kh, kw, in, out]` (`hwio`).
  *
- * bfloat16 (opt-in per call, `ConvPrecision`; nothing uses it yet): the convolutions read bf16
- * activations and weights and write float32, the weights rounded by the same reorder. Measured
+ * bfloat16 (per call, `ConvPrecision`; `--precision bf16` through conv_kernels.ts): the
+ * convolutions read bf16 activations and weights and write float32, the weights rounded by the
+ * same reorder; the bf16 weight gradients keep a single-threaded twin (stall_guard.ts). Measured
  * with bench/bf16_convs.ts on the Zen 4 VM (avx512_core_bf16, no AMX): 1.4–2.7× float32 per
  * convolution at 1 thread, 1.93× over a DenseNet-121 training step's convolutions, as fast as
  * PyTorch's bf16; see that script's header for what it compares.
