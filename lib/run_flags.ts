@@ -60,8 +60,8 @@ export const RUN_FLAGS = {
 /**
  * Starts the backend named by `--backend` / `--threads` at `--precision`, logging the choice on
  * stderr (with `detail`'s setting on the same line). The `note:` lines (why `auto` skipped a
- * backend, …) are for `--verbose`, an explicit backend or a precision that could not be had.
- * `precisionOptional`: the precision was carried over from training, not asked for (bf16 then
+ * backend, …) are for `--verbose` or an explicit backend; a precision that could not be had is
+ * always said. `precisionOptional`: the precision was carried over from training, not asked for (bf16 then
  * falls back to float32 with a note where it cannot run).
  */
 export function startBackend(
@@ -70,12 +70,9 @@ export function startBackend(
   precisionOptional = false,
 ): Promise<BackendInfo> {
   const notes = flags.verbose === true || flags.backend !== "auto";
-  // A carried bf16 that falls back to float32 says so whatever the backend.
-  const shown = (line: string) =>
-    notes || !line.startsWith("note: ") || (precisionOptional && /bfloat16|bf16/.test(line));
   return initBackend(flags.backend as BackendName, {
     threads: flags.threads || undefined,
-    log: (line) => shown(line) && console.error(line),
+    log: (line) => (notes || !line.startsWith("note: ")) && console.error(line),
     detail,
     precision: flags.precision as Precision,
     precisionOptional,

@@ -140,9 +140,6 @@ export async function initBackend(
   }
   installBackendKernels(info.name);
   setConvPrecision(info.precision);
-  if (precision === "bf16" && info.precision !== "bf16" && info.name !== "native") {
-    notes.push(`backend ${info.name} computes in float32 (bf16 runs on the native backend only)`);
-  }
   info.notes = [...notes, ...info.notes];
   for (const note of info.notes) log(`note: ${note}`);
   const threads = info.threads != null
@@ -151,6 +148,13 @@ export async function initBackend(
   const detail = await opts.detail?.(info);
   const bf16 = info.precision === "bf16" ? ", bf16 convolutions" : "";
   log(`backend: ${info.name} (${info.device}${threads}${bf16})${detail ? `; ${detail}` : ""}`);
+  // Only a precision carried over (precisionOptional) gets here unmet: said whatever the notes.
+  if (precision !== info.precision) {
+    const why = info.name === "native"
+      ? `this CPU has no bfloat16 instructions (oneDNN reports ${openOneDnn().isa})`
+      : `bf16 runs on the native backend only, not ${info.name}`;
+    log(`precision: float32, not bf16: ${why}`);
+  }
   return info;
 }
 
@@ -441,9 +445,6 @@ async function startNative(opts: InitBackendOptions, explicit: boolean): Promise
   dnn.setThreads(wasm.threads ?? 1);
   const notes = [...wasm.notes];
   if (dnn.threads == null) notes.push("oneDNN's thread count could not be set (no OpenMP found)");
-  if (opts.precision === "bf16" && precision !== "bf16") {
-    notes.push(`this CPU has no bfloat16 instructions (oneDNN reports ${dnn.isa}): float32`);
-  }
   return {
     name: "native",
     device: `oneDNN ${dnn.version} ${dnn.isa}, wasm heap`,

@@ -3,10 +3,10 @@
  * wasm heap, NHWC float32, dilation 1; the rest falls back to the wasm kernels.
  *
  * Precision (`setConvPrecision`, chosen once when the backend starts): `f32`, or `bf16`, where
- * each convolution but the stem (`BF16_MIN_CHANNELS`) reads its activations (forward: x; backward-data: dy; backward-weights: x
- * and dy) and its weights rounded to bfloat16, accumulates in float32 and writes float32, as
- * PyTorch's autocast does for a convolution (which then also rounds what it writes; we do
- * not). The tensors themselves stay float32: the rounded copies live in buffers of this module
+ * each convolution but the stem (`BF16_MIN_CHANNELS`) reads its activations (forward: x;
+ * backward-data: dy; backward-weights: x and dy) and its weights rounded to bfloat16,
+ * accumulates in float32 and writes float32, as PyTorch's autocast does for a convolution
+ * (which then also rounds what it writes; we do not). The tensors themselves stay float32: the rounded copies live in buffers of this module
  * outside the wasm heap, and a backward pass's dy, read by both gradients, is rounded once.
  * @module
  */

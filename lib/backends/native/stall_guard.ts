@@ -13,10 +13,9 @@
  *
  * Each shape runs on all threads first, then once on one thread (its reference). An all-threads
  * call more than `STALL` times (and `STALL_MS`) slower than the shape's best at either count is
- * a stall: the
- * family then runs on one thread for the next `backoff` calls, after which one call tries all
- * threads again; the backoff doubles while those tries stall (a try costs one stall) and resets
- * after a clean one.
+ * a stall: the family then runs on one thread for the next `backoff` calls, after which one call
+ * tries all threads again; the backoff doubles while those tries stall (a try costs one stall)
+ * and resets after a clean one.
  * @module
  */
 
